@@ -1,0 +1,44 @@
+"""dd-buffer: train expert trajectories for trajectory matching (resumable, shardable).
+
+    dd-buffer dataset=cifar10 model=convnet buffer.num_experts=100 buffer.epochs=50
+    dd-buffer -m hydra/launcher=slurm buffer.start=0,25,50,75 buffer.count=25 buffer.dir=/shared/buf
+"""
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from dd.cli.common import CONF_DIR, check_choices, guarded
+from dd.config import register_configs
+
+PROG = "dd-buffer"
+register_configs()
+
+
+def build(cfg: DictConfig) -> None:
+    from dd.device import resolve_device
+    from dd.experts import build_buffer, expert_ids
+    from dd.pipeline import load_data
+
+    device = resolve_device(cfg.device)
+    data = load_data(cfg)
+    buffer = build_buffer(cfg, data, device, ids=expert_ids(cfg.buffer), progress=cfg.progress)
+    records = buffer.records()
+    accs = [r["test_accuracy"] for r in records]
+    print(f"buffer {buffer.folder}: {len(records)} experts, {cfg.buffer.epochs} epochs each, "
+          f"test accuracy {100 * sum(accs) / len(accs):.2f}% mean (min {100 * min(accs):.2f}, max {100 * max(accs):.2f})")
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def _app(cfg: DictConfig) -> None:
+    guarded(PROG, lambda: build(cfg))
+
+
+def main() -> None:
+    guarded(PROG, lambda: check_choices(sys.argv[1:]))
+    _app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""dd-distill: learn (or select) a small training set, evaluate it, export it.
+
+    dd-distill method=random dataset=digits ipc=10
+    dd-distill experiment=digits_mtt_ipc1
+    dd-distill -m method=random,herding,kcenter ipc=1,10,50 seed=0,1,2
+"""
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from dd.cli.common import CONF_DIR, guarded, check_choices, hydra_output_dir
+from dd.config import register_configs
+
+PROG = "dd-distill"
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def _app(cfg: DictConfig) -> float:
+    from dd.pipeline import run
+
+    out_dir, group = hydra_output_dir()
+    results = guarded(PROG, lambda: run(cfg, out_dir, group=group))
+    acc = results["accuracy"]
+    print(
+        f"{results['method']} {results['dataset']} ipc={results['ipc']}: test accuracy "
+        f"{100 * acc['mean']:.2f} ± {100 * acc['std']:.2f}% over {len(acc['per_model'])} {results['model']} models "
+        f"-> {out_dir}"
+    )
+    return acc["mean"]
+
+
+def main() -> None:
+    guarded(PROG, lambda: check_choices(sys.argv[1:]))
+    _app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""dd-table: the paper table (mean ± std per method x dataset-IPC) from run or multirun folders.
+
+    dd-table multirun/2026-11-22/10-00-00 --format md --reference experiments/digits/published.yaml --plot acc.png
+"""
+
+import argparse
+
+from dd.cli.common import guarded
+from dd.errors import DDError
+from dd.table import collect, find_results, load_reference, plot, render
+
+PROG = "dd-table"
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    p.add_argument("paths", nargs="+", help="run or multirun folders (searched for results.json)")
+    p.add_argument("--format", default="md", choices=["md", "csv", "latex"])
+    p.add_argument("--reference", help="published.yaml with the paper's figures")
+    p.add_argument("--by-model", action="store_true", help="one row per method x model (cross-architecture)")
+    p.add_argument("--plot", help="write accuracy-vs-IPC per method to this PNG")
+    args = p.parse_args(argv)
+
+    def go():
+        results = find_results(args.paths)
+        if not results:
+            raise DDError(f"no results.json found under {', '.join(args.paths)}")
+        cells = collect(results, by_model=args.by_model)
+        ref = load_reference(args.reference) if args.reference else None
+        print(render(cells, args.format, ref), end="")
+        if args.plot:
+            plot(cells, args.plot)
+            print(f"plot written to {args.plot}")
+
+    guarded(PROG, go)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,7 @@
+"""Datasets, ZCA whitening and differentiable augmentation."""
+
+from dd.data.augment import DSA, DSA_TRANSFORMS
+from dd.data.images import IMAGE_DATASETS, ImageDataset, load_image_dataset
+from dd.data.zca import ZCA
+
+__all__ = ["DSA", "DSA_TRANSFORMS", "IMAGE_DATASETS", "ImageDataset", "ZCA", "load_image_dataset"]

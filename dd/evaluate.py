@@ -1,0 +1,156 @@
+"""The evaluation protocol: train K fresh models on a set, test each on the full test split.
+
+Per model: SGD (momentum 0.9, weight decay 5e-4) at the given lr, lr x0.1 at
+half the epochs, minibatches of 256, DSA on every batch, hard or soft labels.
+The reported figure is the last-epoch test accuracy, mean and (population)
+std over the K models, as in the trajectory-matching papers.
+"""
+
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from dd.data import DSA, ImageDataset
+from dd.errors import DDError
+from dd.models import build_model
+
+
+@dataclass
+class EvalResult:
+    per_model: list[float]
+    mean: float
+    std: float
+    epochs: int
+    lr: float
+    model: str
+    seconds: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return f"{100 * self.mean:.2f} ± {100 * self.std:.2f}% (K={len(self.per_model)}, {self.model})"
+
+
+def model_options(model_cfg) -> tuple[str, dict]:
+    """Split a model config into its name and the options that are set."""
+    cfg = dict(model_cfg)
+    name = cfg.pop("name")
+    return name, {k: v for k, v in cfg.items() if v is not None}
+
+
+def new_model(model_cfg, data: ImageDataset) -> torch.nn.Module:
+    name, options = model_options(model_cfg)
+    return build_model(name, data.channels, data.num_classes, data.image_size, **options)
+
+
+def set_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against hard labels (N,) or label distributions (N, classes)."""
+    if labels.dim() == 2:
+        return torch.sum(-labels * F.log_softmax(logits, dim=1), dim=1).mean()
+    return F.cross_entropy(logits, labels)
+
+
+@torch.no_grad()
+def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> float:
+    device = next(model.parameters()).device
+    model.eval()
+    correct = 0
+    for i in range(0, len(x), batch_size):
+        logits = model(x[i : i + batch_size].to(device))
+        correct += (logits.argmax(1).cpu() == y[i : i + batch_size].cpu()).sum().item()
+    return correct / len(x)
+
+
+def train_on_set(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int = 256,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    dsa: DSA | None = None,
+    generator: torch.Generator,
+    progress: bool = False,
+    desc: str = "train",
+) -> None:
+    """Train `model` in place; `generator` (CPU) drives data order and augmentation draws."""
+    device = next(model.parameters()).device
+    images, labels = images.detach().to(device), labels.detach().to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    decay_at = epochs // 2
+    n = len(images)
+    model.train()
+    for epoch in tqdm(range(epochs), desc=desc, leave=False, disable=not progress):
+        if epoch == decay_at:
+            for group in opt.param_groups:
+                group["lr"] = lr * 0.1
+        order = torch.randperm(n, generator=generator).to(device)
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            x = images[idx]
+            if dsa is not None:
+                x = dsa(x, seed=int(torch.randint(2**31 - 1, (1,), generator=generator)))
+            loss = set_loss(model(x), labels[idx])
+            if not torch.isfinite(loss):
+                raise DDError(f"training diverged (loss {loss.item()}) at epoch {epoch} with lr={lr}; use a smaller lr")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+
+def evaluate_set(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    data: ImageDataset,
+    model_cfg,
+    eval_cfg,
+    *,
+    lr: float | None = None,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+    desc: str = "evaluate",
+) -> EvalResult:
+    """Train eval_cfg.num_models fresh models on (images, labels); test each on data's test split."""
+    lr = float(eval_cfg.lr if lr is None else lr)
+    if not (lr > 0 and np.isfinite(lr)):
+        raise DDError(f"evaluation lr={lr} is not allowed; it must be a positive finite number")
+    if eval_cfg.num_models <= 0 or eval_cfg.epochs <= 0:
+        raise DDError(
+            f"eval.num_models={eval_cfg.num_models}, eval.epochs={eval_cfg.epochs}: both must be positive integers"
+        )
+    dsa = DSA(eval_cfg.dsa_strategy, flip=data.flip) if eval_cfg.dsa else None
+    test_x, test_y = data.test_x.to(device), data.test_y
+    start = time.perf_counter()
+    accs = []
+    bar = tqdm(range(eval_cfg.num_models), desc=desc, disable=not progress)
+    for k in bar:
+        model_seed = seed * 1000 + k
+        torch.manual_seed(model_seed)  # model init
+        model = new_model(model_cfg, data).to(device)
+        gen = torch.Generator().manual_seed(model_seed)
+        train_on_set(
+            model, images, labels,
+            epochs=eval_cfg.epochs, lr=lr, batch_size=eval_cfg.batch_size,
+            momentum=eval_cfg.momentum, weight_decay=eval_cfg.weight_decay,
+            dsa=dsa, generator=gen, progress=progress, desc=f"model {k}",
+        )
+        accs.append(accuracy(model, test_x, test_y, eval_cfg.test_batch_size))
+        bar.set_postfix(acc=f"{100 * np.mean(accs):.1f}%")
+    return EvalResult(
+        per_model=accs,
+        mean=float(np.mean(accs)),
+        std=float(np.std(accs)),
+        epochs=eval_cfg.epochs,
+        lr=lr,
+        model=model_options(model_cfg)[0],
+        seconds=time.perf_counter() - start,
+    )

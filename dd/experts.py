@@ -1,0 +1,200 @@
+"""Expert trajectories for trajectory matching: training and storage.
+
+An expert is a fresh network trained on the full training set with plain SGD
+(constant lr, no momentum, no weight decay, DSA), its flat parameter vector
+saved at init and after every epoch. A buffer is a folder:
+
+    manifest.json              what every expert in it shares: dataset, model, preprocessing, recipe
+    expert_0007.safetensors    "trajectory": (epochs + 1, num_params) float32
+    expert_0007.json           that expert's record: seed, test accuracy, seconds
+
+Each expert's two files are written atomically and the record last, so a
+killed run loses at most the expert in progress, rerunning skips finished
+experts, and shards (``buffer.expert_ids``) can fill one folder concurrently.
+"""
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from dd.data import DSA, ImageDataset
+from dd.errors import DDError
+from dd.evaluate import accuracy, model_options, new_model, set_loss
+from dd.fsutil import write_file, write_json
+from dd.models import FlatModel, model_has_state
+
+log = logging.getLogger(__name__)
+
+
+def buffer_identity(cfg, data: ImageDataset) -> dict:
+    """What an expert's parameters depend on; a buffer only serves runs that agree on all of it."""
+    name, options = model_options(cfg.model)
+    b = cfg.buffer
+    return {
+        "dataset": data.name,
+        "model": {"name": name, **options},
+        "preprocessing": {
+            "zca": bool(cfg.dataset.zca),
+            "zca_eps": float(cfg.dataset.zca_eps) if cfg.dataset.zca else None,
+            "image_size": list(data.image_size),
+            "train_limit": cfg.dataset.train_limit,
+            "mean": [round(float(v), 6) for v in data.mean],
+            "std": [round(float(v), 6) for v in data.std],
+        },
+        "recipe": {"lr": float(b.lr), "batch_size": int(b.batch_size), "dsa": bool(b.dsa), "epochs": int(b.epochs)},
+    }
+
+
+def default_buffer_dir(cfg, identity: dict) -> Path:
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+    model = identity["model"]["name"]
+    zca = "_zca" if identity["preprocessing"]["zca"] else ""
+    return Path(cfg.buffer.cache_dir).expanduser() / "buffers" / f"{identity['dataset']}_{model}{zca}_{digest}"
+
+
+def describe_mismatch(found: dict, wanted: dict, prefix: str = "") -> str | None:
+    for key in sorted(set(found) | set(wanted)):
+        a, b = found.get(key), wanted.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diff = describe_mismatch(a, b, f"{prefix}{key}.")
+            if diff:
+                return diff
+        elif a != b:
+            return f"{prefix}{key} is {a!r} in the buffer but {b!r} in this run"
+    return None
+
+
+@dataclass
+class Buffer:
+    """A folder of expert trajectories, read lazily: only the epochs asked for are loaded."""
+
+    folder: Path
+    manifest: dict
+
+    @classmethod
+    def open(cls, folder: str | Path, identity: dict | None = None, create: bool = False) -> "Buffer":
+        folder = Path(folder)
+        path = folder / "manifest.json"
+        if not path.is_file():
+            if not create:
+                raise DDError(f"{folder} is not an expert buffer (no manifest.json); build one with dd-buffer")
+            write_json(path, {"format_version": 1, **identity})
+        try:
+            manifest = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            raise DDError(f"{path} is not valid JSON; the buffer is corrupt, delete it or point buffer.dir elsewhere") from None
+        if identity is not None:
+            found = {k: manifest.get(k) for k in identity}
+            diff = describe_mismatch(found, identity)
+            if diff:
+                raise DDError(f"buffer {folder} does not match this run: {diff}; use another buffer.dir")
+        return cls(folder, manifest)
+
+    def file(self, expert_id: int) -> Path:
+        return self.folder / f"expert_{expert_id:04d}.safetensors"
+
+    def record_path(self, expert_id: int) -> Path:
+        return self.folder / f"expert_{expert_id:04d}.json"
+
+    def finished(self) -> list[int]:
+        done = []
+        for rec in sorted(self.folder.glob("expert_*.json")):
+            eid = int(rec.stem.split("_")[1])
+            if self.file(eid).is_file():
+                done.append(eid)
+        return done
+
+    def records(self) -> list[dict]:
+        return [json.loads(self.record_path(e).read_text()) for e in self.finished()]
+
+    def epochs(self, expert_id: int, *which: int) -> list[torch.Tensor]:
+        """Flat parameters of one expert at the given epochs (0 = init)."""
+        try:
+            with safe_open(str(self.file(expert_id)), framework="pt") as f:
+                traj = f.get_slice("trajectory")
+                n = traj.get_shape()[0]
+                for e in which:
+                    if not 0 <= e < n:
+                        raise DDError(f"expert {expert_id} has epochs 0..{n - 1}; epoch {e} was asked for")
+                return [traj[e] for e in which]
+        except DDError:
+            raise
+        except Exception as e:
+            raise DDError(f"expert file {self.file(expert_id)} cannot be read ({e}); delete it and rerun dd-buffer") from None
+
+
+def train_expert(data: ImageDataset, model_cfg, recipe: dict, seed: int, device, progress: bool = True,
+                 desc: str = "expert") -> tuple[torch.Tensor, float]:
+    """Train one expert; return its trajectory (epochs + 1, P) on CPU and its final test accuracy."""
+    torch.manual_seed(seed)
+    model = new_model(model_cfg, data).to(device)
+    if model_has_state(model):
+        raise DDError(f"model '{model_cfg.name}' keeps BatchNorm running statistics, which trajectory matching "
+                      "cannot replay; use norm=instance (or another stateless norm)")
+    flat = FlatModel(model)
+    gen = torch.Generator().manual_seed(seed)
+    dsa = DSA(flip=data.flip) if recipe["dsa"] else None
+    opt = torch.optim.SGD(model.parameters(), lr=recipe["lr"], momentum=0, weight_decay=0)
+    x_all, y_all = data.train_x.to(device), data.train_y.to(device)
+    trajectory = [flat.flatten().cpu()]
+    bar = tqdm(range(recipe["epochs"]), desc=desc, leave=False, disable=not progress)
+    for epoch in bar:
+        model.train()
+        order = torch.randperm(len(x_all), generator=gen).to(device)
+        for start in range(0, len(order), recipe["batch_size"]):
+            idx = order[start : start + recipe["batch_size"]]
+            x = x_all[idx]
+            if dsa is not None:
+                x = dsa(x, seed=int(torch.randint(2**31 - 1, (1,), generator=gen)))
+            loss = set_loss(model(x), y_all[idx])
+            if not torch.isfinite(loss):
+                raise DDError(f"expert {desc} diverged at epoch {epoch} (loss {loss.item()}); lower buffer.lr")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        trajectory.append(flat.flatten().cpu())
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    acc = accuracy(model, data.test_x, data.test_y)
+    return torch.stack(trajectory), acc
+
+
+def expert_ids(buffer_cfg) -> list[int]:
+    if buffer_cfg.expert_ids is not None:
+        ids = [int(i) for i in buffer_cfg.expert_ids]
+    else:
+        count = buffer_cfg.num_experts - buffer_cfg.start if buffer_cfg.count is None else buffer_cfg.count
+        ids = list(range(buffer_cfg.start, buffer_cfg.start + count))
+    if not ids or min(ids) < 0:
+        raise DDError(f"expert ids {ids} are not allowed; give non-negative ids (buffer.expert_ids or buffer.start/count)")
+    return ids
+
+
+def build_buffer(cfg, data: ImageDataset, device, ids: list[int] | None = None, progress: bool = True) -> Buffer:
+    """Train every expert in `ids` that the buffer does not hold yet."""
+    b = cfg.buffer
+    if b.epochs <= 0 or b.lr <= 0 or b.batch_size <= 0:
+        raise DDError(f"buffer.epochs={b.epochs}, buffer.lr={b.lr}, buffer.batch_size={b.batch_size}: all must be positive")
+    identity = buffer_identity(cfg, data)
+    folder = Path(b.dir) if b.dir else default_buffer_dir(cfg, identity)
+    buffer = Buffer.open(folder, identity, create=True)
+    ids = expert_ids(b) if ids is None else ids
+    todo = [i for i in ids if i not in set(buffer.finished())]
+    if len(todo) < len(ids):
+        log.info("buffer %s: %d of %d experts already done, skipping them", folder, len(ids) - len(todo), len(ids))
+    for eid in tqdm(todo, desc=f"experts -> {folder.name}", disable=not progress):
+        t0 = time.perf_counter()
+        seed = int(b.seed) * 100_003 + eid
+        traj, acc = train_expert(data, cfg.model, identity["recipe"], seed, device, progress, desc=f"expert {eid}")
+        write_file(buffer.file(eid), lambda p, t=traj: save_file({"trajectory": t.contiguous()}, str(p)))
+        write_json(buffer.record_path(eid), {"id": eid, "seed": seed, "test_accuracy": acc,
+                                             "seconds": time.perf_counter() - t0, "num_params": traj.shape[1]})
+        log.info("expert %d: test accuracy %.2f%% (%.0fs)", eid, 100 * acc, time.perf_counter() - t0)
+    return buffer

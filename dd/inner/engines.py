@@ -1,0 +1,156 @@
+"""Meta-gradients of an outer loss through `num_steps` steps of SGD on a flat parameter vector.
+
+The inner loop is theta_{i+1} = theta_i - lr_i * grad_theta step_loss(theta_i, learnables, i),
+and the outer loss is outer(theta_N). Each engine returns d outer / d learnables and
+d outer / d lr. The caller fixes every random choice of step i (minibatch, augmentation
+seed) inside `step_loss`, so recomputing step i gives the same function every time.
+
+- unroll:  autograd through the whole loop; memory grows with num_steps (the reference).
+- reverse: exact. A forward sweep keeps only theta_0..theta_N; a backward sweep rebuilds one
+           step's graph at a time and pulls the adjoint a = dL/dtheta_{i+1} back through it:
+             dL/dtheta_i  = a - lr_i * H_i a          (a Hessian-vector product)
+             dL/dX       += -lr_i * (d g_i / dX)^T a
+             dL/dlr_i     = -<g_i, a>
+           so activation memory does not grow with num_steps.
+- tesla:   TESLA's approximation (Cui et al. 2023): the same sweep with a held at dL/dtheta_N,
+           i.e. without the H_i a terms (paths from step i's batch to later parameters dropped).
+- higher:  the unrolled loop through the `higher` library's differentiable optimisers, which
+           also offer momentum and Adam inner optimisers.
+"""
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from dd.errors import DDError
+
+StepLoss = Callable[[torch.Tensor, Sequence[torch.Tensor], int], torch.Tensor]
+OuterLoss = Callable[[torch.Tensor], torch.Tensor]
+
+ENGINES = ("unroll", "reverse", "tesla", "higher")
+
+
+@dataclass
+class MetaGrad:
+    loss: torch.Tensor  # outer loss, detached scalar
+    grads: list[torch.Tensor]  # one per learnable, same shapes
+    lr_grad: torch.Tensor  # same shape as lr
+    theta: torch.Tensor  # theta_N, detached
+
+
+def _lr_at(lr: torch.Tensor, i: int) -> torch.Tensor:
+    """A scalar lr is shared by every step; a vector holds one lr per step."""
+    return lr[i] if lr.dim() > 0 else lr
+
+
+def _zeros_if_none(grads, like):
+    return [torch.zeros_like(x) if g is None else g for g, x in zip(grads, like)]
+
+
+def unroll(step_loss: StepLoss, outer: OuterLoss, theta0, learnables, lr, num_steps) -> MetaGrad:
+    theta = theta0.detach().requires_grad_(True)
+    for i in range(num_steps):
+        (g,) = torch.autograd.grad(step_loss(theta, learnables, i), theta, create_graph=True)
+        theta = theta - _lr_at(lr, i) * g
+    loss = outer(theta)
+    *grads, lr_grad = torch.autograd.grad(loss, [*learnables, lr], allow_unused=True)
+    grads = _zeros_if_none(grads, learnables)
+    return MetaGrad(loss.detach(), grads, torch.zeros_like(lr) if lr_grad is None else lr_grad, theta.detach())
+
+
+def _forward_sweep(step_loss, theta0, learnables, lr, num_steps) -> list[torch.Tensor]:
+    """theta_0..theta_N with no graph kept between steps."""
+    fixed = [x.detach() for x in learnables]
+    thetas = [theta0.detach()]
+    for i in range(num_steps):
+        theta = thetas[-1].requires_grad_(True)
+        with torch.enable_grad():
+            (g,) = torch.autograd.grad(step_loss(theta, fixed, i), theta)
+        thetas[-1] = theta.detach()
+        thetas.append((theta - _lr_at(lr, i).detach() * g).detach())
+    return thetas
+
+
+def _sweep_back(step_loss, outer, theta0, learnables, lr, num_steps, exact: bool) -> MetaGrad:
+    thetas = _forward_sweep(step_loss, theta0, learnables, lr, num_steps)
+    theta_n = thetas[-1].requires_grad_(True)
+    loss = outer(theta_n)
+    (adj,) = torch.autograd.grad(loss, theta_n)
+    grads = [torch.zeros_like(x) for x in learnables]
+    lr_grad = torch.zeros_like(lr)
+    lr_value = lr.detach()
+    for i in reversed(range(num_steps)):
+        theta = thetas[i].requires_grad_(True)
+        leaves = [x.detach().requires_grad_(True) for x in learnables]
+        (g,) = torch.autograd.grad(step_loss(theta, leaves, i), theta, create_graph=True)
+        dot = torch.sum(g * adj)  # <g_i, a>: its gradient is the vector-Jacobian product we need
+        wrt = [theta, *leaves] if exact else leaves
+        parts = _zeros_if_none(torch.autograd.grad(dot, wrt, allow_unused=True), wrt)
+        lr_i = _lr_at(lr_value, i)
+        if exact:
+            hvp, parts = parts[0], parts[1:]
+        for acc, p in zip(grads, parts):
+            acc.sub_(lr_i * p)
+        if lr.dim() > 0:
+            lr_grad[i] -= dot.detach()
+        else:
+            lr_grad -= dot.detach()
+        if exact:
+            adj = adj - lr_i * hvp
+        thetas[i] = None  # this step is done; free it
+    return MetaGrad(loss.detach(), grads, lr_grad, theta_n.detach())
+
+
+def reverse(step_loss, outer, theta0, learnables, lr, num_steps) -> MetaGrad:
+    return _sweep_back(step_loss, outer, theta0, learnables, lr, num_steps, exact=True)
+
+
+def tesla(step_loss, outer, theta0, learnables, lr, num_steps) -> MetaGrad:
+    return _sweep_back(step_loss, outer, theta0, learnables, lr, num_steps, exact=False)
+
+
+def through_higher(step_loss, outer, theta0, learnables, lr, num_steps, optimizer: str = "sgd",
+                   momentum: float = 0.9) -> MetaGrad:
+    import higher
+
+    holder = torch.nn.Parameter(theta0.detach().clone())
+    if optimizer == "sgd":
+        base = torch.optim.SGD([holder], lr=1.0)
+    elif optimizer == "momentum":
+        base = torch.optim.SGD([holder], lr=1.0, momentum=momentum)
+    elif optimizer == "adam":
+        base = torch.optim.Adam([holder], lr=1.0)
+    else:
+        raise DDError(f"inner.optimizer '{optimizer}' is unknown; choose one of: sgd, momentum, adam")
+    diffopt = higher.optim.get_diff_optim(base, [holder], track_higher_grads=True)
+    params = [theta0.detach().requires_grad_(True)]
+    for i in range(num_steps):
+        loss_i = step_loss(params[0], learnables, i)
+        params = diffopt.step(loss_i, params=params, override={"lr": [_lr_at(lr, i)]})
+    loss = outer(params[0])
+    *grads, lr_grad = torch.autograd.grad(loss, [*learnables, lr], allow_unused=True)
+    grads = _zeros_if_none(grads, learnables)
+    return MetaGrad(loss.detach(), grads, torch.zeros_like(lr) if lr_grad is None else lr_grad, params[0].detach())
+
+
+def meta_gradient(engine: str, step_loss: StepLoss, outer: OuterLoss, theta0: torch.Tensor,
+                  learnables: Sequence[torch.Tensor], lr: torch.Tensor, num_steps: int,
+                  optimizer: str = "sgd") -> MetaGrad:
+    """Gradients of outer(theta_N) w.r.t. `learnables` and `lr` (a scalar, or one lr per step)."""
+    if num_steps <= 0:
+        raise DDError(f"syn_steps={num_steps} is not allowed; it must be a positive integer")
+    if lr.dim() > 0 and lr.numel() != num_steps:
+        raise DDError(f"got {lr.numel()} per-step lrs for {num_steps} inner steps; give one lr or one per step")
+    if optimizer != "sgd" and engine != "higher":
+        raise DDError(f"inner.optimizer={optimizer} needs inner.engine=higher (the other engines do plain SGD)")
+    learnables = list(learnables)
+    if engine == "unroll":
+        return unroll(step_loss, outer, theta0, learnables, lr, num_steps)
+    if engine == "reverse":
+        return reverse(step_loss, outer, theta0, learnables, lr, num_steps)
+    if engine == "tesla":
+        return tesla(step_loss, outer, theta0, learnables, lr, num_steps)
+    if engine == "higher":
+        return through_higher(step_loss, outer, theta0, learnables, lr, num_steps, optimizer=optimizer)
+    raise DDError(f"inner.engine '{engine}' is unknown; choose one of: {', '.join(ENGINES)}")

@@ -1,0 +1,34 @@
+"""Method registry: name -> function(RunContext) -> SynSet."""
+
+from dd.errors import DDError
+from dd.methods import coreset
+from dd.methods.base import RunContext, SynSet
+
+
+def run_coreset(ctx: RunContext) -> SynSet:
+    cfg = ctx.cfg
+    idx = coreset.select(
+        cfg.method.name, ctx.data, cfg.ipc, seed=cfg.seed, model_cfg=cfg.model, method_cfg=cfg.method,
+        eval_cfg=cfg.eval, device=ctx.device, progress=ctx.progress,
+    )
+    return SynSet(ctx.data.train_x[idx], ctx.data.train_y[idx], extra_meta={"train_indices": idx.tolist()})
+
+
+def run_full(ctx: RunContext) -> SynSet:
+    return SynSet(ctx.data.train_x, ctx.data.train_y, export=False)
+
+
+def run_mtt(ctx: RunContext) -> SynSet:
+    from dd.methods.mtt import distill
+
+    return distill(ctx)
+
+
+METHODS = {"random": run_coreset, "herding": run_coreset, "kcenter": run_coreset, "full": run_full, "mtt": run_mtt}
+
+
+def run_method(ctx: RunContext) -> SynSet:
+    name = ctx.cfg.method.name
+    if name not in METHODS:
+        raise DDError(f"method '{name}' is unknown; choose one of: {', '.join(METHODS)}")
+    return METHODS[name](ctx)

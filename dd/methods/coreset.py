@@ -1,0 +1,107 @@
+"""Coreset baselines: choose `ipc` real training images per class.
+
+- random: a seeded, class-balanced random subset.
+- herding: per class, greedily add the image that keeps the running mean of the
+  chosen embeddings closest to the class mean (Welling 2009).
+- kcenter: per class, k-center greedy: start at the image nearest the class
+  mean, then repeatedly add the image farthest from every image chosen so far.
+
+herding and kcenter work on the penultimate-layer embedding (``model.embed``)
+of one network of the run's model config trained on the full training set for
+``method.feature_epochs`` epochs with the evaluation optimiser (no
+augmentation).
+"""
+
+import torch
+from tqdm.auto import tqdm
+
+from dd.data import ImageDataset
+from dd.errors import DDError
+from dd.evaluate import new_model, train_on_set
+
+
+def check_ipc(data: ImageDataset, ipc: int) -> None:
+    if ipc <= 0:
+        raise DDError(f"ipc={ipc} is not allowed; it must be a positive integer")
+    counts = torch.bincount(data.train_y, minlength=data.num_classes)
+    smallest = int(counts.min())
+    if ipc > smallest:
+        c = int(counts.argmin())
+        raise DDError(
+            f"ipc={ipc} is more than class '{data.class_names[c]}' of {data.name} holds ({smallest} images); "
+            f"use ipc <= {smallest}"
+        )
+
+
+def random_indices(data: ImageDataset, ipc: int, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    chosen = []
+    for c in range(data.num_classes):
+        idx = data.indices_of_class(c)
+        chosen.append(idx[torch.randperm(len(idx), generator=gen)[:ipc]])
+    return torch.cat(chosen)
+
+
+def herding(features: torch.Tensor, k: int) -> torch.Tensor:
+    """Positions (into `features`) of k rows chosen by herding."""
+    mu = features.mean(0)
+    total = torch.zeros_like(mu)
+    available = torch.ones(len(features), dtype=torch.bool)
+    chosen = []
+    for t in range(k):
+        dist = torch.linalg.vector_norm(mu - (total + features) / (t + 1), dim=1)
+        dist[~available] = float("inf")
+        i = int(dist.argmin())
+        chosen.append(i)
+        available[i] = False
+        total += features[i]
+    return torch.tensor(chosen, dtype=torch.long)
+
+
+def kcenter_greedy(features: torch.Tensor, k: int) -> torch.Tensor:
+    """Positions of k rows chosen by k-center greedy, seeded at the row nearest the mean."""
+    first = int(torch.linalg.vector_norm(features - features.mean(0), dim=1).argmin())
+    chosen = [first]
+    nearest = torch.linalg.vector_norm(features - features[first], dim=1)
+    for _ in range(k - 1):
+        i = int(nearest.argmax())
+        chosen.append(i)
+        nearest = torch.minimum(nearest, torch.linalg.vector_norm(features - features[i], dim=1))
+    return torch.tensor(chosen, dtype=torch.long)
+
+
+@torch.no_grad()
+def embed_all(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    device = next(model.parameters()).device
+    model.eval()
+    return torch.cat([model.embed(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)])
+
+
+def feature_network(data: ImageDataset, model_cfg, method_cfg, eval_cfg, seed: int, device, progress: bool):
+    torch.manual_seed(seed)
+    model = new_model(model_cfg, data).to(device)
+    train_on_set(
+        model, data.train_x, data.train_y,
+        epochs=method_cfg.feature_epochs, lr=eval_cfg.lr, batch_size=method_cfg.feature_batch_size,
+        momentum=eval_cfg.momentum, weight_decay=eval_cfg.weight_decay, dsa=None,
+        generator=torch.Generator().manual_seed(seed), progress=progress, desc="feature network",
+    )
+    return model
+
+
+def select(
+    rule: str, data: ImageDataset, ipc: int, *, seed: int, model_cfg, method_cfg, eval_cfg, device, progress=True
+) -> torch.Tensor:
+    """Indices into data.train_x of the chosen images, grouped by class."""
+    check_ipc(data, ipc)
+    if rule == "random":
+        return random_indices(data, ipc, seed)
+    pick = {"herding": herding, "kcenter": kcenter_greedy}.get(rule)
+    if pick is None:
+        raise DDError(f"coreset rule '{rule}' is unknown; choose one of: random, herding, kcenter")
+    features = embed_all(feature_network(data, model_cfg, method_cfg, eval_cfg, seed, device, progress), data.train_x)
+    chosen = []
+    for c in tqdm(range(data.num_classes), desc=rule, leave=False, disable=not progress):
+        idx = data.indices_of_class(c)
+        chosen.append(idx[pick(features[idx], ipc)])
+    return torch.cat(chosen)

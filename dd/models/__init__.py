@@ -1,0 +1,21 @@
+"""Model zoo for dataset distillation and the flat-parameter functional wrapper."""
+
+from dd.models.classic import MLP, VGG11, AlexNet, LeNet
+from dd.models.convnet import ConvNet
+from dd.models.factory import MODEL_NAMES, build_model, model_has_state
+from dd.models.functional import FlatModel
+from dd.models.resnet import ResNet18, ResNet18_AP
+
+__all__ = [
+    "MODEL_NAMES",
+    "AlexNet",
+    "ConvNet",
+    "FlatModel",
+    "LeNet",
+    "MLP",
+    "ResNet18",
+    "ResNet18_AP",
+    "VGG11",
+    "build_model",
+    "model_has_state",
+]

@@ -1,0 +1,56 @@
+"""Build a model by name, validating the options a config passes through."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from dd.errors import DDError
+from dd.models.classic import MLP, VGG11, AlexNet, LeNet
+from dd.models.convnet import ConvNet, check_image_size
+from dd.models.resnet import ResNet18, ResNet18_AP
+
+MODEL_NAMES = ("convnet", "mlp", "lenet", "alexnet", "vgg11", "resnet18", "resnet18_ap")
+
+# name -> (class, the options it accepts)
+_REGISTRY: dict[str, tuple[type[nn.Module], tuple[str, ...]]] = {
+    "convnet": (ConvNet, ("width", "depth", "norm", "act", "pool")),
+    "mlp": (MLP, ()),
+    "lenet": (LeNet, ()),
+    "alexnet": (AlexNet, ()),
+    "vgg11": (VGG11, ("norm",)),
+    "resnet18": (ResNet18, ("norm",)),
+    "resnet18_ap": (ResNet18_AP, ("norm",)),
+}
+
+
+def build_model(
+    name: str, channels: int, num_classes: int, image_size: tuple[int, int], **options
+) -> nn.Module:
+    """Instantiate model `name`.
+
+    Options set to None mean "use the model's default", so a shared config can
+    carry every key; a non-None option the model does not take is a mistake.
+    """
+    if name not in _REGISTRY:
+        raise DDError(f"model {name!r} is unknown; choose one of: {', '.join(MODEL_NAMES)}")
+    cls, accepted = _REGISTRY[name]
+    for key, value in (("channels", channels), ("num_classes", num_classes)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise DDError(f"{key} {value!r} is invalid; expected a positive integer")
+    kwargs = {}
+    for key, value in options.items():
+        if value is None:
+            continue
+        if key not in accepted:
+            allowed = ", ".join(accepted) if accepted else "none"
+            raise DDError(f"option {key!r} does not apply to model {name!r}; it accepts: {allowed}")
+        kwargs[key] = value
+    return cls(channels, num_classes, check_image_size(image_size), **kwargs)
+
+
+def model_has_state(model: nn.Module) -> bool:
+    """True if forward updates BatchNorm running stats, i.e. the model is not a
+    pure function of its parameters."""
+    return any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats for m in model.modules()
+    )

@@ -1,0 +1,147 @@
+"""Paper-style tables from run folders: mean ± std per method x dataset-IPC cell.
+
+A cell pools the per-model test accuracies of every run (seed) that landed in
+it, so its std is the spread over all evaluated models, as the papers report,
+and `n` counts the runs. Published figures sit beside ours when given.
+"""
+
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from dd.errors import DDError
+
+
+@dataclass
+class Cell:
+    accs: list[float] = field(default_factory=list)
+    runs: int = 0
+
+    @property
+    def mean(self) -> float:
+        return 100 * float(np.mean(self.accs))
+
+    @property
+    def std(self) -> float:
+        return 100 * float(np.std(self.accs))
+
+
+def find_results(paths: list[str | Path]) -> list[dict]:
+    found = []
+    for p in map(Path, paths):
+        if not p.exists():
+            raise DDError(f"{p} does not exist; give run or multirun folders that hold results.json files")
+        files = [p] if p.is_file() else sorted(p.rglob("results.json"))
+        for f in files:
+            try:
+                found.append(json.loads(f.read_text()))
+            except json.JSONDecodeError:
+                raise DDError(f"{f} is not valid JSON") from None
+    return found
+
+
+def collect(results: list[dict], by_model: bool = False) -> dict[tuple, Cell]:
+    """{(row, dataset, ipc): Cell}; row is the method (plus the model when by_model)."""
+    cells: dict[tuple, Cell] = defaultdict(Cell)
+    for r in results:
+        row = f"{r['method']} ({r['model']})" if by_model else r["method"]
+        cell = cells[(row, r["dataset"], int(r["ipc"]))]
+        cell.accs.extend(r["accuracy"]["per_model"])
+        cell.runs += 1
+    return dict(cells)
+
+
+def load_reference(path: str | Path) -> dict[tuple, tuple[float, float | None]]:
+    """published.yaml: {methods: {name: {"<dataset>-<ipc>": "46.3±0.8" | 46.3}}} -> {(name, dataset, ipc): (mean, std)}."""
+    try:
+        doc = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise DDError(f"reference {path} cannot be read ({e})") from None
+    ref = {}
+    for method, entries in (doc.get("methods") or {}).items():
+        for key, value in entries.items():
+            dataset, ipc = str(key).rsplit("-", 1)
+            text = str(value).replace("+-", "±")
+            mean, _, std = text.partition("±")
+            ref[(method, dataset, int(ipc))] = (float(mean), float(std) if std else None)
+    return ref
+
+
+def _fmt(mean: float, std: float | None) -> str:
+    return f"{mean:.1f}" if std is None or math.isnan(std) else f"{mean:.1f} ± {std:.1f}"
+
+
+def render(cells: dict[tuple, Cell], fmt: str = "md", reference: dict | None = None) -> str:
+    reference = reference or {}
+    columns = sorted({(d, i) for _, d, i in cells} | {(d, i) for _, d, i in reference if any(
+        (r2, d, i) in cells for r2 in {r for r, _, _ in cells})}, key=lambda c: (c[0], c[1]))
+    rows = sorted({r for r, _, _ in cells})
+    ref_rows = sorted({r for r, _, _ in reference} - set(rows))
+    header = ["method"] + [f"{d} ipc{i}" for d, i in columns]
+    body = []
+    for row in rows:
+        line = [row]
+        for d, i in columns:
+            c = cells.get((row, d, i))
+            text = "" if c is None else f"{_fmt(c.mean, c.std)} (n={c.runs})"
+            pub = reference.get((row.split(" (")[0], d, i))
+            if pub and c is not None:
+                text += f" [paper {_fmt(*pub)}; {c.mean - pub[0]:+.1f}]"
+            line.append(text)
+        body.append(line)
+    for row in ref_rows:  # published rows with no run of ours, for context
+        body.append([f"{row} (paper)"] + [_fmt(*reference[(row, d, i)]) if (row, d, i) in reference else ""
+                                          for d, i in columns])
+    if fmt == "csv":
+        import csv
+        import io
+
+        buf = io.StringIO()
+        csv.writer(buf).writerows([header, *body])
+        return buf.getvalue()
+    if fmt == "latex":
+        esc = lambda s: s.replace("±", r"$\pm$").replace("_", r"\_")  # noqa: E731
+        lines = [r"\begin{tabular}{l" + "c" * len(columns) + "}", r"\toprule",
+                 " & ".join(map(esc, header)) + r" \\", r"\midrule"]
+        lines += [" & ".join(map(esc, line)) + r" \\" for line in body]
+        lines += [r"\bottomrule", r"\end{tabular}"]
+        return "\n".join(lines) + "\n"
+    if fmt != "md":
+        raise DDError(f"format '{fmt}' is unknown; choose one of: md, csv, latex")
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
+    out = ["| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |",
+           "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    out += ["| " + " | ".join(str(x).ljust(w) for x, w in zip(line, widths)) + " |" for line in body]
+    return "\n".join(out) + "\n"
+
+
+def plot(cells: dict[tuple, Cell], path: str | Path) -> None:
+    """Accuracy vs IPC per method, one panel per dataset."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dd.fsutil import write_file
+
+    datasets = sorted({d for _, d, _ in cells})
+    fig, axes = plt.subplots(1, len(datasets), figsize=(4.5 * len(datasets), 3.5), squeeze=False)
+    for ax, d in zip(axes[0], datasets):
+        for row in sorted({r for r, dd, _ in cells if dd == d}):
+            pts = sorted((i, c) for (r, dd, i), c in cells.items() if r == row and dd == d)
+            ipcs = [i for i, _ in pts]
+            ax.errorbar(ipcs, [c.mean for _, c in pts], yerr=[c.std for _, c in pts], marker="o", capsize=3, label=row)
+        ax.set_xscale("log")
+        ax.set_xlabel("images per class")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(d)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    write_file(path, lambda p: fig.savefig(p, dpi=110, format="png"))
+    plt.close(fig)

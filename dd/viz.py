@@ -1,0 +1,61 @@
+"""Pictures of distilled sets: one row per class, class names on the rows."""
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from dd.fsutil import write_file  # noqa: E402
+
+
+def save_grid(pixels: torch.Tensor, labels: torch.Tensor, class_names: list[str], path: str | Path,
+              max_per_class: int = 10, title: str | None = None) -> None:
+    """pixels: (N,C,H,W) in [0,1]; labels: hard (N,) or soft (N,classes)."""
+    pixels = pixels.detach().cpu().clamp(0, 1)
+    hard = labels.argmax(1) if labels.dim() == 2 else labels
+    rows = [(c, (hard == c).nonzero().flatten()[:max_per_class]) for c in range(len(class_names))]
+    rows = [(c, idx) for c, idx in rows if len(idx)]
+    cols = max(len(idx) for _, idx in rows)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(cols * 0.9 + 1.2, len(rows) * 0.9 + 0.4), squeeze=False)
+    for r, (c, idx) in enumerate(rows):
+        for j in range(cols):
+            ax = axes[r][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for s in ax.spines.values():
+                s.set_visible(False)
+            if j < len(idx):
+                img = pixels[idx[j]].permute(1, 2, 0).numpy()
+                ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
+        axes[r][0].set_ylabel(str(class_names[c]), rotation=0, ha="right", va="center", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout(pad=0.2)
+    write_file(path, lambda p: fig.savefig(p, dpi=100, format="png"))
+    plt.close(fig)
+
+
+def save_curves(history: list[dict], path: str | Path, title: str | None = None) -> None:
+    """Matching loss per iteration and test accuracy at each evaluation, on two panels."""
+    losses = [(h["iteration"], h["loss"]) for h in history if "loss" in h]
+    evals = [(h["iteration"], 100 * h["acc_mean"], 100 * h["acc_std"]) for h in history if "acc_mean" in h]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
+    if losses:
+        a.plot(*zip(*losses), lw=0.8)
+    a.set_xlabel("iteration")
+    a.set_ylabel("matching loss")
+    a.grid(alpha=0.3)
+    if evals:
+        it, mean, std = zip(*evals)
+        b.errorbar(it, mean, yerr=std, marker="o", capsize=3)
+    b.set_xlabel("iteration")
+    b.set_ylabel("test accuracy (%)")
+    b.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    write_file(path, lambda p: fig.savefig(p, dpi=100, format="png"))
+    plt.close(fig)

@@ -33,7 +33,7 @@ def save_grid(pixels: torch.Tensor, labels: torch.Tensor, class_names: list[str]
         axes[r][0].set_ylabel(str(class_names[c]), rotation=0, ha="right", va="center", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout(pad=0.2)
+    fig.tight_layout(pad=0.2, rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight() if title else 1))
     write_file(path, lambda p: fig.savefig(p, dpi=100, format="png"))
     plt.close(fig)
 

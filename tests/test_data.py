@@ -96,8 +96,12 @@ def test_zca_whitened_covariance():
         w = ZCA.fit(x, eps=eps).apply(x).view(len(x), -1)
         expected = u @ torch.diag(s / (s + eps)) @ u.T
         torch.testing.assert_close(torch.cov(w.T), expected, atol=1e-6, rtol=1e-6)
-    torch.testing.assert_close(torch.cov(ZCA.fit(x, eps=1e-9).apply(x).view(len(x), -1).T),
-                               torch.eye(12, dtype=torch.float64), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        torch.cov(ZCA.fit(x, eps=1e-9).apply(x).view(len(x), -1).T),
+        torch.eye(12, dtype=torch.float64),
+        atol=1e-6,
+        rtol=0,
+    )
 
 
 def test_zca_digits_covariance_bounded(digits_zca):
@@ -185,6 +189,19 @@ def test_idx_missing(tmp_path):
         load_image_dataset("mnist", root=str(tmp_path / "empty"), source="idx")
 
 
+def test_torchvision_reads_mnist_raw_folder(tmp_path):
+    # torchvision checks only that MNIST's raw files exist, so the IDX fixture serves it too
+    data = _write_idx_folder(tmp_path / "FashionMNIST" / "raw", gz=())
+    d = load_image_dataset("fashion_mnist", root=str(tmp_path))
+    assert d.train_x.shape == (20, 1, 28, 28) and d.test_y.tolist() == data["t10k-labels-idx1-ubyte"].tolist()
+    assert (
+        d.class_names
+        == load_image_dataset(
+            "fashion_mnist", root=str(tmp_path / "FashionMNIST" / "raw"), source="idx"
+        ).class_names
+    )
+
+
 # --- CIFAR python batches -----------------------------------------------------
 
 
@@ -192,10 +209,28 @@ def test_cifar10_folder(tmp_path):
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
     rng = np.random.default_rng(1)
-    train = {b"data": rng.integers(0, 256, (12, 3072), dtype=np.uint8), b"labels": [i % 10 for i in range(12)]}
+    train = {
+        b"data": rng.integers(0, 256, (12, 3072), dtype=np.uint8),
+        b"labels": [i % 10 for i in range(12)],
+    }
     test = {b"data": rng.integers(0, 256, (5, 3072), dtype=np.uint8), b"labels": [9, 8, 7, 6, 5]}
-    names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
-    for fname, obj in (("data_batch_1", train), ("test_batch", test), ("batches.meta", {b"label_names": names})):
+    names = [
+        b"airplane",
+        b"automobile",
+        b"bird",
+        b"cat",
+        b"deer",
+        b"dog",
+        b"frog",
+        b"horse",
+        b"ship",
+        b"truck",
+    ]
+    for fname, obj in (
+        ("data_batch_1", train),
+        ("test_batch", test),
+        ("batches.meta", {b"label_names": names}),
+    ):
         with open(folder / fname, "wb") as f:
             pickle.dump(obj, f)
     d = load_image_dataset("cifar10", root=str(tmp_path), source="folder")
@@ -232,7 +267,9 @@ def test_tiny_imagenet_layout(tmp_path):
     wnids = ["n01443537", "n01629819"]
     (root / "val" / "images").mkdir(parents=True)
     (root / "wnids.txt").write_text("\n".join(wnids) + "\n")
-    (root / "words.txt").write_text("n01443537\tgoldfish, Carassius auratus\nn01629819\tEuropean fire salamander\n")
+    (root / "words.txt").write_text(
+        "n01443537\tgoldfish, Carassius auratus\nn01629819\tEuropean fire salamander\n"
+    )
     for c, w in enumerate(wnids):
         d = root / "train" / w / "images"
         d.mkdir(parents=True)
@@ -240,7 +277,9 @@ def test_tiny_imagenet_layout(tmp_path):
             Image.new("RGB", (64, 64), (40 * c + 10 * i, 0, 255)).save(d / f"{w}_{i}.JPEG")
     lines = []
     for i, c in enumerate([1, 0, 1]):
-        Image.new("L", (64, 64), 128).save(root / "val" / "images" / f"val_{i}.JPEG")  # greyscale is converted
+        Image.new("L", (64, 64), 128).save(
+            root / "val" / "images" / f"val_{i}.JPEG"
+        )  # greyscale is converted
         lines.append(f"val_{i}.JPEG\t{wnids[c]}\t0\t0\t63\t63")
     (root / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
 

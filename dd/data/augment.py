@@ -62,7 +62,10 @@ class DSA:
     """
 
     def __init__(
-        self, strategy: str = "color_crop_cutout_flip_scale_rotate", flip: bool = True, batchwise: bool = False
+        self,
+        strategy: str = "color_crop_cutout_flip_scale_rotate",
+        flip: bool = True,
+        batchwise: bool = False,
     ):
         self.strategy = strategy
         names = parse_strategy(strategy, flip)
@@ -74,13 +77,13 @@ class DSA:
         return f"DSA(color={self.color}, one_of={list(self.choices)}, batchwise={self.batchwise})"
 
     def __call__(self, x: Tensor, seed: int) -> Tensor:
-        if not self.color and not self.choices:
+        if (not self.color and not self.choices) or x.shape[0] == 0:
             return x
         r = _Rand(seed, x.shape[0], self.batchwise)
         if self.color:
             x = _color(x, r)
         if self.choices:
-            pick = self.choices[int(r.randint(0, len(self.choices))[0])]
+            pick = self.choices[r.choice(len(self.choices))]
             x = _TRANSFORMS[pick](x, r)
         return x
 
@@ -98,6 +101,10 @@ class _Rand:
 
     def _shape(self, t: Tensor) -> Tensor:
         return t[:1].expand(self.n).clone() if self.batchwise else t
+
+    def choice(self, k: int) -> int:
+        """One index in [0, k), shared by the whole batch."""
+        return int(torch.randint(k, (1,), generator=self._gen()))
 
     def uniform(self, low: float, high: float) -> Tensor:
         """n float32 draws from U(low, high)."""

@@ -20,7 +20,15 @@ from torch import Tensor
 from dd.data.zca import ZCA
 from dd.errors import DDError
 
-IMAGE_DATASETS: tuple[str, ...] = ("digits", "mnist", "fashion_mnist", "svhn", "cifar10", "cifar100", "tiny_imagenet")
+IMAGE_DATASETS: tuple[str, ...] = (
+    "digits",
+    "mnist",
+    "fashion_mnist",
+    "svhn",
+    "cifar10",
+    "cifar100",
+    "tiny_imagenet",
+)
 SOURCES: tuple[str, ...] = ("torchvision", "idx", "folder")
 
 # Published per-channel statistics; digits computes its own from the train split.
@@ -172,7 +180,9 @@ def _check_options(name, root, source, zca_eps, image_size, train_limit) -> None
     if source == "idx" and name not in ("mnist", "fashion_mnist"):
         raise DDError(f"dataset.source=idx only works for mnist and fashion_mnist, not '{name}'")
     if source == "folder" and name not in ("cifar10", "cifar100", "tiny_imagenet"):
-        raise DDError(f"dataset.source=folder only works for cifar10, cifar100 and tiny_imagenet, not '{name}'")
+        raise DDError(
+            f"dataset.source=folder only works for cifar10, cifar100 and tiny_imagenet, not '{name}'"
+        )
     if name != "digits" and root is None and not (name == "fashion_mnist" and source == "idx"):
         raise DDError(f"dataset '{name}' needs dataset.root (the folder holding or receiving its files)")
     if not zca_eps > 0:
@@ -290,8 +300,10 @@ def read_idx(path: str) -> np.ndarray:
     dims = [int(d) for d in np.frombuffer(buf, dtype=">u4", count=ndim, offset=4)]
     need = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
     if len(buf) - start != need:
-        raise DDError(f"IDX file {path} is truncated or corrupt: dims {dims} need {need} data bytes, found {len(buf) - start}")
-    return np.frombuffer(buf, dtype=dtype, offset=start).reshape(dims)
+        raise DDError(
+            f"IDX file {path} is truncated or corrupt: dims {dims} need {need} data bytes, found {len(buf) - start}"
+        )
+    return np.frombuffer(buf, dtype=dtype, offset=start).reshape(dims).copy()  # writable for torch
 
 
 def _find_idx(root: str, stem: str) -> str | None:
@@ -303,9 +315,15 @@ def _find_idx(root: str, stem: str) -> str | None:
 
 
 def _load_idx(name: str, root: str) -> _Raw:
-    hint = f" (Debian's dataset-fashion-mnist installs them under {DEBIAN_FASHION_ROOT})" if name == "fashion_mnist" else ""
+    hint = (
+        f" (Debian's dataset-fashion-mnist installs them under {DEBIAN_FASHION_ROOT})"
+        if name == "fashion_mnist"
+        else ""
+    )
     if not os.path.isdir(root):
-        raise DDError(f"IDX folder {root} for {name} does not exist; set dataset.root to the folder with the IDX files{hint}")
+        raise DDError(
+            f"IDX folder {root} for {name} does not exist; set dataset.root to the folder with the IDX files{hint}"
+        )
     arrays = {}
     for split, prefix in (("train", "train"), ("test", "t10k")):
         for kind, stem in (("x", f"{prefix}-images-idx3-ubyte"), ("y", f"{prefix}-labels-idx1-ubyte")):
@@ -335,7 +353,15 @@ def _unpickle(path: str) -> dict:
     try:
         with open(path, "rb") as f:
             d = pickle.load(f, encoding="bytes")
-    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError, ImportError) as e:
+    except (
+        OSError,
+        EOFError,
+        pickle.UnpicklingError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        ImportError,
+    ) as e:
         raise DDError(f"cannot read CIFAR batch file {path}: {type(e).__name__}") from e
     if not isinstance(d, dict):
         raise DDError(f"CIFAR batch file {path} does not hold a dict")
@@ -349,7 +375,9 @@ def _cifar_batch(path: str, label_key: bytes) -> tuple[Tensor, Tensor]:
     data = np.asarray(d[b"data"], dtype=np.uint8)
     labels = np.asarray(d[label_key], dtype=np.int64)
     if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
-        raise DDError(f"CIFAR batch file {path} should hold (N, 3072) uint8 data and N labels, got {data.shape}")
+        raise DDError(
+            f"CIFAR batch file {path} should hold (N, 3072) uint8 data and N labels, got {data.shape}"
+        )
     return _from_uint8(data.reshape(-1, 3, 32, 32)), torch.as_tensor(labels)
 
 
@@ -361,10 +389,22 @@ def _load_cifar_folder(name: str, root: str) -> _Raw:
     if name == "cifar10":
         train_files = [os.path.join(folder, f"data_batch_{i}") for i in range(1, 6)]
         train_files = [p for p in train_files if os.path.isfile(p)]  # tolerate partial copies
-        test_file, meta_file, label_key, names_key, k = "test_batch", "batches.meta", b"labels", b"label_names", 10
+        test_file, meta_file, label_key, names_key, k = (
+            "test_batch",
+            "batches.meta",
+            b"labels",
+            b"label_names",
+            10,
+        )
     else:
         train_files = [p for p in [os.path.join(folder, "train")] if os.path.isfile(p)]
-        test_file, meta_file, label_key, names_key, k = "test", "meta", b"fine_labels", b"fine_label_names", 100
+        test_file, meta_file, label_key, names_key, k = (
+            "test",
+            "meta",
+            b"fine_labels",
+            b"fine_label_names",
+            100,
+        )
     test_path = os.path.join(folder, test_file)
     if not train_files or not os.path.isfile(test_path):
         want = "data_batch_1..5 and test_batch" if name == "cifar10" else "train and test"
@@ -377,9 +417,7 @@ def _load_cifar_folder(name: str, root: str) -> _Raw:
         meta = _unpickle(meta_path)
         if names_key in meta:
             names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta[names_key]]
-    return _Raw(
-        torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), test_x, test_y, names
-    )
+    return _Raw(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), test_x, test_y, names)
 
 
 # --- Tiny ImageNet ------------------------------------------------------------

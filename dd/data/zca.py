@@ -30,7 +30,7 @@ class ZCA:
         self.inverse = inverse
 
     @classmethod
-    def fit(cls, x: Tensor, eps: float = 0.1) -> "ZCA":
+    def fit(cls, x: Tensor, eps: float = 0.1) -> ZCA:
         """Fit on a batch (N, C, H, W); every non-batch axis is one feature."""
         from kornia.enhance import ZCAWhitening
 
@@ -69,6 +69,6 @@ class ZCA:
         }
 
     @classmethod
-    def from_state(cls, d: dict[str, Tensor], eps: float | None = None) -> "ZCA":
+    def from_state(cls, d: dict[str, Tensor], eps: float | None = None) -> ZCA:
         """Rebuild from ``state()``; ``zca_inverse`` is recomputed when absent."""
         return cls(d["zca_mean"], d["zca_matrix"], eps, d.get("zca_inverse"))

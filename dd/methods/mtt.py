@@ -160,7 +160,7 @@ def distill(ctx: RunContext) -> SynSet:
         write_file(ckpt_path, lambda p: torch.save(blob, p))
 
     def evaluate(it: int) -> None:
-        result = evaluate_set(images.detach(), eval_labels(), data, cfg.model, cfg.eval, lr=float(syn_lr),
+        result = evaluate_set(images.detach(), eval_labels(), data, cfg.model, cfg.eval, lr=float(syn_lr.detach()),
                               seed=cfg.seed, device=device, progress=False)
         state["history"].append({"iteration": it, "acc_mean": result.mean, "acc_std": result.std,
                                  "lr": float(syn_lr)})

@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test test-all lint bench clean
+.PHONY: install demo table-digits test test-all lint bench clean
 
 install: $(STAMP)
 
@@ -20,8 +20,23 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+DEMO := outputs/demo
+
+# The main job on the embedded default: trajectory matching on digits (IPC 1), experts included,
+# then random / herding / k-center at the same IPC with the same evaluation, and the table.
 demo: install
-	$(VENV)/bin/dd-distill experiment=digits_coreset_table
+	rm -rf $(DEMO)
+	$(VENV)/bin/dd-distill experiment=digits_mtt_ipc1 hydra.run.dir=$(DEMO)/mtt
+	$(VENV)/bin/dd-distill -m experiment=digits_baselines method=random,herding,kcenter ipc=1 hydra.sweep.dir=$(DEMO)/baselines
+	$(VENV)/bin/dd-table $(DEMO) --reference experiments/digits/published.yaml
+
+# The digits table: baselines at IPC 1/10/50, full data, and MTT at IPC 1/10 (CPU, tens of minutes).
+TABLE := outputs/table-digits
+table-digits: install
+	$(VENV)/bin/dd-distill -m experiment=digits_baselines method=random,herding,kcenter ipc=1,10,50 hydra.sweep.dir=$(TABLE)/baselines
+	$(VENV)/bin/dd-distill experiment=digits_baselines method=full hydra.run.dir=$(TABLE)/full
+	$(VENV)/bin/dd-distill -m experiment=digits_mtt_ipc1,digits_mtt_ipc10 hydra.sweep.dir=$(TABLE)/mtt
+	$(VENV)/bin/dd-table $(TABLE) --reference experiments/digits/published.yaml --plot $(TABLE)/accuracy.png
 
 test: install
 	WANDB_MODE=disabled $(PY) -m pytest -q

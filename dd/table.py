@@ -16,6 +16,8 @@ import yaml
 
 from dd.errors import DDError
 
+FULL = "full"
+
 
 @dataclass
 class Cell:
@@ -50,7 +52,9 @@ def collect(results: list[dict], by_model: bool = False) -> dict[tuple, Cell]:
     cells: dict[tuple, Cell] = defaultdict(Cell)
     for r in results:
         row = f"{r['method']} ({r['model']})" if by_model else r["method"]
-        cell = cells[(row, r["dataset"], int(r["ipc"]))]
+        # the full-data row does not depend on ipc: one cell shown under every ipc of its dataset
+        ipc = None if r["method"] == FULL else int(r["ipc"])
+        cell = cells[(row, r["dataset"], ipc)]
         cell.accs.extend(r["accuracy"]["per_model"])
         cell.runs += 1
     return dict(cells)
@@ -78,8 +82,9 @@ def _fmt(mean: float, std: float | None) -> str:
 
 def render(cells: dict[tuple, Cell], fmt: str = "md", reference: dict | None = None) -> str:
     reference = reference or {}
-    columns = sorted({(d, i) for _, d, i in cells} | {(d, i) for _, d, i in reference if any(
-        (r2, d, i) in cells for r2 in {r for r, _, _ in cells})}, key=lambda c: (c[0], c[1]))
+    columns = sorted({(d, i) for _, d, i in cells if i is not None})
+    if not columns:  # only full-data runs
+        columns = sorted({(d, 1) for _, d, _ in cells})
     rows = sorted({r for r, _, _ in cells})
     ref_rows = sorted({r for r, _, _ in reference} - set(rows))
     header = ["method"] + [f"{d} ipc{i}" for d, i in columns]
@@ -87,7 +92,7 @@ def render(cells: dict[tuple, Cell], fmt: str = "md", reference: dict | None = N
     for row in rows:
         line = [row]
         for d, i in columns:
-            c = cells.get((row, d, i))
+            c = cells.get((row, d, i), cells.get((row, d, None)))
             text = "" if c is None else f"{_fmt(c.mean, c.std)} (n={c.runs})"
             pub = reference.get((row.split(" (")[0], d, i))
             if pub and c is not None:
@@ -133,6 +138,10 @@ def plot(cells: dict[tuple, Cell], path: str | Path) -> None:
     fig, axes = plt.subplots(1, len(datasets), figsize=(4.5 * len(datasets), 3.5), squeeze=False)
     for ax, d in zip(axes[0], datasets):
         for row in sorted({r for r, dd, _ in cells if dd == d}):
+            full = cells.get((row, d, None))
+            if full is not None:  # ipc-independent: a horizontal band
+                ax.axhline(full.mean, ls="--", color="gray", label=f"{row} ({full.mean:.1f})")
+                continue
             pts = sorted((i, c) for (r, dd, i), c in cells.items() if r == row and dd == d)
             ipcs = [i for i, _ in pts]
             ax.errorbar(ipcs, [c.mean for _, c in pts], yerr=[c.std for _, c in pts], marker="o", capsize=3, label=row)

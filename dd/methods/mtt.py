@@ -163,7 +163,7 @@ def distill(ctx: RunContext) -> SynSet:
         result = evaluate_set(images.detach(), eval_labels(), data, cfg.model, cfg.eval, lr=float(syn_lr.detach()),
                               seed=cfg.seed, device=device, progress=False)
         state["history"].append({"iteration": it, "acc_mean": result.mean, "acc_std": result.std,
-                                 "lr": float(syn_lr)})
+                                 "lr": float(syn_lr.detach())})
         ctx.tracker.log({"eval/acc_mean": result.mean, "eval/acc_std": result.std}, step=it)
         best = state["best"]
         if best is None or result.mean > best["evaluation"]["mean"]:
@@ -173,7 +173,7 @@ def distill(ctx: RunContext) -> SynSet:
         save_grid(data.to_pixels(images.detach().cpu()), eval_labels().cpu(), data.class_names, grid,
                   title=f"iteration {it}: {result}")
         ctx.tracker.log_image("grid", grid, step=it)
-        log.info("iteration %d: %s (lr %.4g)", it, result, float(syn_lr))
+        log.info("iteration %d: %s (lr %.4g)", it, result, float(syn_lr.detach()))
 
     bar = tqdm(range(state["next_it"], m.iterations + 1), desc=f"mtt {data.name} ipc={cfg.ipc}",
                disable=not ctx.progress, initial=state["next_it"], total=m.iterations + 1)
@@ -227,8 +227,8 @@ def distill(ctx: RunContext) -> SynSet:
         loss = float(res.loss)
         state["iter_s"] += time.perf_counter() - t_it
         state["history"].append({"iteration": it, "loss": loss, "start_epoch": start})
-        ctx.tracker.log({"matching_loss": loss, "syn_lr": float(syn_lr), "start_epoch": start}, step=it)
-        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{float(syn_lr):.4g}",
+        ctx.tracker.log({"matching_loss": loss, "syn_lr": float(syn_lr.detach()), "start_epoch": start}, step=it)
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{float(syn_lr.detach()):.4g}",
                         best=f"{100 * state['best']['evaluation']['mean']:.1f}%")
     save_checkpoint(m.iterations)
 

@@ -1,0 +1,179 @@
+"""Trajectory matching end to end on digits: buffers, resume, failure handling, export."""
+
+import json
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from dd.cli.common import CONF_DIR
+from dd.config import register_configs
+from dd.errors import DDError
+from dd.experts import Buffer
+from dd.export import load
+from dd.pipeline import run
+
+register_configs()
+
+TINY = [
+    "method=mtt", "dataset=digits", "ipc=1", "model.width=6", "eval.epochs=20", "eval.num_models=1",
+    "buffer.num_experts=2", "buffer.epochs=3", "method.max_start_epoch=2", "method.expert_epochs=1",
+    "method.syn_steps=3", "method.batch_syn=5", "method.iterations=6", "method.eval_every=100",
+    "method.checkpoint_every=3", "method.lr_img=100", "progress=false", "logger=none",
+]
+
+
+def config(tmp_path, *extra):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=[*TINY, f"buffer.dir={tmp_path / 'buffer'}", *extra])
+
+
+def test_distillation_lowers_the_loss_and_exports(tmp_path):
+    cfg = config(tmp_path, "method.iterations=12", "method.lr_img=1000")
+    results = run(cfg, tmp_path / "run")
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    losses = [h["loss"] for h in ckpt["state"]["history"] if "loss" in h]
+    assert len(losses) == 12
+    assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4  # matching improves
+    ds = load(tmp_path / "run" / "distilled")
+    assert ds.images.shape == (10, 1, 16, 16) and torch.isfinite(ds.images).all()
+    assert ds.meta["method"] == "mtt" and ds.lr is not None and float(ds.lr) > 0
+    assert 0 <= results["accuracy"]["mean"] <= 1
+    assert (tmp_path / "run" / "grid.png").is_file() and (tmp_path / "run" / "curves.png").is_file()
+
+
+def test_resume_reaches_the_same_images(tmp_path, monkeypatch):
+    whole = run(config(tmp_path), tmp_path / "whole")
+    assert whole["method"] == "mtt"
+    import dd.methods.mtt as mtt
+
+    real = mtt.meta_gradient
+    calls = {"n": 0}
+
+    def dies_at_fifth(*a, **k):  # a kill after the checkpoint at iteration 3
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(mtt, "meta_gradient", dies_at_fifth)
+    with pytest.raises(KeyboardInterrupt):
+        run(config(tmp_path), tmp_path / "killed")
+    assert not (tmp_path / "killed" / "results.json").exists()
+    monkeypatch.setattr(mtt, "meta_gradient", real)
+    run(config(tmp_path, "resume=true"), tmp_path / "killed")
+    a = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=True)
+    assert torch.equal(a["images"], b["images"])
+    assert torch.equal(a["syn_lr"], b["syn_lr"])
+
+
+def test_resume_without_checkpoint_is_refused(tmp_path):
+    with pytest.raises(DDError, match="does not exist"):
+        run(config(tmp_path, "resume=true"), tmp_path / "nothing")
+
+
+def test_buffer_skips_finished_experts_and_refuses_mismatch(tmp_path):
+    from dd.experts import build_buffer
+    from dd.pipeline import load_data
+
+    cfg = config(tmp_path, "buffer.num_experts=2")
+    data = load_data(cfg)
+    buf = build_buffer(cfg, data, "cpu", ids=[0, 1], progress=False)
+    assert buf.finished() == [0, 1]
+    stamp = buf.file(0).stat().st_mtime_ns
+    traj = buf.epochs(1, 0, 3)
+    assert len(traj) == 2 or len(traj) == 3
+    build_buffer(cfg, data, "cpu", ids=[0, 1, 2], progress=False)
+    assert buf.file(0).stat().st_mtime_ns == stamp  # not retrained
+    assert buf.finished() == [0, 1, 2]
+    records = {r["id"]: r for r in buf.records()}
+    assert set(records) == {0, 1, 2} and all(0 <= r["test_accuracy"] <= 1 for r in records.values())
+    # a half-written expert (data file without its record) is retrained, not trusted
+    buf.record_path(2).unlink()
+    assert buf.finished() == [0, 1]
+    other = config(tmp_path, "model.width=8")
+    with pytest.raises(DDError, match="model.width is 6 in the buffer but 8 in this run"):
+        build_buffer(other, data, "cpu", ids=[0], progress=False)
+    with pytest.raises(DDError, match="zca"):
+        zcfg = config(tmp_path, "dataset.zca=true")
+        build_buffer(zcfg, load_data(zcfg), "cpu", ids=[0], progress=False)
+
+
+def test_trajectory_matches_sequential_sgd(tmp_path):
+    """Stored epochs are the expert's real parameters: epoch 0 is the seeded init."""
+    from dd.evaluate import new_model
+    from dd.experts import build_buffer
+    from dd.models import FlatModel
+    from dd.pipeline import load_data
+
+    cfg = config(tmp_path)
+    data = load_data(cfg)
+    buf = build_buffer(cfg, data, "cpu", ids=[0], progress=False)
+    seed = json.loads(buf.record_path(0).read_text())["seed"]
+    torch.manual_seed(seed)
+    init = FlatModel(new_model(cfg.model, data)).flatten()
+    (stored,) = buf.epochs(0, 0)
+    assert torch.equal(stored, init)
+    (last,) = buf.epochs(0, 3)
+    assert not torch.equal(last, init)
+
+
+def test_corrupt_expert_file_is_reported(tmp_path):
+    from dd.experts import build_buffer
+    from dd.pipeline import load_data
+
+    cfg = config(tmp_path)
+    buf = build_buffer(cfg, load_data(cfg), "cpu", ids=[0], progress=False)
+    buf.file(0).write_bytes(b"not a safetensors file")
+    with pytest.raises(DDError, match="cannot be read"):
+        Buffer.open(buf.folder).epochs(0, 0)
+
+
+def test_nonfinite_losses_stop_the_run_without_export(tmp_path, monkeypatch):
+    import dd.methods.mtt as mtt
+    from dd.inner import MetaGrad
+
+    def poisoned(engine, step_loss, outer, theta0, learnables, lr, n, optimizer="sgd"):
+        nan = torch.tensor(float("nan"))
+        return MetaGrad(nan, [torch.zeros_like(x) for x in learnables], torch.zeros_like(lr), theta0)
+
+    monkeypatch.setattr(mtt, "meta_gradient", poisoned)
+    with pytest.raises(DDError, match="not finite for 3 iterations in a row"):
+        run(config(tmp_path, "method.max_nonfinite=3"), tmp_path / "run")
+    assert not (tmp_path / "run" / "distilled").exists()
+    assert not (tmp_path / "run" / "results.json").exists()
+
+
+def test_learned_lr_never_goes_below_its_floor(tmp_path, monkeypatch):
+    import dd.methods.mtt as mtt
+    from dd.inner import MetaGrad
+
+    def pushes_lr_negative(engine, step_loss, outer, theta0, learnables, lr, n, optimizer="sgd"):
+        return MetaGrad(torch.tensor(1.0), [torch.zeros_like(x) for x in learnables], torch.full_like(lr, 1e6), theta0)
+
+    monkeypatch.setattr(mtt, "meta_gradient", pushes_lr_negative)
+    run(config(tmp_path, "method.lr_lr=1", "method.min_lr=0.001"), tmp_path / "run")
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert float(ckpt["syn_lr"]) == pytest.approx(0.001)
+    assert float(load(tmp_path / "run" / "distilled").lr) > 0
+
+
+def test_soft_labels_are_learned_and_exported(tmp_path):
+    run(config(tmp_path, "method.soft_labels=true", "method.lr_label=10"), tmp_path / "run")
+    ds = load(tmp_path / "run" / "distilled")
+    assert ds.labels.shape == (10, 10) and ds.labels.dtype == torch.float32
+    assert torch.allclose(ds.labels.sum(1), torch.ones(10), atol=1e-5)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("method.syn_steps=0", "syn_steps=0"),
+    ("method.max_start_epoch=5", "buffer.epochs=3"),
+    ("method.lr_img=-1", "lr_img=-1"),
+    ("inner.engine=magic", "inner.engine 'magic'"),
+    ("method.pix_init=zeros", "pix_init 'zeros'"),
+])
+def test_bad_method_settings(tmp_path, override, message):
+    with pytest.raises(DDError, match=message):
+        run(config(tmp_path, override), tmp_path / "run")
+    assert not (tmp_path / "run" / "results.json").exists()

@@ -44,6 +44,10 @@ test: install
 test-all: install
 	WANDB_MODE=disabled $(PY) -m pytest -q -m ''
 
+# Quick CPU versions of the speed/memory benchmarks (tables printed, JSON + PNG in benchmarks/results/).
+bench: install
+	$(PY) benchmarks/meta_grad.py --quick
+
 lint: install
 	$(VENV)/bin/ruff check dd tests benchmarks
 

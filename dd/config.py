@@ -118,9 +118,107 @@ class BufferConfig:
 
 
 @dataclass
+class TextDatasetConfig:
+    """A text classification task (single sentences or sentence pairs), tokenised by the backbone."""
+
+    name: str = MISSING
+    kind: str = "text"  # marks a text dataset: dd.pipeline hands it to dd.text_pipeline
+    source: str = "synthetic"  # synthetic | hf | files
+    max_length: int = 64  # tokens per example, [CLS]/[SEP] included (paper: 512)
+    # source=hf: a Hugging Face dataset (local cache, or the network where allowed)
+    hf_path: str | None = None
+    hf_subset: str | None = None
+    train_split: str = "train"
+    test_split: str = "test"  # GLUE tasks are scored on their validation split
+    # source=files: local csv / tsv / jsonl / parquet files
+    train_file: str | None = None
+    test_file: str | None = None
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    f1: bool = False  # also report binary F1 (MRPC)
+    train_limit: int | None = None  # keep the first N training examples (quick runs on big sets)
+    # source=synthetic: the embedded topic task
+    num_train: int = 400
+    num_test: int = 400
+    label_noise: float = 0.05
+    seed: int = 0
+
+
+@dataclass
+class TextModelConfig:
+    """A BERT-style backbone; the classifier head is drawn fresh for every training run."""
+
+    name: str = MISSING  # minilm | bert_base | tiny_bert
+    name_or_path: str | None = None  # HF model id or local folder; null = the option's default
+    pooling: str = "pooler"  # pooler (BERT's tanh dense on [CLS], as BertForSequenceClassification) | cls
+    # tiny_bert only: a randomly initialised BertConfig for tests
+    hidden_size: int = 32
+    num_layers: int = 2
+    num_heads: int = 2
+    intermediate_size: int = 64
+    init_seed: int = 0
+
+
+@dataclass
+class AttentionLabelsConfig:
+    """Attention-label text distillation (Maekawa et al., ACL 2023); defaults of the reference code."""
+
+    name: str = "attention_labels"
+    inner_steps: int = 1  # SGD steps of the learner on the distilled set
+    batch_per_class: int = 1  # distilled examples per class in each inner step; must divide ipc
+    init: str = "random"  # random: N(0,1) embeddings | real: word embeddings of real examples
+    label_type: str = "unrestricted"  # hard | soft | unrestricted
+    attention_labels: str = "cls"  # none | cls (the [CLS] query row) | all (every query row)
+    attention_lambda: float = 1.0
+    lr_init: float = 0.01  # initial learned inner lr (softplus-parametrised)
+    lr_inputs_embeds: float = 0.01  # AdamW lrs of the distilled tensors
+    lr_labels: float = 0.01
+    lr_attention_labels: float = 0.01
+    lr_lr: float = 0.01
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    epochs: int = 30  # passes over the real training set (one outer step per real batch)
+    max_steps: int | None = None  # stop after this many outer steps (overrides epochs)
+    real_batch_size: int = 32
+    checkpoint_every: int = 50
+    max_nonfinite: int = 10
+    # baselines run after distillation under the same backbone, data and protocol, e.g.
+    # {random_text: {}, full_finetune: {epochs: 3}}: name -> overrides of its schema defaults
+    compare: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RandomTextConfig:
+    """Real examples per class, trained on like a distilled set; lr picked on a held-out train part."""
+
+    name: str = "random_text"
+    inner_steps: int = 1
+    batch_per_class: int = 1
+    lr_grid: list[float] = field(default_factory=lambda: [0.003, 0.01, 0.03, 0.1, 0.3, 1.0])
+    holdout: int = 200  # training examples held out to pick the lr (never selected as examples)
+    grid_runs: int = 3  # training runs per grid point
+
+
+@dataclass
+class FullFinetuneConfig:
+    """Ordinary fine-tuning on the whole train split (AdamW, linear warmup/decay)."""
+
+    name: str = "full_finetune"
+    epochs: int = 3
+    batch_size: int = 32
+    lr: float = 5.0e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    num_runs: int = 3  # fine-tuning runs (fresh heads); mean ± std over them
+
+
+@dataclass
 class Config:
     dataset: Any = MISSING
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: Any = MISSING  # an image ModelConfig or a TextModelConfig, typed by the chosen option
     method: Any = MISSING
     eval: EvalConfig = field(default_factory=EvalConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
@@ -134,9 +232,25 @@ class Config:
     progress: bool = True
 
 
+@dataclass
+class EvalSetConfig:
+    """dd-eval: evaluate an exported set on an architecture."""
+
+    path: str = MISSING
+    model: Any = None  # None: the model the set was distilled with
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    use_set_lr: bool = True  # train with the set's learned lr when it has one
+    dataset_root: str | None = None  # where the set's dataset lives, if not where it was recorded
+    seed: int = 0
+    device: str = "auto"
+    progress: bool = True
+
+
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
+    cs.store(name="eval_set_schema", node=EvalSetConfig)
     cs.store(group="dataset", name="image_schema", node=ImageDatasetConfig)
     cs.store(group="model", name="model_schema", node=ModelConfig)
     cs.store(group="eval", name="eval_schema", node=EvalConfig)
@@ -144,3 +258,8 @@ def register_configs() -> None:
     cs.store(group="method", name="coreset_schema", node=CoresetConfig)
     cs.store(group="method", name="full_schema", node=FullConfig)
     cs.store(group="method", name="mtt_schema", node=MTTConfig)
+    cs.store(group="dataset", name="text_schema", node=TextDatasetConfig)
+    cs.store(group="model", name="text_model_schema", node=TextModelConfig)
+    cs.store(group="method", name="attention_labels_schema", node=AttentionLabelsConfig)
+    cs.store(group="method", name="random_text_schema", node=RandomTextConfig)
+    cs.store(group="method", name="full_finetune_schema", node=FullFinetuneConfig)

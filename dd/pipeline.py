@@ -30,6 +30,13 @@ def check_config(cfg: DictConfig) -> None:
         raise DDError(f"method '{cfg.method.name}' is unknown; choose one of: {', '.join(METHODS)}")
     if cfg.ipc <= 0:
         raise DDError(f"ipc={cfg.ipc} is not allowed; it must be a positive integer")
+    from dd.methods.text_base import TEXT_METHODS  # text methods need a text dataset
+
+    if cfg.method.name in TEXT_METHODS:
+        raise DDError(f"method '{cfg.method.name}' needs a text dataset (dataset=synthetic_topics, ag_news, sst2, "
+                      f"qnli, mrpc or text_files); dataset '{cfg.dataset.name}' holds images")
+    if "name_or_path" in cfg.model:
+        raise DDError(f"model '{cfg.model.name}' is a text backbone; image datasets take an image model (e.g. model=convnet)")
     if not (cfg.eval.lr > 0):
         raise DDError(f"eval.lr={cfg.eval.lr} is not allowed; it must be positive")
     if cfg.eval.num_models <= 0 or cfg.eval.epochs <= 0:
@@ -44,7 +51,20 @@ def load_data(cfg: DictConfig):
     )
 
 
+def export_set(syn, folder, aliases, evaluation, data, cfg, model, resolved, out_dir, tracker):
+    dset = image_set(
+        syn.images, syn.labels, data, lr=syn.lr, method=cfg.method.name, ipc=cfg.ipc, model=model, config=resolved,
+        evaluation=None if evaluation is None else evaluation.as_dict(), extra_meta=syn.extra_meta,
+    )
+    dset.save(out_dir / folder)
+    tracker.log_artifact(out_dir / folder, f"{data.name}-{cfg.method.name}-ipc{cfg.ipc}", "dataset", aliases=aliases)
+
+
 def run(cfg: DictConfig, out_dir: str | Path, group: str | None = None) -> dict:
+    if cfg.dataset.get("kind") == "text":  # text datasets have their own pipeline (BERT, attention labels)
+        from dd.text_pipeline import run_text
+
+        return run_text(cfg, out_dir, group=group)
     out_dir = Path(out_dir)
     check_config(cfg)
     device = resolve_device(cfg.device)
@@ -71,17 +91,14 @@ def run(cfg: DictConfig, out_dir: str | Path, group: str | None = None) -> dict:
         timings["evaluate_s"] = evaluation.seconds
         model_name, model_opts = model_options(cfg.model)
         if syn.export and cfg.export:
-            dset = image_set(
-                syn.images, syn.labels, data, lr=syn.lr, method=cfg.method.name, ipc=cfg.ipc,
-                model={"name": model_name, **model_opts}, config=resolved, evaluation=evaluation.as_dict(),
-                extra_meta=syn.extra_meta,
-            )
-            dset.save(out_dir / "distilled")
-            save_grid(dset.pixels(), dset.labels, data.class_names, out_dir / "grid.png",
+            model = {"name": model_name, **model_opts}
+            export_set(syn, "distilled", ["best", "latest"], evaluation, data, cfg, model, resolved, out_dir, tracker)
+            if syn.last is not None:
+                export_set(syn.last, "distilled_last", ["last"], syn.last.evaluation, data, cfg, model, resolved,
+                           out_dir, tracker)
+            save_grid(data.to_pixels(syn.images.detach().cpu()), syn.labels.cpu(), data.class_names, out_dir / "grid.png",
                       title=f"{cfg.method.name} {data.name} ipc={cfg.ipc}: {evaluation}")
             tracker.log_image("grid", out_dir / "grid.png")
-            tracker.log_artifact(out_dir / "distilled", f"{data.name}-{cfg.method.name}-ipc{cfg.ipc}", "dataset",
-                                 aliases=["best", "latest"])
         results = {
             "accuracy": {"mean": evaluation.mean, "std": evaluation.std, "per_model": evaluation.per_model},
             "method": cfg.method.name,

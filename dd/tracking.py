@@ -45,8 +45,7 @@ class WandbTracker(Tracker):
             config=config,
             dir=str(out_dir),
             mode=mode,
-            # threads, not forked processes: forking under Hydra multirun can hang
-            settings=wandb.Settings(start_method="thread"),
+            settings=_settings(wandb),
             reinit="finish_previous",
         )
 
@@ -66,6 +65,15 @@ class WandbTracker(Tracker):
 
     def finish(self):
         self.run.finish()
+
+
+def _settings(wandb):
+    """Old wandb forked a process per run, which can hang under Hydra multirun: ask it for threads.
+    wandb >= 0.18 runs a separate service and dropped the option."""
+    try:
+        return wandb.Settings(start_method="thread")
+    except Exception:
+        return wandb.Settings()
 
 
 def make_tracker(logger_cfg, config: dict, out_dir: Path, name: str, group: str | None = None) -> Tracker:

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from dd.data import DSA
 from dd.errors import DDError
-from dd.evaluate import evaluate_set, new_model, set_loss
+from dd.evaluate import EvalResult, evaluate_set, new_model, set_loss
 from dd.experts import build_buffer
 from dd.fsutil import write_file
 from dd.inner import ENGINES, meta_gradient
@@ -127,7 +127,7 @@ def distill(ctx: RunContext) -> SynSet:
     def eval_labels():
         return labels if label_logits is None else F.softmax(label_logits.detach(), dim=1)
 
-    state = {"next_it": 0, "history": [], "best": None, "nonfinite_total": 0, "nonfinite_run": 0, "iter_s": 0.0}
+    state = {"next_it": 0, "history": [], "best": None, "last_evaluation": None, "nonfinite_total": 0, "nonfinite_run": 0, "iter_s": 0.0}
     ckpt_path = ctx.out_dir / CHECKPOINT
     digest = run_digest(cfg)
     if cfg.resume:
@@ -165,6 +165,7 @@ def distill(ctx: RunContext) -> SynSet:
         state["history"].append({"iteration": it, "acc_mean": result.mean, "acc_std": result.std,
                                  "lr": float(syn_lr.detach())})
         ctx.tracker.log({"eval/acc_mean": result.mean, "eval/acc_std": result.std}, step=it)
+        state["last_evaluation"] = result.as_dict()
         best = state["best"]
         if best is None or result.mean > best["evaluation"]["mean"]:
             state["best"] = {"iteration": it, "images": images.detach().cpu().clone(), "labels": eval_labels().cpu(),
@@ -234,14 +235,18 @@ def distill(ctx: RunContext) -> SynSet:
 
     best = state["best"]
     save_curves(state["history"], ctx.out_dir / "curves.png", title=f"mtt {data.name} ipc={cfg.ipc}")
-    last = state["history"][-1] if "acc_mean" in state["history"][-1] else None
+    last = state["last_evaluation"]
     steps_done = sum(1 for h in state["history"] if "loss" in h)
     # Best is picked on the test split (as the reference code does); re-evaluate it with fresh
     # model seeds so the reported figure is not also the lucky draw of the selection round.
     final = evaluate_set(best["images"], best["labels"], data, cfg.model, cfg.eval, lr=float(best["lr"]),
                          seed=cfg.seed + 7919, device=device, progress=ctx.progress, desc="evaluate best")
+    last_set = SynSet(images=images.detach().cpu(), labels=eval_labels().cpu(), lr=syn_lr.detach().cpu(),
+                      extra_meta={"iteration": m.iterations, "engine": cfg.inner.engine})
+    if last is not None:
+        last_set.evaluation = EvalResult(**{k: v for k, v in last.items() if k in EvalResult.__dataclass_fields__})
     return SynSet(
-        images=best["images"], labels=best["labels"], lr=best["lr"], evaluation=final,
+        images=best["images"], labels=best["labels"], lr=best["lr"], evaluation=final, last=last_set,
         extra_meta={"best_iteration": best["iteration"], "selection_evaluation": best["evaluation"],
                     "last_evaluation": last, "nonfinite_skipped": state["nonfinite_total"],
                     "buffer": str(buffer.folder), "experts": len(experts),

@@ -1,0 +1,37 @@
+"""dd-eval: evaluate an exported set on any architecture (cross-architecture generalisation).
+
+    dd-eval path=outputs/demo/mtt/distilled model=resnet18 eval.num_models=5
+    dd-eval -m path=outputs/demo/mtt/distilled model=convnet,alexnet,vgg11,resnet18,resnet18_ap
+"""
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from dd.cli.common import CONF_DIR, check_choices, guarded, hydra_output_dir
+from dd.config import register_configs
+
+PROG = "dd-eval"
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="eval_set")
+def _app(cfg: DictConfig) -> float:
+    from dd.evaluate_set import evaluate_exported
+
+    out_dir, group = hydra_output_dir()
+    results = guarded(PROG, lambda: evaluate_exported(cfg, out_dir, group=group))
+    acc = results["accuracy"]
+    print(f"{results['method']} {results['dataset']} ipc={results['ipc']} on {results['model']}: test accuracy "
+          f"{100 * acc['mean']:.2f} ± {100 * acc['std']:.2f}% over {len(acc['per_model'])} models -> {out_dir}")
+    return acc["mean"]
+
+
+def main() -> None:
+    guarded(PROG, lambda: check_choices(sys.argv[1:]))
+    _app()
+
+
+if __name__ == "__main__":
+    main()

@@ -66,13 +66,20 @@ def load_reference(path: str | Path) -> dict[tuple, tuple[float, float | None]]:
         doc = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as e:
         raise DDError(f"reference {path} cannot be read ({e})") from None
+    methods = (doc.get("methods") or {}) if isinstance(doc, dict) else None
+    if not isinstance(methods, dict) or not all(isinstance(e, dict | None) for e in methods.values()):
+        raise DDError(f"reference {path} must hold methods: {{<method>: {{<dataset>-<ipc>: mean±std}}}}")
     ref = {}
-    for method, entries in (doc.get("methods") or {}).items():
-        for key, value in entries.items():
-            dataset, ipc = str(key).rsplit("-", 1)
-            text = str(value).replace("+-", "±")
-            mean, _, std = text.partition("±")
-            ref[(method, dataset, int(ipc))] = (float(mean), float(std) if std else None)
+    for method, entries in methods.items():
+        for key, value in (entries or {}).items():
+            try:
+                dataset, ipc = str(key).rsplit("-", 1)
+                ipc = None if ipc == FULL else ipc  # "<dataset>-full": the full-data figure
+                text = str(value).replace("+-", "±")
+                mean, _, std = text.partition("±")
+                ref[(method, dataset, None if ipc is None else int(ipc))] = (float(mean), float(std) if std else None)
+            except ValueError:
+                raise DDError(f"reference {path}: {method}: {key}: {value!r} is not <dataset>-<ipc>: mean±std") from None
     return ref
 
 
@@ -94,14 +101,16 @@ def render(cells: dict[tuple, Cell], fmt: str = "md", reference: dict | None = N
         for d, i in columns:
             c = cells.get((row, d, i), cells.get((row, d, None)))
             text = "" if c is None else f"{_fmt(c.mean, c.std)} (n={c.runs})"
-            pub = reference.get((row.split(" (")[0], d, i))
+            method = row.split(" (")[0]
+            pub = reference.get((method, d, i), reference.get((method, d, None)))
             if pub and c is not None:
                 text += f" [paper {_fmt(*pub)}; {c.mean - pub[0]:+.1f}]"
             line.append(text)
         body.append(line)
     for row in ref_rows:  # published rows with no run of ours, for context
-        body.append([f"{row} (paper)"] + [_fmt(*reference[(row, d, i)]) if (row, d, i) in reference else ""
-                                          for d, i in columns])
+        cells_of = [reference.get((row, d, i), reference.get((row, d, None))) for d, i in columns]
+        if any(c is not None for c in cells_of):  # only rows with a figure in our columns
+            body.append([f"{row} (paper)"] + ["" if c is None else _fmt(*c) for c in cells_of])
     if fmt == "csv":
         import csv
         import io

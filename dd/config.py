@@ -45,6 +45,8 @@ class EvalConfig:
     dsa: bool = True
     dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
     test_batch_size: int = 1024
+    batched: bool = True  # train the K models together (vmap); BatchNorm models fall back to one at a time
+    model_batch: int | None = None  # models per batched chunk; null = all (CPU) or what free memory allows (CUDA)
 
 
 @dataclass
@@ -115,6 +117,7 @@ class BufferConfig:
     expert_ids: list[int] | None = None  # shard: train exactly these experts
     start: int = 0  # shard: or experts start..start+count-1
     count: int | None = None
+    parallel: int = 1  # experts trained at once in one vmapped computation (same files as one at a time)
 
 
 @dataclass

@@ -6,6 +6,7 @@ The reported figure is the last-epoch test accuracy, mean and (population)
 std over the K models, as in the trajectory-matching papers.
 """
 
+import logging
 import time
 from dataclasses import asdict, dataclass
 
@@ -16,7 +17,9 @@ from tqdm.auto import tqdm
 
 from dd.data import DSA, ImageDataset
 from dd.errors import DDError
-from dd.models import build_model
+from dd.models import build_model, model_has_state
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -128,23 +131,15 @@ def evaluate_set(
             f"eval.num_models={eval_cfg.num_models}, eval.epochs={eval_cfg.epochs}: both must be positive integers"
         )
     dsa = DSA(eval_cfg.dsa_strategy, flip=data.flip) if eval_cfg.dsa else None
-    test_x, test_y = data.test_x.to(device), data.test_y
     start = time.perf_counter()
-    accs = []
-    bar = tqdm(range(eval_cfg.num_models), desc=desc, disable=not progress)
-    for k in bar:
-        model_seed = seed * 1000 + k
-        torch.manual_seed(model_seed)  # model init
-        model = new_model(model_cfg, data).to(device)
-        gen = torch.Generator().manual_seed(model_seed)
-        train_on_set(
-            model, images, labels,
-            epochs=eval_cfg.epochs, lr=lr, batch_size=eval_cfg.batch_size,
-            momentum=eval_cfg.momentum, weight_decay=eval_cfg.weight_decay,
-            dsa=dsa, generator=gen, progress=progress, desc=f"model {k}",
-        )
-        accs.append(accuracy(model, test_x, test_y, eval_cfg.test_batch_size))
-        bar.set_postfix(acc=f"{100 * np.mean(accs):.1f}%")
+    seeds = [seed * 1000 + k for k in range(eval_cfg.num_models)]
+    batched = eval_cfg.get("batched", False)
+    if batched and model_has_state(new_model(model_cfg, data)):
+        log.info("%s keeps BatchNorm running statistics: training its %d models one at a time",
+                 model_options(model_cfg)[0], len(seeds))
+        batched = False
+    train = _train_batched if batched else _train_sequential
+    accs = train(images, labels, data, model_cfg, eval_cfg, lr, seeds, dsa, device, progress, desc)
     return EvalResult(
         per_model=accs,
         mean=float(np.mean(accs)),
@@ -154,3 +149,51 @@ def evaluate_set(
         model=model_options(model_cfg)[0],
         seconds=time.perf_counter() - start,
     )
+
+
+def _fresh(model_cfg, data, seed, device):
+    torch.manual_seed(seed)  # model init
+    return new_model(model_cfg, data).to(device)
+
+
+def _train_sequential(images, labels, data, model_cfg, eval_cfg, lr, seeds, dsa, device, progress, desc):
+    test_x, test_y = data.test_x.to(device), data.test_y
+    accs = []
+    bar = tqdm(seeds, desc=desc, disable=not progress)
+    for k, model_seed in enumerate(bar):
+        model = _fresh(model_cfg, data, model_seed, device)
+        train_on_set(
+            model, images, labels,
+            epochs=eval_cfg.epochs, lr=lr, batch_size=eval_cfg.batch_size,
+            momentum=eval_cfg.momentum, weight_decay=eval_cfg.weight_decay,
+            dsa=dsa, generator=torch.Generator().manual_seed(model_seed), progress=progress, desc=f"model {k}",
+        )
+        accs.append(accuracy(model, test_x, test_y, eval_cfg.test_batch_size))
+        bar.set_postfix(acc=f"{100 * np.mean(accs):.1f}%")
+    return accs
+
+
+def _train_batched(images, labels, data, model_cfg, eval_cfg, lr, seeds, dsa, device, progress, desc):
+    """The same protocol, every model of a chunk in one vmapped computation (dd.batched)."""
+    from dd.batched import ModelStack, model_batch_size, train_stack
+
+    images, labels = images.detach().to(device), labels.detach().to(device)
+    test_x, test_y = data.test_x.to(device), data.test_y
+
+    def run_chunk(chunk_seeds, epochs=eval_cfg.epochs, bar=False):
+        stack = ModelStack([_fresh(model_cfg, data, s, device) for s in chunk_seeds])
+        train_stack(
+            stack, images, labels, epochs=epochs, lr=lr, batch_size=eval_cfg.batch_size,
+            momentum=eval_cfg.momentum, weight_decay=eval_cfg.weight_decay, decay_lr=True, dsa=dsa,
+            generators=[torch.Generator().manual_seed(s) for s in chunk_seeds], loss_fn=set_loss,
+            progress=bar, desc=f"{desc} x{len(chunk_seeds)}",
+        )
+        return stack
+
+    per_chunk = model_batch_size(eval_cfg.get("model_batch"), len(seeds), torch.device(device),
+                                 probe=lambda k: run_chunk(seeds[:k], epochs=1))
+    accs = []
+    for i in range(0, len(seeds), per_chunk):
+        stack = run_chunk(seeds[i : i + per_chunk], bar=progress)
+        accs += stack.accuracy(test_x, test_y, eval_cfg.test_batch_size)
+    return accs

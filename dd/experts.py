@@ -166,6 +166,36 @@ def train_expert(data: ImageDataset, model_cfg, recipe: dict, seed: int, device,
     return torch.stack(trajectory), acc
 
 
+def train_experts_batched(data: ImageDataset, model_cfg, recipe: dict, seeds: list[int], device,
+                          progress: bool = True) -> list[tuple[torch.Tensor, float]]:
+    """Train len(seeds) experts at once (dd.batched); each follows train_expert's trajectory for its seed."""
+    from dd.batched import ModelStack, train_stack
+
+    models = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        models.append(new_model(model_cfg, data).to(device))
+    if model_has_state(models[0]):
+        raise DDError(f"model '{model_cfg.name}' keeps BatchNorm running statistics, which trajectory matching "
+                      "cannot replay; use norm=instance (or another stateless norm)")
+    stack = ModelStack(models)
+    trajectories = [[stack.flat(k).cpu()] for k in range(len(seeds))]
+
+    def record(epoch, st):
+        for k in range(st.k):
+            trajectories[k].append(st.flat(k).cpu())
+
+    train_stack(
+        stack, data.train_x.to(device), data.train_y.to(device), epochs=recipe["epochs"], lr=recipe["lr"],
+        batch_size=recipe["batch_size"], momentum=0.0, weight_decay=0.0, decay_lr=False,
+        dsa=DSA(flip=data.flip) if recipe["dsa"] else None,
+        generators=[torch.Generator().manual_seed(s) for s in seeds], loss_fn=set_loss, on_epoch=record,
+        progress=progress, desc=f"{len(seeds)} experts",
+    )
+    accs = stack.accuracy(data.test_x.to(device), data.test_y)
+    return [(torch.stack(t), a) for t, a in zip(trajectories, accs)]
+
+
 def expert_ids(buffer_cfg) -> list[int]:
     if buffer_cfg.expert_ids is not None:
         ids = [int(i) for i in buffer_cfg.expert_ids]
@@ -189,12 +219,23 @@ def build_buffer(cfg, data: ImageDataset, device, ids: list[int] | None = None, 
     todo = [i for i in ids if i not in set(buffer.finished())]
     if len(todo) < len(ids):
         log.info("buffer %s: %d of %d experts already done, skipping them", folder, len(ids) - len(todo), len(ids))
-    for eid in tqdm(todo, desc=f"experts -> {folder.name}", disable=not progress):
+    parallel = max(1, int(b.get("parallel", 1)))
+    bar = tqdm(total=len(todo), desc=f"experts -> {folder.name}", disable=not progress)
+    for i in range(0, len(todo), parallel):
+        chunk = todo[i : i + parallel]
         t0 = time.perf_counter()
-        seed = int(b.seed) * 100_003 + eid
-        traj, acc = train_expert(data, cfg.model, identity["recipe"], seed, device, progress, desc=f"expert {eid}")
-        write_file(buffer.file(eid), lambda p, t=traj: save_file({"trajectory": t.contiguous()}, str(p)))
-        write_json(buffer.record_path(eid), {"id": eid, "seed": seed, "test_accuracy": acc,
-                                             "seconds": time.perf_counter() - t0, "num_params": traj.shape[1]})
-        log.info("expert %d: test accuracy %.2f%% (%.0fs)", eid, 100 * acc, time.perf_counter() - t0)
+        seeds = [int(b.seed) * 100_003 + eid for eid in chunk]
+        if len(chunk) > 1:
+            trained = train_experts_batched(data, cfg.model, identity["recipe"], seeds, device, progress)
+        else:
+            trained = [train_expert(data, cfg.model, identity["recipe"], seeds[0], device, progress,
+                                    desc=f"expert {chunk[0]}")]
+        seconds = (time.perf_counter() - t0) / len(chunk)
+        for eid, seed, (traj, acc) in zip(chunk, seeds, trained):
+            write_file(buffer.file(eid), lambda p, t=traj: save_file({"trajectory": t.contiguous()}, str(p)))
+            write_json(buffer.record_path(eid), {"id": eid, "seed": seed, "test_accuracy": acc, "seconds": seconds,
+                                                 "num_params": traj.shape[1], "trained_with": len(chunk)})
+            log.info("expert %d: test accuracy %.2f%% (%.0fs)", eid, 100 * acc, seconds)
+        bar.update(len(chunk))
+    bar.close()
     return buffer

@@ -8,6 +8,7 @@ config, the evaluation result and the sha256 of data.safetensors.
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from dd.errors import DDError
-from dd.fsutil import atomic_dir
+from dd.fsutil import atomic_dir, plain_mode
 
 FORMAT_VERSION = 1
 DATA_FILE = "data.safetensors"
@@ -70,6 +71,7 @@ class DistilledSet:
                 raise DDError(f"refusing to export '{k}': it holds NaN or inf values")
         with atomic_dir(path) as tmp:
             save_file(tensors, str(tmp / DATA_FILE))
+            os.chmod(tmp / DATA_FILE, plain_mode())  # safetensors writes 0600
             meta = dict(self.meta, format_version=FORMAT_VERSION, sha256=sha256_of(tmp / DATA_FILE))
             meta["tensors"] = {k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")}
                                for k, v in tensors.items()}
@@ -88,8 +90,10 @@ class DistilledSet:
             meta = json.loads(meta_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise DDError(f"{meta_path} is not valid JSON ({e.msg if hasattr(e, 'msg') else e})") from None
+        if not isinstance(meta, dict):
+            raise DDError(f"{meta_path} must hold a JSON object, not {type(meta).__name__}")
         version = meta.get("format_version")
-        if not isinstance(version, int) or version > FORMAT_VERSION:
+        if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
             raise DDError(f"{meta_path}: format_version={version!r} is not supported; this ddlab reads 1..{FORMAT_VERSION}")
         digest = sha256_of(data_path)
         if digest != meta.get("sha256"):

@@ -1,0 +1,135 @@
+"""Training many small networks at once: one vmapped computation over stacked parameters.
+
+A ConvNet on 32x32 images leaves a GPU mostly idle, so the evaluator's K models and
+dd-buffer's experts are trained together: parameters of K same-architecture models
+are stacked (torch.func.stack_module_state) and one vmapped step computes every
+model's gradient. Each model keeps its own init, data order and augmentation
+draws, taken from its own generator in exactly the order sequential training takes
+them, so a batched model follows the same trajectory as a sequential one up to
+float rounding.
+
+Models with BatchNorm running statistics cannot be batched this way (their buffers
+change in place); callers fall back to sequential training for them.
+"""
+
+import copy
+import logging
+
+import torch
+from torch.func import functional_call, grad_and_value, stack_module_state, vmap
+from tqdm.auto import tqdm
+
+from dd.errors import DDError
+
+log = logging.getLogger(__name__)
+
+
+class ModelStack:
+    """K models of one architecture as stacked parameter tensors (leading dim K)."""
+
+    def __init__(self, models: list[torch.nn.Module]):
+        self.params, self.buffers = stack_module_state(models)
+        self.params = {k: v.detach() for k, v in self.params.items()}
+        # a stateless copy to call with stacked weights
+        self.base = copy.deepcopy(models[0]).to("meta")
+        self.names = [n for n, _ in models[0].named_parameters()]
+        self.k = len(models)
+
+    def forward(self, params, buffers, x):
+        return functional_call(self.base, (params, buffers), (x,))
+
+    def flat(self, i: int) -> torch.Tensor:
+        """Model i's parameters as one flat vector (FlatModel's order)."""
+        return torch.cat([self.params[n][i].reshape(-1) for n in self.names])
+
+    @torch.no_grad()
+    def accuracy(self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> list[float]:
+        """Each model's accuracy on the same (x, y)."""
+        logits_fn = vmap(self.forward, in_dims=(0, 0, None))
+        correct = torch.zeros(self.k)
+        for i in range(0, len(x), batch_size):
+            logits = logits_fn(self.params, self.buffers, x[i : i + batch_size])
+            correct += (logits.argmax(-1).cpu() == y[i : i + batch_size].cpu()).sum(1).float()
+        return (correct / len(x)).tolist()
+
+
+def train_stack(
+    stack: ModelStack,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    momentum: float,
+    weight_decay: float,
+    decay_lr: bool,
+    dsa,
+    generators: list[torch.Generator],
+    loss_fn,
+    on_epoch=None,
+    progress: bool = False,
+    desc: str = "train",
+) -> None:
+    """SGD (torch.optim.SGD's update rule) on every stacked model at once, in place.
+
+    decay_lr: lr x0.1 from half the epochs (the evaluation protocol); experts keep it constant.
+    on_epoch(epoch, stack) is called after each epoch (experts record their parameters there).
+    """
+    if len(generators) != stack.k:
+        raise ValueError(f"need one generator per model ({stack.k}), got {len(generators)}")
+    device = images.device
+
+    def step_loss(params, buffers, x, y):
+        return loss_fn(stack.forward(params, buffers, x), y)
+
+    grads_and_losses = vmap(grad_and_value(step_loss))
+    velocity = {k: torch.zeros_like(v) for k, v in stack.params.items()}
+    n = len(images)
+    for epoch in tqdm(range(epochs), desc=desc, leave=False, disable=not progress):
+        step_lr = lr * 0.1 if decay_lr and epoch >= epochs // 2 else lr
+        orders = [torch.randperm(n, generator=g).to(device) for g in generators]
+        for start in range(0, n, batch_size):
+            idx = torch.stack([o[start : start + batch_size] for o in orders])  # (K, b)
+            x = images[idx]
+            if dsa is not None:
+                x = torch.stack([dsa(x[k], seed=int(torch.randint(2**31 - 1, (1,), generator=g)))
+                                 for k, g in enumerate(generators)])
+            grads, losses = grads_and_losses(stack.params, stack.buffers, x, labels[idx])
+            if not torch.isfinite(losses).all():
+                bad = int((~torch.isfinite(losses)).nonzero()[0])
+                raise DDError(f"training diverged (model {bad} of the batch: loss {losses[bad].item()}) at epoch "
+                              f"{epoch} with lr={lr}; use a smaller lr")
+            with torch.no_grad():
+                for name, p in stack.params.items():
+                    g = grads[name]
+                    if weight_decay:
+                        g = g + weight_decay * p
+                    if momentum:
+                        g = velocity[name].mul_(momentum).add_(g)
+                    p.sub_(step_lr * g)
+        if on_epoch is not None:
+            on_epoch(epoch, stack)
+
+
+def model_batch_size(requested: int | None, total: int, device: torch.device, probe=None) -> int:
+    """How many models to train at once: the config's number, or on CUDA what free memory allows.
+
+    probe(k) runs one training step for k models; its peak memory per model sizes the batch.
+    """
+    if requested is not None:
+        if requested <= 0:
+            raise DDError(f"model batch size {requested} is not allowed; give a positive number or null (auto)")
+        return min(requested, total)
+    if device.type != "cuda" or probe is None:
+        return total  # CPU: these models are small next to host memory
+    torch.cuda.synchronize(device)
+    free, _ = torch.cuda.mem_get_info(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    probe(2)
+    per_model = max(1, (torch.cuda.max_memory_allocated(device) - before) // 2)
+    fit = int(0.7 * free // per_model)
+    log.info("model batch: %d of %d fit in %.1f GiB free (%.0f MiB per model)", min(fit, total), total,
+             free / 2**30, per_model / 2**20)
+    return max(1, min(fit, total))

@@ -1,0 +1,189 @@
+"""dd-distill / dd-table as a user runs them: real subprocesses, tiny settings on digits.
+
+Every invocation is independent, so a module fixture starts them all at once on a small
+thread pool and the tests read the outcomes; the suite then costs about the longest few
+runs instead of their sum.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+
+import dd.export
+
+BIN = Path(sys.executable).parent
+TINY = ["dataset=digits", "model.width=8", "eval.epochs=2", "eval.num_models=2"]
+
+
+def _cmd(script: str, module: str) -> list[str]:
+    exe = BIN / script
+    return [str(exe)] if exe.is_file() else [sys.executable, "-m", module]
+
+
+DISTILL = _cmd("dd-distill", "dd.cli.distill")
+TABLE = _cmd("dd-table", "dd.cli.table")
+
+
+def _env():
+    env = dict(os.environ, WANDB_MODE="disabled", OMP_NUM_THREADS="1", HYDRA_FULL_ERROR="0")
+    env.pop("DD_DATA", None)
+    return env
+
+
+def _run(cmd, timeout=300):
+    return subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=timeout)
+
+
+BAD = {  # name -> (overrides, text the one-line error must contain)
+    "dataset_foo": (["dataset=foo"], "foo"),
+    "method_bar": (["method=bar"], "bar"),
+    "model_nope": (["model=nope"], "nope"),
+    "ipc_0": (["ipc=0"], "ipc=0"),
+    "ipc_neg": (["ipc=-3"], "ipc=-3"),
+    "ipc_too_big": (["ipc=500"], "ipc=500"),
+    "lr_neg": (["eval.lr=-0.1"], "-0.1"),
+    "device_tpu": (["device=tpu"], "tpu"),
+    "mnist_missing": (["dataset=mnist", "dataset.root={tmp}/nonexistent"], "{tmp}/nonexistent"),
+}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cli")
+    jobs = {
+        "multirun": DISTILL + ["-m", "method=random,herding", "ipc=1", *TINY, "method.feature_epochs=1",
+                               "progress=false", f"hydra.sweep.dir={tmp}/sweep"],
+        "e2e": DISTILL + ["method=random", "ipc=1", *TINY, f"hydra.run.dir={tmp}/e2e/run"],
+        "full": DISTILL + ["method=full", "dataset=digits", "eval.epochs=1", "eval.num_models=1", "model.width=8",
+                           f"hydra.run.dir={tmp}/full/run"],
+    }
+    for name, (overrides, _) in BAD.items():
+        # dataset=... comes after TINY so it wins; the bad runs keep progress bars on (stderr must still be one line)
+        jobs[name] = DISTILL + ["method=random", "ipc=1", *TINY, *[o.format(tmp=tmp) for o in overrides],
+                                f"hydra.run.dir={tmp}/{name}/run"]
+    workers = max(2, min(4, os.cpu_count() or 2))
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # the long runs were added first
+        futures = {name: pool.submit(_run, cmd) for name, cmd in jobs.items()}
+        return tmp, {name: f.result() for name, f in futures.items()}
+
+
+def _ok(proc):
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-3000:]}"
+
+
+# --- end to end -------------------------------------------------------------------------
+
+
+def test_end_to_end_random(runs, digits_data):
+    tmp, procs = runs
+    proc = procs["e2e"]
+    _ok(proc)
+    run_dir = tmp / "e2e" / "run"
+    res = json.loads((run_dir / "results.json").read_text())
+    for key in ("accuracy", "method", "dataset", "ipc", "model", "seed", "timings", "config"):
+        assert key in res, key
+    acc = res["accuracy"]
+    assert set(acc) >= {"mean", "std", "per_model"} and len(acc["per_model"]) == 2
+    assert acc["mean"] == pytest.approx(sum(acc["per_model"]) / 2)
+    assert acc["std"] == pytest.approx(abs(acc["per_model"][0] - acc["per_model"][1]) / 2)
+    assert (res["method"], res["dataset"], res["ipc"], res["model"], res["seed"]) == ("random", "digits", 1, "convnet", 0)
+    assert res["config"]["model"]["width"] == 8 and res["config"]["eval"]["epochs"] == 2
+    assert all(v >= 0 for v in res["timings"].values()) and "total_s" in res["timings"]
+
+    # the accuracy line on stdout agrees with results.json
+    m = re.search(r"random digits ipc=1: test accuracy (\d+\.\d\d) ± (\d+\.\d\d)% over 2 convnet models -> (.+)",
+                  proc.stdout)
+    assert m, proc.stdout
+    assert float(m.group(1)) == pytest.approx(100 * acc["mean"], abs=0.006)
+    assert float(m.group(2)) == pytest.approx(100 * acc["std"], abs=0.006)
+    assert Path(m.group(3).strip()) == run_dir
+
+    # the exported set: one real training image per class
+    ds = dd.export.load(run_dir / "distilled")
+    assert ds.images.shape == (10, 1, 16, 16)
+    assert sorted(ds.labels.tolist()) == list(range(10))
+    idx = torch.tensor(ds.meta["train_indices"])
+    assert len(idx) == 10 and len(set(idx.tolist())) == 10
+    assert torch.equal(ds.images, digits_data.train_x[idx])
+    assert torch.equal(ds.labels, digits_data.train_y[idx])
+    assert ds.meta["method"] == "random" and ds.meta["ipc"] == 1 and ds.meta["evaluation"]["per_model"] == acc["per_model"]
+
+    from PIL import Image
+
+    with Image.open(run_dir / "grid.png") as im:
+        im.verify()
+        assert im.format == "PNG"
+    with Image.open(run_dir / "grid.png") as im:
+        assert im.size[0] > 50 and im.size[1] > 50
+    leftovers = [p.name for p in run_dir.iterdir() if p.name.startswith(".") and p.name != ".hydra"]
+    assert leftovers == []  # no temp files from the atomic writes
+
+
+def test_full_writes_results_but_no_export(runs):
+    tmp, procs = runs
+    _ok(procs["full"])
+    run_dir = tmp / "full" / "run"
+    res = json.loads((run_dir / "results.json").read_text())
+    assert res["method"] == "full" and len(res["accuracy"]["per_model"]) == 1
+    assert not (run_dir / "distilled").exists() and not (run_dir / "grid.png").exists()
+
+
+def test_multirun_and_table(runs):
+    tmp, procs = runs
+    _ok(procs["multirun"])
+    sweep = tmp / "sweep"
+    files = sorted(sweep.glob("*/results.json"))
+    assert len(files) == 2
+    by_method = {}
+    for f in files:
+        r = json.loads(f.read_text())
+        assert r["method"] in f.parent.name and r["ipc"] == 1
+        assert (f.parent / "distilled" / "meta.json").is_file()
+        by_method[r["method"]] = r
+    assert set(by_method) == {"random", "herding"}
+
+    table = _run(TABLE + [str(sweep)], timeout=120)
+    _ok(table)
+    lines = table.stdout.strip().splitlines()
+    assert lines[0].replace(" ", "") == "|method|digitsipc1|"
+    rows = {ln.strip("| ").split("|")[0].strip(): ln.split("|")[2].strip() for ln in lines[2:]}
+    assert set(rows) == {"random", "herding"}
+    for method, r in by_method.items():
+        acc = r["accuracy"]["per_model"]
+        mean = 100 * sum(acc) / len(acc)
+        std = 100 * abs(acc[0] - acc[1]) / 2
+        assert rows[method] == f"{mean:.1f} ± {std:.1f} (n=1)"
+
+
+# --- bad input ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(BAD))
+def test_bad_input_exits_2_with_one_line(runs, name):
+    tmp, procs = runs
+    proc = procs[name]
+    expected = BAD[name][1].format(tmp=tmp)
+    assert proc.returncode == 2, f"exit {proc.returncode}\nstderr:\n{proc.stderr[-3000:]}"
+    err = proc.stderr.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("dd-distill: error: ") and expected in err, err
+    assert "Traceback" not in proc.stdout + proc.stderr
+    run_dir = tmp / name / "run"
+    assert not (run_dir / "results.json").exists()
+    assert not (run_dir / "distilled").exists()
+    assert not (run_dir / "grid.png").exists()
+
+
+def test_unknown_choice_lists_allowed(runs):
+    _, procs = runs
+    err = procs["dataset_foo"].stderr
+    for name in ("digits", "mnist", "cifar10"):
+        assert name in err
+    assert "random" in procs["method_bar"].stderr and "convnet" in procs["model_nope"].stderr

@@ -1,0 +1,164 @@
+"""Hydra configs: every group option composes, typos and wrong types fail at compose time,
+unknown group choices are refused before Hydra starts."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
+
+from dd.cli.common import CONF_DIR, check_choices
+from dd.config import register_configs
+from dd.errors import DDError
+
+register_configs()
+
+GROUPS = ("dataset", "model", "method", "eval", "logger")
+OPTIONS = {g: sorted(p.stem for p in (CONF_DIR / g).glob("*.yaml")) for g in GROUPS}
+# Composing costs ~0.3 s, so each composition picks one option of every group at once:
+# combination i uses option i (mod the group's size), and every option appears in some combination.
+COMBOS = [{g: OPTIONS[g][i % len(OPTIONS[g])] for g in GROUPS} for i in range(max(map(len, OPTIONS.values())))]
+
+
+def _compose(overrides):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def _yaml_values(group: str, option: str) -> dict:
+    doc = yaml.safe_load((CONF_DIR / group / f"{option}.yaml").read_text()) or {}
+    doc.pop("defaults", None)
+    return doc
+
+
+def test_every_group_has_options():
+    for g in GROUPS:
+        assert OPTIONS[g], f"conf/{g} has no options"
+    covered = {(g, c[g]) for c in COMBOS for g in GROUPS}
+    assert covered == {(g, o) for g in GROUPS for o in OPTIONS[g]}
+
+
+@pytest.mark.parametrize("combo", COMBOS, ids=lambda c: ",".join(c.values()))
+def test_options_compose_and_resolve(combo, monkeypatch, tmp_path):
+    monkeypatch.setenv("DD_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("DD_CACHE", str(tmp_path / "cache"))
+    cfg = _compose([f"{g}={o}" for g, o in combo.items()])
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    for group, option in combo.items():
+        # the option's own values land in the composed group, interpolations resolved
+        for key, value in _yaml_values(group, option).items():
+            got = resolved[group][key]
+            if isinstance(value, str) and "${oc.env:DD_DATA,data}" in value:
+                assert got == value.replace("${oc.env:DD_DATA,data}", str(tmp_path / "data"))
+            elif isinstance(value, str) and "${" in value:
+                assert isinstance(got, str) and "${" not in got, f"{group}={option}: {key}={got!r} unresolved"
+            else:
+                assert got == value, f"{group}={option}: {key}={got!r}, yaml says {value!r}"
+    assert resolved["buffer"]["cache_dir"] == str(tmp_path / "cache")
+    assert resolved["ipc"] == 10 and resolved["seed"] == 0  # the rest keeps its defaults
+
+
+def test_defaults_compose():
+    cfg = _compose([])
+    assert cfg.dataset.name == "digits" and cfg.method.name == "random"
+    assert cfg.model.name == "convnet" and cfg.model.width == 128
+    assert cfg.logger.name == "none" and cfg.eval.epochs == 300
+
+
+def test_dd_data_default_when_env_unset(monkeypatch):
+    monkeypatch.delenv("DD_DATA", raising=False)
+    cfg = _compose(["dataset=mnist"])
+    assert OmegaConf.to_container(cfg, resolve=True)["dataset"]["root"] == "data/mnist"
+
+
+def test_overrides_are_typed():
+    cfg = _compose(["ipc=3", "eval.epochs=7", "eval.lr=0.5", "model.width=8", "dataset.zca=true"])
+    assert cfg.ipc == 3 and cfg.eval.epochs == 7 and cfg.eval.lr == 0.5
+    assert cfg.model.width == 8 and cfg.dataset.zca is True
+
+
+def _full_message(err: BaseException) -> str:
+    parts = []
+    while err is not None:
+        parts.append(str(err))
+        err = err.__cause__ or err.__context__
+    return "\n".join(parts)
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("eval.num_modles=3", "eval.num_modles"),  # typo
+        ("ipc=abc", "ipc"),  # str for int
+        ("eval.epochs=1.5", "eval.epochs"),  # float for int
+        ("dataset.zca=maybe", "dataset.zca"),
+        ("method.feature_epochs=1.5", "method.feature_epochs"),
+        ("method.iterations=3", "method.iterations"),  # an mtt key on a coreset method
+    ],
+)
+def test_bad_override_fails_at_compose(override, key):
+    with pytest.raises(HydraException) as info:
+        _compose([override])
+    assert key in str(info.value), str(info.value)
+    value = override.split("=", 1)[1]
+    assert value in _full_message(info.value)  # the offending value is shown too
+
+
+def test_mtt_key_allowed_for_mtt():
+    cfg = _compose(["method=mtt", "method.iterations=3"])
+    assert cfg.method.iterations == 3
+
+
+# --- check_choices -----------------------------------------------------------------
+
+
+def _names(group):
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def test_check_choices_unknown_dataset():
+    with pytest.raises(DDError) as info:
+        check_choices(["dataset=foo"])
+    msg = str(info.value)
+    assert "'foo'" in msg and "dataset" in msg
+    for name in _names("dataset"):
+        assert name in msg
+    assert "\n" not in msg
+
+
+def test_check_choices_multirun_list():
+    with pytest.raises(DDError) as info:
+        check_choices(["-m", "method=bar,random", "ipc=1"])
+    msg = str(info.value)
+    assert "'bar'" in msg and "'random'" not in msg
+    for name in _names("method"):
+        assert name in msg
+
+
+@pytest.mark.parametrize("arg", ["+dataset=foo", "~model=nope", "model=convnet,nope", "experiment=nope", "eval=slow"])
+def test_check_choices_prefixed_and_late_in_list(arg):
+    with pytest.raises(DDError):
+        check_choices([arg])
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["dataset=digits"],
+        ["-m", "method=random,herding,kcenter", "dataset=digits,mnist"],
+        ["model=convnet_bn", "eval=quick", "logger=wandb"],
+        ["ipc=foo", "seed=bar", "model.width=8", "dataset.name=whatever", "hydra.run.dir=/x/y"],
+        ["--multirun", "-c", "job", "--cfg=job"],
+        ["method=choice(random,herding)"],  # Hydra sweep functions are left to Hydra
+        [],
+    ],
+)
+def test_check_choices_accepts(argv):
+    check_choices(argv)
+
+
+def test_conf_dir_is_repo_conf():
+    assert CONF_DIR == Path(__file__).resolve().parents[1] / "conf"
+    assert (CONF_DIR / "config.yaml").is_file()

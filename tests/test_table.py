@@ -1,0 +1,214 @@
+"""dd-table: pooled statistics per cell, blank missing cells, three formats, published figures."""
+
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+
+from dd.cli.table import main as table_main
+from dd.errors import DDError
+from dd.table import collect, find_results, load_reference, plot, render
+
+# (folder, method, dataset, ipc, seed, per-model accuracies)
+RUNS = [
+    ("sweep/0", "random", "digits", 1, 0, [0.30, 0.34, 0.29]),
+    ("sweep/1", "random", "digits", 1, 1, [0.41, 0.37, 0.40]),
+    ("sweep/2", "random", "digits", 10, 0, [0.81, 0.85, 0.80]),
+    ("other/run", "herding", "digits", 1, 0, [0.52, 0.55, 0.49]),
+    # herding digits ipc10 is missing on purpose
+]
+
+
+def write_runs(root):
+    for folder, method, dataset, ipc, seed, accs in RUNS:
+        d = root / folder
+        d.mkdir(parents=True)
+        (d / "results.json").write_text(json.dumps({
+            "accuracy": {"mean": float(np.mean(accs)), "std": float(np.std(accs)), "per_model": accs},
+            "method": method, "dataset": dataset, "ipc": ipc, "model": "convnet", "seed": seed,
+        }))
+    (root / "sweep" / "multirun.yaml").write_text("not: results\n")
+
+
+@pytest.fixture
+def cells(tmp_path):
+    write_runs(tmp_path)
+    results = find_results([tmp_path])
+    assert len(results) == 4
+    return collect(results)
+
+
+def _pooled(method, ipc):
+    accs = [a for _, m, _, i, _, acc in RUNS if m == method and i == ipc for a in acc]
+    return 100 * np.mean(accs), 100 * np.std(accs)
+
+
+def _md_table(text):
+    lines = text.strip().splitlines()
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines]
+    assert set(lines[1]) <= {"|", "-"}
+    return rows[0], {r[0]: dict(zip(rows[0], r)) for r in rows[2:]}
+
+
+def test_collect_pools_per_model_accuracies(cells):
+    assert set(cells) == {("random", "digits", 1), ("random", "digits", 10), ("herding", "digits", 1)}
+    c = cells[("random", "digits", 1)]
+    mean, std = _pooled("random", 1)
+    assert c.runs == 2 and len(c.accs) == 6
+    assert c.mean == pytest.approx(mean, abs=1e-9) and c.std == pytest.approx(std, abs=1e-9)
+    # pooling is not the mean of per-run means' spread: the std covers all 6 models
+    run_means = [np.mean([0.30, 0.34, 0.29]), np.mean([0.41, 0.37, 0.40])]
+    assert c.std != pytest.approx(100 * np.std(run_means), abs=1e-3)
+    assert cells[("random", "digits", 10)].runs == 1 and cells[("herding", "digits", 1)].runs == 1
+
+
+def test_collect_by_model(tmp_path):
+    write_runs(tmp_path)
+    results = find_results([tmp_path])
+    (first,) = [r for r in results if r["method"] == "random" and r["ipc"] == 1 and r["seed"] == 0]
+    first["model"] = "resnet18"
+    cells = collect(results, by_model=True)
+    assert cells[("random (resnet18)", "digits", 1)].runs == 1
+    assert cells[("random (convnet)", "digits", 1)].runs == 1
+
+
+def test_markdown(cells):
+    header, rows = _md_table(render(cells, "md"))
+    assert header == ["method", "digits ipc1", "digits ipc10"]
+    assert set(rows) == {"random", "herding"}
+    for method, ipc, n in [("random", 1, 2), ("random", 10, 1), ("herding", 1, 1)]:
+        mean, std = _pooled(method, ipc)
+        assert rows[method][f"digits ipc{ipc}"] == f"{mean:.1f} ± {std:.1f} (n={n})"
+    assert rows["herding"]["digits ipc10"] == ""  # missing, not 0
+
+
+def test_csv(cells):
+    rows = list(csv.reader(io.StringIO(render(cells, "csv"))))
+    assert len(rows) == 3 and all(len(r) == 3 for r in rows)
+    assert rows[0] == ["method", "digits ipc1", "digits ipc10"]
+    by_method = {r[0]: r for r in rows[1:]}
+    assert by_method["herding"][2] == ""
+    mean, std = _pooled("random", 10)
+    assert by_method["random"][2] == f"{mean:.1f} ± {std:.1f} (n=1)"
+
+
+def test_latex(cells):
+    tex = render(cells, "latex")
+    assert r"\begin{tabular}{lcc}" in tex and r"\end{tabular}" in tex
+    assert r"$\pm$" in tex and "±" not in tex
+    body = [line for line in tex.splitlines() if line.startswith("herding")]
+    assert len(body) == 1 and body[0].rstrip().endswith(r"&  \\")  # blank last cell
+
+
+def test_unknown_format(cells):
+    with pytest.raises(DDError, match="xml"):
+        render(cells, "xml")
+
+
+REFERENCE = """\
+methods:
+  random:
+    digits-1: "30.0±1.0"
+    digits-10: 80.5
+  herding:
+    digits-1: "50.0 +- 2.0"
+  mtt:
+    digits-1: 90.1±0.5
+    digits-10: "95.0"
+"""
+
+
+def test_load_reference(tmp_path):
+    p = tmp_path / "published.yaml"
+    p.write_text(REFERENCE)
+    ref = load_reference(p)
+    assert ref == {
+        ("random", "digits", 1): (30.0, 1.0),
+        ("random", "digits", 10): (80.5, None),
+        ("herding", "digits", 1): (50.0, 2.0),
+        ("mtt", "digits", 1): (90.1, 0.5),
+        ("mtt", "digits", 10): (95.0, None),
+    }
+
+
+def test_reference_beside_ours(cells, tmp_path):
+    p = tmp_path / "published.yaml"
+    p.write_text(REFERENCE)
+    _, rows = _md_table(render(cells, "md", load_reference(p)))
+    mean, std = _pooled("random", 1)
+    assert rows["random"]["digits ipc1"] == f"{mean:.1f} ± {std:.1f} (n=2) [paper 30.0 ± 1.0; {mean - 30.0:+.1f}]"
+    mean10, _ = _pooled("random", 10)
+    assert rows["random"]["digits ipc10"].endswith(f"[paper 80.5; {mean10 - 80.5:+.1f}]")
+    hmean, _ = _pooled("herding", 1)
+    assert rows["herding"]["digits ipc1"].endswith(f"[paper 50.0 ± 2.0; {hmean - 50.0:+.1f}]")
+    assert rows["herding"]["digits ipc10"] == ""  # no run of ours: no paper figure in our row
+    # a published method we did not run appears as its own (paper) row
+    assert rows["mtt (paper)"]["digits ipc1"] == "90.1 ± 0.5"
+    assert rows["mtt (paper)"]["digits ipc10"] == "95.0"
+
+
+def test_bad_reference(tmp_path):
+    with pytest.raises(DDError, match="cannot be read"):
+        load_reference(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("methods: [unclosed\n")
+    with pytest.raises(DDError):
+        load_reference(bad)
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("", "methods"),  # empty file
+        ("- 1\n- 2\n", "methods"),  # not a mapping
+        ("methods: [random]\n", "methods"),
+        ("methods:\n  random: [1, 2]\n", "methods"),
+        ("methods:\n  random:\n    digits10: 46.3\n", "digits10"),  # no -<ipc>
+        ("methods:\n  random:\n    digits-10: lots\n", "lots"),  # not a number
+    ],
+)
+def test_malformed_reference_is_a_clean_error(tmp_path, text, needle):
+    p = tmp_path / "published.yaml"
+    p.write_text(text)
+    with pytest.raises(DDError, match=needle):
+        load_reference(p)
+
+
+def test_reference_without_entries_is_empty(tmp_path):
+    p = tmp_path / "published.yaml"
+    p.write_text("methods:\n")
+    assert load_reference(p) == {}
+
+
+def test_plot_writes_png(cells, tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "plots" / "acc.png"
+    plot(cells, out)
+    with Image.open(out) as im:
+        im.verify()
+        assert im.format == "PNG"
+    assert [p.name for p in out.parent.iterdir()] == ["acc.png"]
+
+
+def test_cli(tmp_path, capsys):
+    write_runs(tmp_path)
+    table_main([str(tmp_path / "sweep"), str(tmp_path / "other"), "--format", "csv"])
+    rows = list(csv.reader(io.StringIO(capsys.readouterr().out)))
+    assert rows[0] == ["method", "digits ipc1", "digits ipc10"] and len(rows) == 3
+
+
+@pytest.mark.parametrize("make", ["missing", "empty", "badjson"])
+def test_cli_errors_exit_2(tmp_path, capsys, make):
+    target = tmp_path / "runs"
+    if make != "missing":
+        target.mkdir()
+    if make == "badjson":
+        (target / "results.json").write_text("{oops")
+    with pytest.raises(SystemExit) as info:
+        table_main([str(target)])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("dd-table: error:") and len(err.splitlines()) == 1 and str(target) in err

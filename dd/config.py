@@ -45,7 +45,9 @@ class EvalConfig:
     dsa: bool = True
     dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
     test_batch_size: int = 1024
-    batched: bool = True  # train the K models together (vmap); BatchNorm models fall back to one at a time
+    # train the K models together (vmap); null = on CUDA only (measured slower than one at a time on CPU);
+    # BatchNorm models always fall back to one at a time
+    batched: bool | None = None
     model_batch: int | None = None  # models per batched chunk; null = all (CPU) or what free memory allows (CUDA)
 
 

@@ -133,7 +133,9 @@ def evaluate_set(
     dsa = DSA(eval_cfg.dsa_strategy, flip=data.flip) if eval_cfg.dsa else None
     start = time.perf_counter()
     seeds = [seed * 1000 + k for k in range(eval_cfg.num_models)]
-    batched = eval_cfg.get("batched", False)
+    batched = eval_cfg.get("batched")
+    if batched is None:  # auto: a GPU gains from batching; on CPU one model at a time was faster
+        batched = torch.device(device).type == "cuda"
     if batched and model_has_state(new_model(model_cfg, data)):
         log.info("%s keeps BatchNorm running statistics: training its %d models one at a time",
                  model_options(model_cfg)[0], len(seeds))

@@ -1,0 +1,347 @@
+"""Seconds to evaluate a distilled set with K models: batched (vmap) vs sequential training.
+
+The evaluation protocol (`dd.evaluate.evaluate_set`) trains K fresh ConvNets on a small set and
+tests each on the test split. With `eval.batched=true` the K models train together in one vmapped
+computation (`dd.batched.train_stack`, in chunks of `eval.model_batch`, on CUDA by default as many
+as free memory allows); with `false` one after another. Both follow the same per-model
+trajectories (same inits, data orders and DSA draws), so their accuracies should agree up to float
+rounding; this script times both and checks that.
+
+The set is CIFAR-shaped by default: IPC 10 x 10 classes = 100 images of 3x32x32, evaluated with
+ConvNets (width 128, instance norm, ReLU, avg pool, depth from the image size), SGD lr 0.01,
+momentum 0.9, DSA, minibatches of 256, for `--epochs` epochs, and tested on `--test-size` images.
+The data are random but learnable (each class a smooth random pattern plus N(0,1) pixel noise,
+`benchmarks/common.py`), seeded, and need no download. Seconds are the wall time around
+`evaluate_set` (everything: model init, training, testing; on CUDA the model-batch probe too),
+bracketed by `torch.cuda.synchronize()` on GPU, after one untimed warm-up evaluation of a tiny
+configuration (2 models, 1 epoch, the same set and test split) per mode.
+
+For each (K, mode) the script prints one JSON line
+    {"k", "mode", "seconds", "models_per_s", "acc_mean", "acc_std", "per_model", ...}
+then a table (K x mode: seconds, models/s, batched/sequential speed-up, mean accuracy and the
+agreement of the two modes' per-model accuracies). Rows go to --json (default
+benchmarks/results/evaluate_<device>.json, or evaluate_<device>_quick.json with --quick) and a PNG
+of seconds and speed-up against K to --plot (default: the json path with .png). The load average
+(os.getloadavg) is in the table header and in the JSON (meta and every row): CPU timings on a
+shared machine are noisy.
+
+Usage (from the repository root):
+    python benchmarks/evaluate.py --quick                       # CPU, 1x16x16, width 32, K 5,20
+    python benchmarks/evaluate.py --k 5,20 --epochs 2 --threads 2   # CPU, CIFAR shape (slow)
+    python benchmarks/evaluate.py --device cuda                 # GPU: K 5,20,100, 20 epochs
+    python benchmarks/evaluate.py --device cuda --k 100 --epochs 300 --model-batch 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+if __package__:
+    from . import common
+else:  # run as a script: benchmarks/ is sys.path[0]
+    import common
+
+MODES = ("batched", "sequential")
+QUICK = {"shape": (1, 16, 16), "width": 32, "k": [5, 20], "epochs": 5, "test_size": 1000}
+DEFAULTS = {"shape": (3, 32, 32), "width": 128, "k": [5, 20, 100], "test_size": 1000}
+EPOCHS = {"cuda": 20, "cpu": 2}  # default --epochs without --quick
+WARMUP = {"k": 2, "epochs": 1}  # same set and test split: no new tensor shapes later
+
+
+# ----------------------------------------------------------------------------- arguments
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Time set evaluation with K models, batched vs sequential (see module docstring).")
+    p.add_argument("--k", type=common.int_list, default=None,
+                   help="models per evaluation, one or a comma list (default 5,20,100; --quick: 5,20)")
+    p.add_argument("--modes", type=common.choice_list(MODES), default=list(MODES),
+                   help="batched, sequential or both (default batched,sequential)")
+    p.add_argument("--shape", type=common.shape, default=None, help="C,H,W (default 3,32,32; --quick: 1,16,16)")
+    p.add_argument("--width", type=int, default=None, help="ConvNet width (default 128; --quick: 32)")
+    p.add_argument("--depth", type=int, default=None, help="ConvNet depth (default: auto from the image size)")
+    p.add_argument("--ipc", type=int, default=10, help="images per class of the evaluated set (default 10)")
+    p.add_argument("--classes", type=int, default=10, help="classes (default 10)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="training epochs per model (default 20 on cuda, 2 on cpu; --quick: 5)")
+    p.add_argument("--test-size", type=int, default=None, help="random test images (default 1000)")
+    p.add_argument("--lr", type=float, default=0.01, help="evaluation lr (default 0.01, as EvalConfig)")
+    p.add_argument("--model-batch", type=int, default=None,
+                   help="batched mode: models per vmapped chunk (default: all on cpu, what fits on cuda)")
+    p.add_argument("--dsa", action=argparse.BooleanOptionalAction, default=True, help="DSA augmentation (default on)")
+    p.add_argument("--acc-tol", type=float, default=0.01,
+                   help="largest |mean accuracy difference| between the modes still called agreement (default 0.01)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default cpu")
+    p.add_argument("--seed", type=int, default=0, help="data and model seeds (default 0)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default 0: torch's default)")
+    p.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
+                   help="one untimed tiny evaluation per mode first (default on)")
+    p.add_argument("--json", type=Path, default=None,
+                   help="results file (default benchmarks/results/evaluate_<device>[_quick].json)")
+    p.add_argument("--plot", type=Path, default=None, help="PNG (default: the json path with .png)")
+    p.add_argument("--quick", action="store_true",
+                   help="small CPU run: shape 1,16,16, width 32, K 5,20, 5 epochs")
+    return p
+
+
+def resolve(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill the options left unset from --quick or the defaults; explicit options always win."""
+    common.fill_defaults(args, QUICK if args.quick else {**DEFAULTS, "epochs": EPOCHS[args.device]})
+    args.k = sorted(args.k)
+    for key in ("ipc", "classes", "width", "epochs", "test_size"):
+        if getattr(args, key) < 1:
+            raise SystemExit(f"--{key.replace('_', '-')}={getattr(args, key)}: must be >= 1")
+    for key in ("depth", "model_batch"):
+        if getattr(args, key) is not None and getattr(args, key) < 1:
+            raise SystemExit(f"--{key.replace('_', '-')}={getattr(args, key)}: must be >= 1")
+    if not args.lr > 0:
+        raise SystemExit(f"--lr={args.lr}: must be > 0")
+    if args.json is None:
+        args.json = common.RESULTS / f"evaluate_{args.device}{'_quick' if args.quick else ''}.json"
+    if args.plot is None:
+        args.plot = args.json.with_suffix(".png")
+    return args
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+class _Capture(logging.Handler):
+    """Keeps dd.batched's 'model batch: ...' lines (how many models CUDA fitted per chunk)."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def configs(args, k: int, mode: str, epochs: int | None = None):
+    from omegaconf import OmegaConf
+
+    from dd.config import EvalConfig, ModelConfig
+
+    model_cfg = OmegaConf.structured(ModelConfig(name="convnet", width=args.width, depth=args.depth, norm="instance"))
+    eval_cfg = OmegaConf.structured(EvalConfig(
+        num_models=k, epochs=args.epochs if epochs is None else epochs, lr=args.lr, dsa=args.dsa,
+        batched=mode == "batched", model_batch=args.model_batch))
+    return model_cfg, eval_cfg
+
+
+def make_data(args):
+    """(dataset, set images, set labels): the test split and the evaluated set, from one seed."""
+    import torch
+
+    data, protos = common.random_image_dataset(n_train=0, n_test=args.test_size, shape=args.shape,
+                                               classes=args.classes, seed=args.seed)
+    labels = torch.arange(args.classes).repeat_interleave(args.ipc)
+    images = common.sample_images(labels, protos, seed=args.seed + 10)
+    return data, images, labels
+
+
+def base_row(args, k: int, mode: str) -> dict:
+    return {"k": k, "mode": mode, "seconds": None, "models_per_s": None, "acc_mean": None, "acc_std": None,
+            "device": args.device, "shape": list(args.shape), "width": args.width, "depth": args.depth,
+            "ipc": args.ipc, "classes": args.classes, "epochs": args.epochs, "test_size": args.test_size,
+            "lr": args.lr, "dsa": args.dsa, "model_batch": args.model_batch if mode == "batched" else None}
+
+
+def measure(args, data, images, labels, k: int, mode: str) -> dict:
+    """One timed evaluate_set of K models in one mode; return its row."""
+    import torch
+
+    from dd.evaluate import evaluate_set
+
+    row = base_row(args, k, mode)
+    model_cfg, eval_cfg = configs(args, k, mode)
+    capture = _Capture()
+    logger = logging.getLogger("dd.batched")
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(capture)
+    try:
+        row["loadavg"] = common.loadavg()
+        common.release(args.device)
+        common.reset_peak(args.device)
+        common.sync(args.device)
+        t0 = time.perf_counter()
+        result = evaluate_set(images, labels, data, model_cfg, eval_cfg, lr=args.lr, seed=args.seed,
+                              device=args.device, progress=False, desc=f"{mode} K={k}")
+        common.sync(args.device)
+        seconds = time.perf_counter() - t0
+    finally:
+        logger.removeHandler(capture)
+        logger.setLevel(old_level)
+    row.update(seconds=round(seconds, 4), models_per_s=round(k / seconds, 4),
+               acc_mean=round(result.mean, 6), acc_std=round(result.std, 6),
+               per_model=[round(a, 6) for a in result.per_model], eval_seconds=round(result.seconds, 4),
+               peak_mem_mb=common.peak_mem_mb(args.device), threads=torch.get_num_threads())
+    if row["depth"] is None:
+        from dd.models.convnet import auto_depth
+
+        row["depth"] = auto_depth(tuple(args.shape[1:]))
+    if capture.messages:
+        row["model_batch_log"] = capture.messages
+    return row
+
+
+def measure_safely(args, data, images, labels, k: int, mode: str) -> dict:
+    try:
+        return measure(args, data, images, labels, k, mode)
+    except Exception as exc:  # noqa: BLE001 - a benchmark row records any failure
+        return common.record_error(base_row(args, k, mode), exc)
+    finally:
+        common.release(args.device)
+
+
+def warm_up(args, data, images, labels) -> float:
+    """One untimed evaluation per mode of a tiny configuration (kernels, vmap, allocator)."""
+    from dd.evaluate import evaluate_set
+
+    t0 = time.perf_counter()
+    for mode in args.modes:
+        model_cfg, eval_cfg = configs(args, WARMUP["k"], mode, epochs=WARMUP["epochs"])
+        evaluate_set(images, labels, data, model_cfg, eval_cfg, lr=args.lr, seed=args.seed + 1,
+                     device=args.device, progress=False, desc="warm-up")
+    common.sync(args.device)
+    return time.perf_counter() - t0
+
+
+def compare_modes(rows: list[dict], tol: float) -> None:
+    """Add speed-up and accuracy agreement to each batched row that has a sequential partner."""
+    by = {(r["k"], r["mode"]): r for r in rows}
+    for r in rows:
+        s = by.get((r["k"], "sequential"))
+        if r["mode"] != "batched" or not (common.ok(r) and common.ok(s)):
+            continue
+        r["speedup"] = round(s["seconds"] / r["seconds"], 3)
+        diffs = [abs(a - b) for a, b in zip(r["per_model"], s["per_model"])]
+        r["acc_mean_diff"] = round(r["acc_mean"] - s["acc_mean"], 6)
+        r["acc_max_model_diff"] = round(max(diffs), 6)
+        r["acc_models_differing"] = sum(d > 0 for d in diffs)
+        r["acc_agree"] = abs(r["acc_mean_diff"]) <= tol
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def format_table(rows: list[dict], args, load_start) -> str:
+    def cell_error(r):
+        return {"oom": "OOM"}.get(r.get("error_kind"), "error")
+
+    body = []
+    for r in rows:
+        if not common.ok(r):
+            body.append([str(r["k"]), r["mode"], cell_error(r), "-", "-", "-", "-"])
+            continue
+        speed = f"{r['speedup']:.2f}x" if "speedup" in r else "-"
+        if "acc_agree" in r:
+            check = (f"{'ok' if r['acc_agree'] else 'MISMATCH'} (mean {100 * r['acc_mean_diff']:+.2f} pp, "
+                     f"max model {100 * r['acc_max_model_diff']:.1f} pp, {r['acc_models_differing']}/{r['k']} differ)")
+        else:
+            check = "-"
+        body.append([str(r["k"]), r["mode"], f"{r['seconds']:.2f}", f"{r['models_per_s']:.3g}", speed,
+                     f"{100 * r['acc_mean']:.2f} ± {100 * r['acc_std']:.2f}", check])
+    header = ["K", "mode", "seconds", "models/s", "speed-up", "acc % (mean ± std)", "batched vs sequential acc"]
+    depth = next((r["depth"] for r in rows if r.get("depth")), args.depth) or "auto"
+    title = (f"evaluate benchmark: device={args.device} shape={'x'.join(map(str, args.shape))} width={args.width} "
+             f"depth={depth} set={args.ipc * args.classes} images (ipc {args.ipc} x {args.classes} classes) "
+             f"epochs={args.epochs} test={args.test_size} dsa={'on' if args.dsa else 'off'} "
+             f"model_batch={args.model_batch or 'auto'} threads={rows[0].get('threads', '?') if rows else '?'} "
+             f"load avg (1/5/15 min)={common.fmt_load(load_start)}")
+    notes = ["seconds: wall time of evaluate_set (init + train + test)"
+             + ("; CUDA-synchronised" if args.device == "cuda" else "; CPU timings are noisy on a loaded machine"),
+             "speed-up: sequential seconds / batched seconds at the same K",
+             f"acc check: |mean batched - mean sequential| <= {100 * args.acc_tol:g} pp; per-model accuracies "
+             "may differ slightly (float rounding in vmap changes a few test predictions)"]
+    return common.render_table(title, header, body, notes)
+
+
+def save_plot(rows: list[dict], args, path: Path) -> None:
+    plt = common.pyplot()
+    fig, (ax_time, ax_speed) = plt.subplots(1, 2, figsize=(11, 4.2))
+    ks = sorted({r["k"] for r in rows})
+    for mode in args.modes:
+        done = sorted((r for r in rows if r["mode"] == mode and common.ok(r)), key=lambda r: r["k"])
+        if done:
+            ax_time.plot([r["k"] for r in done], [r["seconds"] for r in done], marker="o", label=mode)
+    sp = sorted((r for r in rows if "speedup" in r), key=lambda r: r["k"])
+    if sp:
+        ax_speed.plot([r["k"] for r in sp], [r["speedup"] for r in sp], marker="o", color="C2")
+        ax_speed.axhline(1.0, color="grey", lw=0.8, ls="--")
+    ax_time.set_ylabel("seconds per evaluation")
+    ax_speed.set_ylabel("speed-up (sequential / batched)")
+    for ax in (ax_time, ax_speed):
+        ax.set_xlabel("K (models)")
+        if len(ks) > 1 and ks[-1] / ks[0] >= 4:
+            ax.set_xscale("log")
+        ax.set_xticks(ks, [str(k) for k in ks])
+        ax.minorticks_off()
+        ax.grid(True, alpha=0.3)
+    if ax_time.get_lines():
+        ax_time.legend()
+    failed = [f"K={r['k']} {r['mode']}:{r.get('error_kind')}" for r in rows if "error" in r]
+    title = (f"evaluate_set, {args.device}, shape {'x'.join(map(str, args.shape))}, width {args.width}, "
+             f"{args.ipc * args.classes} images, {args.epochs} epochs, test {args.test_size}")
+    if failed:
+        title += "\nfailed: " + ", ".join(failed)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = resolve(build_parser().parse_args(argv))
+    common.ensure_root_on_path()
+    torch = common.setup_torch(args.device, args.threads)
+    load_start = common.loadavg()
+    t_start = time.perf_counter()
+    torch.manual_seed(args.seed)
+    data, images, labels = make_data(args)
+    warm = None
+    if args.warmup:
+        print("[evaluate] warm-up ...", file=sys.stderr, flush=True)
+        warm = warm_up(args, data, images, labels)
+    rows = []
+    for k in args.k:
+        for mode in args.modes:
+            print(f"[evaluate] K={k} {mode} ...", file=sys.stderr, flush=True)
+            row = measure_safely(args, data, images, labels, k, mode)
+            print(json.dumps({key: v for key, v in row.items() if key != "per_model"}), flush=True)
+            rows.append(row)
+    compare_modes(rows, args.acc_tol)
+    wall = time.perf_counter() - t_start
+
+    print()
+    print(format_table(rows, args, load_start))
+    print(f"wall time: {wall:.1f} s (warm-up {warm or 0:.1f} s); load avg at end: {common.fmt_load(common.loadavg())}")
+    meta = common.run_meta(args, wall, load_start, k=args.k, modes=args.modes, warmup_s=None if warm is None
+                           else round(warm, 2), acc_tol=args.acc_tol)
+    common.write_json(args.json, meta, rows)
+    try:
+        save_plot(rows, args, args.plot)
+        print(f"results: {args.json}  plot: {args.plot}")
+    except Exception as exc:  # noqa: BLE001 - the numbers are already saved
+        print(f"results: {args.json}  (plot failed: {type(exc).__name__}: {exc})")
+    mismatched = [r for r in rows if r.get("acc_agree") is False]
+    if mismatched:
+        print(f"WARNING: batched and sequential accuracies disagree at K={[r['k'] for r in mismatched]} "
+              f"(beyond {100 * args.acc_tol:g} pp)", file=sys.stderr)
+    bugs = [r for r in rows if r.get("error_kind") == "error"]
+    return 1 if bugs else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

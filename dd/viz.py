@@ -19,7 +19,8 @@ def save_grid(pixels: torch.Tensor, labels: torch.Tensor, class_names: list[str]
     rows = [(c, (hard == c).nonzero().flatten()[:max_per_class]) for c in range(len(class_names))]
     rows = [(c, idx) for c, idx in rows if len(idx)]
     cols = max(len(idx) for _, idx in rows)
-    fig, axes = plt.subplots(len(rows), cols, figsize=(cols * 0.9 + 1.2, len(rows) * 0.9 + 0.4), squeeze=False)
+    width = max(cols * 0.9 + 1.2, 4.5 if title else 0)  # room for the title over narrow (ipc=1) grids
+    fig, axes = plt.subplots(len(rows), cols, figsize=(width, len(rows) * 0.9 + 0.4), squeeze=False)
     for r, (c, idx) in enumerate(rows):
         for j in range(cols):
             ax = axes[r][j]
@@ -44,7 +45,13 @@ def save_curves(history: list[dict], path: str | Path, title: str | None = None)
     evals = [(h["iteration"], 100 * h["acc_mean"], 100 * h["acc_std"]) for h in history if "acc_mean" in h]
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
     if losses:
-        a.plot(*zip(*losses), lw=0.8)
+        its, vals = zip(*losses)
+        a.plot(its, vals, lw=0.6, alpha=0.4, label="per iteration")
+        window = max(1, len(vals) // 20)  # the loss is noisy: draw a running mean over it
+        if window > 1:
+            smooth = torch.tensor(vals).unfold(0, window, 1).mean(1).tolist()
+            a.plot(its[window - 1 :], smooth, lw=1.5, label=f"mean of {window}")
+            a.legend(fontsize=7)
     a.set_xlabel("iteration")
     a.set_ylabel("matching loss")
     a.grid(alpha=0.3)

@@ -22,13 +22,15 @@ $(STAMP): pyproject.toml
 
 DEMO := outputs/demo
 
-# The main job on the embedded default: trajectory matching on digits (IPC 1), experts included,
-# then random / herding / k-center at the same IPC with the same evaluation, and the table.
+# The main job on the embedded defaults: trajectory matching on digits (IPC 1), experts included,
+# then random / herding / k-center at the same IPC with the same evaluation, and the table; then
+# attention-label distillation on the synthetic topic task with MiniLM, beside random-real and full data.
 demo: install
 	rm -rf $(DEMO)
 	$(VENV)/bin/dd-distill experiment=digits_mtt_ipc1 hydra.run.dir=$(DEMO)/mtt
 	$(VENV)/bin/dd-distill -m experiment=digits_baselines method=random,herding,kcenter ipc=1 hydra.sweep.dir=$(DEMO)/baselines
-	$(VENV)/bin/dd-table $(DEMO) --reference experiments/digits/published.yaml
+	$(VENV)/bin/dd-table $(DEMO)/mtt $(DEMO)/baselines
+	$(VENV)/bin/dd-distill experiment=topics_attn_ipc1 hydra.run.dir=$(DEMO)/text
 
 # The digits table: baselines at IPC 1/10/50, full data, and MTT at IPC 1/10 (CPU, tens of minutes).
 TABLE := outputs/table-digits

@@ -176,6 +176,9 @@ class AttentionLabelsConfig:
     label_type: str = "unrestricted"  # hard | soft | unrestricted
     attention_labels: str = "cls"  # none | cls (the [CLS] query row) | all (every query row)
     attention_lambda: float = 1.0
+    # attention-label logits start as N(0,1) (random, as the reference code) or as the log of the
+    # pretrained model's own attention on the initial examples (model: the KL starts at zero)
+    attention_init: str = "random"
     lr_init: float = 0.01  # initial learned inner lr (softplus-parametrised)
     lr_inputs_embeds: float = 0.01  # AdamW lrs of the distilled tensors
     lr_labels: float = 0.01
@@ -201,7 +204,7 @@ class RandomTextConfig:
     name: str = "random_text"
     inner_steps: int = 1
     batch_per_class: int = 1
-    lr_grid: list[float] = field(default_factory=lambda: [0.003, 0.01, 0.03, 0.1, 0.3, 1.0])
+    lr_grid: list[float] = field(default_factory=lambda: [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0])
     holdout: int = 200  # training examples held out to pick the lr (never selected as examples)
     grid_runs: int = 3  # training runs per grid point
 

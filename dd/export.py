@@ -123,6 +123,11 @@ class DistilledSet:
                 raise DDError(f"labels range {int(labels.min())}..{int(labels.max())} is outside 0..{classes - 1}")
             if labels.dim() == 2 and labels.shape[1] != classes:
                 raise DDError(f"soft labels have {labels.shape[1]} columns but num_classes={classes}")
+        if self.kind == "text":  # every example has one mask entry per embedded position
+            mask = t.get("attention_mask")
+            if mask is not None and list(mask.shape) != list(t["inputs_embeds"].shape[:2]):
+                raise DDError(f"attention_mask has shape {list(mask.shape)} but inputs_embeds needs "
+                              f"{list(t['inputs_embeds'].shape[:2])}")
         if self.kind == "image":
             shape = [m.get("channels"), *(m.get("image_size") or [None, None])]
             if None not in shape and list(t["images"].shape[1:]) != shape:

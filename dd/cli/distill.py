@@ -29,6 +29,10 @@ def _app(cfg: DictConfig) -> float:
         f"{100 * acc['mean']:.2f} ± {100 * acc['std']:.2f}% over {len(acc['per_model'])} {results['model']} models "
         f"-> {out_dir}"
     )
+    for name, other in results.get("comparison", {}).items():  # baselines run beside it (text: method.compare)
+        o = other["accuracy"]
+        print(f"  {name} {results['dataset']}: test accuracy {100 * o['mean']:.2f} ± {100 * o['std']:.2f}% "
+              f"over {len(o['per_model'])} runs -> {out_dir / 'compare' / name}")
     return acc["mean"]
 
 

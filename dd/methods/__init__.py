@@ -24,7 +24,28 @@ def run_mtt(ctx: RunContext) -> SynSet:
     return distill(ctx)
 
 
-METHODS = {"random": run_coreset, "herding": run_coreset, "kcenter": run_coreset, "full": run_full, "mtt": run_mtt}
+def run_attention_labels(ctx: RunContext):
+    from dd.methods.attention_labels import distill
+
+    return distill(ctx)
+
+
+def run_random_text(ctx: RunContext):
+    from dd.methods.text_baselines import run_random_text
+
+    return run_random_text(ctx)
+
+
+def run_full_finetune(ctx: RunContext):
+    from dd.methods.text_baselines import run_full_finetune
+
+    return run_full_finetune(ctx)
+
+
+METHODS = {"random": run_coreset, "herding": run_coreset, "kcenter": run_coreset, "full": run_full, "mtt": run_mtt,
+           # text methods (dataset kind=text; run through dd.text_pipeline)
+           "attention_labels": run_attention_labels, "random_text": run_random_text,
+           "full_finetune": run_full_finetune}
 
 
 def run_method(ctx: RunContext) -> SynSet:

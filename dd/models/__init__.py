@@ -1,5 +1,6 @@
 """Model zoo for dataset distillation and the flat-parameter functional wrapper."""
 
+from dd.models.bert import TextClassifier, load_backbone
 from dd.models.classic import MLP, VGG11, AlexNet, LeNet
 from dd.models.convnet import ConvNet
 from dd.models.factory import MODEL_NAMES, build_model, model_has_state
@@ -15,7 +16,9 @@ __all__ = [
     "MLP",
     "ResNet18",
     "ResNet18_AP",
+    "TextClassifier",
     "VGG11",
     "build_model",
+    "load_backbone",
     "model_has_state",
 ]

@@ -1,0 +1,303 @@
+"""Dataset distillation with attention labels for fine-tuning BERT (Maekawa et al., ACL 2023).
+
+Learned, per distilled example: input embeddings (fed as `inputs_embeds`), a label (hard:
+fixed one-hot; soft: logits under a softmax; unrestricted: a free vector), attention labels
+(logits per layer, head and query row, softmaxed over keys) and one softplus-parametrised lr
+per inner step.
+
+Each outer step draws a fresh head, puts it on an exact copy of the pretrained body, takes
+`inner_steps` plain SGD steps on the distilled batches (loss CE + lambda * attention KL),
+and scores the updated model by CE on a real training batch. The meta-gradient of that
+score comes from dd.inner (`reverse` is exact with memory constant in inner_steps); AdamW
+with linear warmup/decay and grad-norm clipping updates every distilled tensor.
+
+Randomness is a pure function of (seed, step): the real batch of step s comes from the
+permutation of its epoch and the head from a generator seeded with s, so a resumed run
+repeats an uninterrupted one exactly (on CPU).
+"""
+
+import hashlib
+import json
+import logging
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from tqdm.auto import tqdm
+
+from dd.errors import DDError
+from dd.evaluate_text import TextSet, batch_indices, batches, evaluate_text_set
+from dd.fsutil import write_file
+from dd.inner import ENGINES, meta_gradient
+from dd.methods.text_base import TextRunContext, TextSynSet, check_ipc, require_text
+from dd.text_loss import ATTENTION_LABELS, LABEL_TYPES, learner_loss, targets_of
+
+log = logging.getLogger(__name__)
+CHECKPOINT = "checkpoint.pt"
+INITS = ("random", "real")
+ATTENTION_INITS = ("random", "model")
+
+
+def softplus_inverse(x: float) -> float:
+    return math.log(math.expm1(x))
+
+
+def check_method(m, ipc: int, engine: str) -> None:
+    positive = {"inner_steps": m.inner_steps, "batch_per_class": m.batch_per_class, "lr_init": m.lr_init,
+                "real_batch_size": m.real_batch_size, "checkpoint_every": m.checkpoint_every,
+                "max_nonfinite": m.max_nonfinite, "epochs": m.epochs, "max_grad_norm": m.max_grad_norm}
+    for key, value in positive.items():
+        if not value > 0:
+            raise DDError(f"method.{key}={value} is not allowed; it must be positive")
+    for key in ("lr_inputs_embeds", "lr_labels", "lr_attention_labels", "lr_lr", "weight_decay", "attention_lambda"):
+        if not m[key] >= 0:
+            raise DDError(f"method.{key}={m[key]} is not allowed; it must be >= 0 (0 freezes / switches it off)")
+    if m.max_steps is not None and m.max_steps <= 0:
+        raise DDError(f"method.max_steps={m.max_steps} is not allowed; give a positive number or null (use epochs)")
+    if not 0 <= m.warmup_ratio < 1:
+        raise DDError(f"method.warmup_ratio={m.warmup_ratio} is not allowed; it must be in [0, 1)")
+    if ipc % m.batch_per_class:
+        raise DDError(f"method.batch_per_class={m.batch_per_class} must divide ipc={ipc}")
+    for key, allowed in (("init", INITS), ("label_type", LABEL_TYPES), ("attention_labels", ATTENTION_LABELS),
+                         ("attention_init", ATTENTION_INITS)):
+        if m[key] not in allowed:
+            raise DDError(f"method.{key} '{m[key]}' is unknown; choose one of: {', '.join(allowed)}")
+    if engine not in ENGINES:
+        raise DDError(f"inner.engine '{engine}' is unknown; choose one of: {', '.join(ENGINES)}")
+
+
+def run_digest(cfg) -> str:
+    """What a checkpoint must agree on to be resumed."""
+    keys = {k: cfg[k] for k in ("dataset", "model", "method", "inner", "ipc", "seed")}
+    text = json.dumps(OmegaConf.to_container(OmegaConf.create(keys), resolve=True), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class Distilled:
+    """The learned tensors (all leaves) and how they turn into a TextSet."""
+
+    def __init__(self, clf, data, m, ipc: int, gen: torch.Generator, device):
+        c, length = data.num_classes, data.max_length
+        n = c * ipc
+        self.m, self.num_classes = m, c
+        self.class_ids = torch.arange(n, device=device) % c  # interleaved: example j is of class j % c
+        if m.init == "random":  # as the reference code: N(0, 1) at every position
+            embeds = torch.randn(n, length, clf.hidden_size, generator=gen)
+        else:  # word embeddings of ipc real training examples per class, padding included
+            picks = [data.indices_of_class(k)[torch.randperm(len(data.indices_of_class(k)), generator=gen)[:ipc]]
+                     for k in range(c)]
+            order = torch.stack(picks, dim=1).reshape(-1)  # class-interleaved
+            embeds = clf.embed(data.train.input_ids[order]).cpu()
+        dtype = clf.body0.dtype
+        self.inputs_embeds = embeds.to(device, dtype).requires_grad_(True)
+        # every position of a distilled example is learnable, so all of them are attended to
+        self.attention_mask = torch.ones(n, length, dtype=torch.long, device=device)
+        self.token_type_ids = torch.zeros(n, length, dtype=torch.long, device=device)
+        self.labels = None  # hard labels are fixed class ids
+        if m.label_type != "hard":
+            self.labels = F.one_hot(self.class_ids, c).to(dtype).requires_grad_(True)
+        self.attention = None
+        if m.attention_labels != "none":
+            rows = 1 if m.attention_labels == "cls" else length
+            shape = (n, clf.num_layers, clf.num_heads, rows, length)
+            if m.attention_init == "random":
+                logits = torch.randn(shape, generator=gen).to(device, dtype)
+            else:  # the pretrained body's attention on the initial examples (the head plays no part in it)
+                logits = self.model_attention(clf, rows).log().clamp_min(-30.0)
+            self.attention = logits.requires_grad_(True)
+        self.lr_raw = torch.full((m.inner_steps,), softplus_inverse(m.lr_init), dtype=dtype, device=device,
+                                 requires_grad=True)
+
+    @torch.no_grad()
+    def model_attention(self, clf, rows: int) -> torch.Tensor:
+        theta = torch.cat([clf.body0, torch.zeros(clf.head_numel, dtype=clf.body0.dtype, device=clf.body0.device)])
+        _, attns = clf(theta, self.inputs_embeds.detach(), self.attention_mask, self.token_type_ids, attentions=True)
+        return torch.stack(attns, dim=1)[..., :rows, :]
+
+    def learnables(self) -> list[torch.Tensor]:
+        """The tensors the meta-gradient is taken for (the lr is handled separately)."""
+        return [t for t in (self.inputs_embeds, self.labels, self.attention) if t is not None]
+
+    def named(self) -> dict[str, torch.Tensor]:
+        out = {"inputs_embeds": self.inputs_embeds, "lr_raw": self.lr_raw}
+        if self.labels is not None:
+            out["labels"] = self.labels
+        if self.attention is not None:
+            out["attention"] = self.attention
+        return out
+
+    def lr(self) -> torch.Tensor:
+        return F.softplus(self.lr_raw)
+
+    def unpack(self, learn):
+        """(inputs_embeds, label tensor, attention logits) from a list shaped like learnables()."""
+        it = iter(learn)
+        embeds = next(it)
+        labels = next(it) if self.labels is not None else self.class_ids
+        attention = next(it) if self.attention is not None else None
+        return embeds, labels, attention
+
+    def step_loss(self, clf, learn, theta, i: int) -> torch.Tensor:
+        embeds, labels, attention = self.unpack(learn)
+        idx = batch_indices(i, len(self.class_ids), self.num_classes, self.m.batch_per_class).to(embeds.device)
+        attn = None if attention is None else F.softmax(attention[idx], dim=-1)
+        return learner_loss(clf, theta, embeds[idx], self.attention_mask[idx], self.token_type_ids[idx],
+                            targets_of(self.m.label_type, labels[idx]), attn, self.m.attention_lambda)
+
+    def export_labels(self) -> torch.Tensor:
+        labels = self.class_ids if self.labels is None else targets_of(self.m.label_type, self.labels)
+        return labels.detach().cpu()
+
+    def text_set(self) -> TextSet:
+        _, labels, attention = self.unpack([t.detach() for t in self.learnables()])
+        return TextSet(
+            inputs_embeds=self.inputs_embeds.detach(), attention_mask=self.attention_mask,
+            token_type_ids=self.token_type_ids, targets=targets_of(self.m.label_type, labels),
+            lr=self.lr().detach(), num_classes=self.num_classes, batch_per_class=self.m.batch_per_class,
+            attention_labels=None if attention is None else F.softmax(attention, dim=-1),
+            attention_lambda=self.m.attention_lambda,
+        )
+
+
+def real_batch(data, step: int, batch_size: int, seed: int):
+    """Step s's real batch: a slice of its epoch's permutation (drop-last), a pure function of (seed, s)."""
+    n = len(data.train)
+    per_epoch = max(1, n // batch_size)
+    epoch, k = divmod(step, per_epoch)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
+    return perm[k * batch_size : (k + 1) * batch_size]
+
+
+def total_steps(m, n_train: int) -> int:
+    return m.max_steps if m.max_steps is not None else m.epochs * max(1, n_train // m.real_batch_size)
+
+
+def linear_schedule(total: int, warmup_ratio: float):
+    """Linear warmup to the full lr over warmup_ratio * total steps, then linear decay to 0."""
+    warmup = int(total * warmup_ratio)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return factor
+
+
+def distill(ctx: TextRunContext) -> TextSynSet:
+    require_text(ctx, "attention_labels")
+    cfg, data, clf, device = ctx.cfg, ctx.data, ctx.classifier, ctx.device
+    m = cfg.method
+    check_method(m, cfg.ipc, cfg.inner.engine)
+    if m.init == "real":
+        check_ipc(data, cfg.ipc)
+    elif cfg.ipc <= 0:
+        raise DDError(f"ipc={cfg.ipc} is not allowed; it must be a positive integer")
+    if m.real_batch_size > len(data.train):
+        raise DDError(f"method.real_batch_size={m.real_batch_size} is more than the {len(data.train)} training examples")
+
+    syn = Distilled(clf, data, m, cfg.ipc, torch.Generator().manual_seed(cfg.seed), device)
+    groups = [{"params": [syn.inputs_embeds], "lr": m.lr_inputs_embeds, "weight_decay": m.weight_decay},
+              {"params": [syn.lr_raw], "lr": m.lr_lr, "weight_decay": 0.0}]
+    if syn.labels is not None:
+        groups.append({"params": [syn.labels], "lr": m.lr_labels, "weight_decay": 0.0})
+    if syn.attention is not None:
+        groups.append({"params": [syn.attention], "lr": m.lr_attention_labels, "weight_decay": m.weight_decay})
+    opt = torch.optim.AdamW(groups, lr=1.0)  # every group sets its own lr
+    steps = total_steps(m, len(data.train))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, linear_schedule(steps, m.warmup_ratio))
+
+    state = {"next_step": 0, "history": [], "nonfinite_total": 0, "nonfinite_run": 0, "distill_s": 0.0}
+    ckpt_path = ctx.out_dir / CHECKPOINT
+    digest = run_digest(cfg)
+    if cfg.resume:
+        if not ckpt_path.is_file():
+            raise DDError(f"resume=true but {ckpt_path} does not exist; point hydra.run.dir at the run folder to resume")
+        saved = torch.load(ckpt_path, map_location=device, weights_only=True)
+        if saved["digest"] != digest:
+            raise DDError(f"{ckpt_path} was written by a run with another dataset/model/method/ipc/seed config; "
+                          "resume with the same settings or start a new run folder")
+        with torch.no_grad():
+            for name, t in syn.named().items():
+                t.copy_(saved["tensors"][name])
+        opt.load_state_dict(saved["opt"])
+        sched.load_state_dict(saved["sched"])
+        state = saved["state"]
+        log.info("resumed from %s at outer step %d", ckpt_path, state["next_step"])
+
+    def save_checkpoint() -> None:
+        blob = {"digest": digest, "tensors": {k: v.detach() for k, v in syn.named().items()},
+                "opt": opt.state_dict(), "sched": sched.state_dict(), "state": state}
+        write_file(ckpt_path, lambda p: torch.save(blob, p))
+
+    def outer_loss(batch):
+        ids, mask, types, labels = batch
+
+        def outer(theta):
+            logits, _ = clf(theta, clf.embed(ids).to(theta.dtype), mask, types)
+            return F.cross_entropy(logits, labels)
+
+        return outer
+
+    tensors = list(syn.named().values())
+    bar = tqdm(range(state["next_step"], steps), desc=f"attention_labels {data.name} ipc={cfg.ipc}",
+               disable=not ctx.progress, initial=state["next_step"], total=steps)
+    running = None
+    for step in bar:
+        t_step = time.perf_counter()
+        idx = real_batch(data, step, m.real_batch_size, cfg.seed)
+        batch = next(batches(data.train, len(idx), device, order=idx))
+        theta0 = clf.new_theta(torch.Generator().manual_seed(cfg.seed * 1_000_003 + step))
+        lr = syn.lr().detach().requires_grad_(True)
+        res = meta_gradient(cfg.inner.engine, lambda theta, learn, i: syn.step_loss(clf, learn, theta, i),
+                            outer_loss(batch), theta0, syn.learnables(), lr, m.inner_steps,
+                            optimizer=cfg.inner.optimizer)
+        finite = torch.isfinite(res.loss) and torch.isfinite(res.lr_grad).all() and all(
+            torch.isfinite(g).all() for g in res.grads)
+        if not finite:
+            state["nonfinite_total"] += 1
+            state["nonfinite_run"] += 1
+            log.warning("outer step %d: non-finite loss or gradient; update skipped", step)
+            if state["nonfinite_run"] >= m.max_nonfinite:
+                raise DDError(f"the outer loss was not finite for {m.max_nonfinite} steps in a row (last at step "
+                              f"{step}); lower method.lr_init={m.lr_init} or method.lr_inputs_embeds={m.lr_inputs_embeds}")
+            sched.step()
+            state["next_step"] = step + 1
+            continue
+        state["nonfinite_run"] = 0
+        for t, g in zip(syn.learnables(), res.grads):
+            t.grad = g
+        # chain rule through the softplus: d lr / d lr_raw = sigmoid(lr_raw)
+        syn.lr_raw.grad = res.lr_grad * torch.sigmoid(syn.lr_raw.detach())
+        torch.nn.utils.clip_grad_norm_(tensors, m.max_grad_norm)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        loss = float(res.loss)
+        running = loss if running is None else 0.9 * running + 0.1 * loss
+        state["distill_s"] += time.perf_counter() - t_step
+        state["history"].append({"step": step, "loss": loss, "lr": syn.lr().detach().cpu().tolist()})
+        state["next_step"] = step + 1
+        ctx.tracker.log({"outer_loss": loss, **{f"syn_lr/{i}": v for i, v in enumerate(state["history"][-1]["lr"])}},
+                        step=step)
+        bar.set_postfix(loss=f"{running:.4f}", lr=f"{float(syn.lr().detach()[0]):.4g}")
+        if (step + 1) % m.checkpoint_every == 0:
+            save_checkpoint()
+    save_checkpoint()
+
+    tset = syn.text_set()
+    evaluation = evaluate_text_set(clf, tset, data, cfg.eval.num_models, seed=cfg.seed,
+                                   batch_size=cfg.eval.test_batch_size, progress=ctx.progress)
+    done = sum(1 for _ in state["history"])
+    losses = [h["loss"] for h in state["history"]]
+    return TextSynSet(
+        tset=tset, evaluation=evaluation, label_type=m.label_type, labels=syn.export_labels(),
+        extra_meta={"label_type": m.label_type, "attention_labels": m.attention_labels,
+                    "attention_lambda": m.attention_lambda, "inner_steps": m.inner_steps,
+                    "batch_per_class": m.batch_per_class, "init": m.init, "outer_steps": steps,
+                    "engine": cfg.inner.engine, "nonfinite_skipped": state["nonfinite_total"],
+                    "outer_loss_first": losses[:10], "outer_loss_last": losses[-10:]},
+        timings={"distill_s": state["distill_s"], "s_per_outer_step": state["distill_s"] / max(1, done)},
+    )

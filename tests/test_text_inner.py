@@ -1,0 +1,160 @@
+"""Attention-label distillation numerics on a tiny BERT: meta-gradients, engines, the KL term, exact resets."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from dd.config import AttentionLabelsConfig, TextDatasetConfig, TextModelConfig
+from dd.data.text import load_text_dataset
+from dd.evaluate_text import evaluate_text_set
+from dd.inner import meta_gradient
+from dd.methods.attention_labels import Distilled
+from dd.models.bert import TextClassifier, load_backbone
+from dd.text_loss import attention_kl
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny matrices: one thread is faster, and immune to a busy machine."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    return load_backbone(OmegaConf.structured(TextModelConfig(name="tiny_bert", hidden_size=16, num_heads=2,
+                                                              num_layers=2, intermediate_size=32)))
+
+
+@pytest.fixture(scope="module")
+def data(backbone):
+    cfg = OmegaConf.structured(TextDatasetConfig(name="synthetic_topics", max_length=8, num_train=48, num_test=24))
+    return load_text_dataset(cfg, backbone.tokenizer)
+
+
+def method(**kw):
+    return OmegaConf.structured(AttentionLabelsConfig(**kw))
+
+
+def meta_problem(clf, data, m, ipc=2, dtype=torch.float32):
+    syn = Distilled(clf, data, m, ipc, torch.Generator().manual_seed(0), torch.device("cpu"))
+    ids, mask, types, labels = data.train.input_ids[:12], data.train.attention_mask[:12], data.train.token_type_ids[:12], data.train.labels[:12]
+    with torch.no_grad():  # a non-uniform lr per step, so each step's lr gradient is distinct
+        syn.lr_raw.copy_(torch.linspace(-2.0, -1.0, m.inner_steps, dtype=dtype))
+
+    def outer(theta):
+        logits, _ = clf(theta, clf.embed(ids), mask, types)
+        return F.cross_entropy(logits, labels)
+
+    def step_loss(theta, learn, i):
+        return syn.step_loss(clf, learn, theta, i)
+
+    theta0 = clf.new_theta(torch.Generator().manual_seed(1))
+    lr = syn.lr().detach().requires_grad_(True)
+    return syn, step_loss, outer, theta0, lr
+
+
+def test_meta_gradient_reaches_every_distilled_tensor_and_every_lr(backbone, data):
+    clf = TextClassifier(backbone, data.num_classes)
+    m = method(inner_steps=3, label_type="unrestricted", attention_labels="cls", init="real")
+    syn, step_loss, outer, theta0, lr = meta_problem(clf, data, m, ipc=3)
+    res = meta_gradient("reverse", step_loss, outer, theta0, syn.learnables(), lr, 3)
+    names = ["inputs_embeds", "labels", "attention_labels"]
+    assert len(res.grads) == 3
+    for name, g in zip(names, res.grads):
+        assert torch.isfinite(g).all(), name
+        assert g.abs().sum() > 0, f"no meta-gradient reaches {name}"
+    assert res.lr_grad.shape == (3,) and torch.isfinite(res.lr_grad).all() and (res.lr_grad != 0).all()
+
+
+@pytest.mark.parametrize("label_type,attn", [("soft", "all"), ("hard", "cls")])
+def test_reverse_equals_unroll_in_float64(backbone, data, label_type, attn):
+    backbone.body.double()
+    try:
+        clf = TextClassifier(backbone, data.num_classes)
+        m = method(inner_steps=3, label_type=label_type, attention_labels=attn)
+        syn, step_loss, outer, theta0, lr = meta_problem(clf, data, m, ipc=2, dtype=torch.float64)
+        assert theta0.dtype == torch.float64 and syn.inputs_embeds.dtype == torch.float64
+        ref = meta_gradient("unroll", step_loss, outer, theta0, syn.learnables(), lr, 3)
+        got = meta_gradient("reverse", step_loss, outer, theta0, syn.learnables(), lr, 3)
+        assert torch.allclose(ref.loss, got.loss, rtol=1e-12, atol=0)
+        for a, b in zip(ref.grads, got.grads):
+            assert a.abs().max() > 0
+            torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-13)
+        torch.testing.assert_close(got.lr_grad, ref.lr_grad, rtol=1e-9, atol=1e-13)
+        # TESLA drops the Hessian terms: a different number, so the comparison above is not vacuous
+        approx = meta_gradient("tesla", step_loss, outer, theta0, syn.learnables(), lr, 3)
+        assert not torch.allclose(approx.grads[0], ref.grads[0], rtol=1e-6, atol=0)
+    finally:
+        backbone.body.float()
+
+
+def test_attention_kl_uses_the_right_query_rows():
+    gen = torch.Generator().manual_seed(0)
+    attn = [F.softmax(torch.randn(2, 3, 5, 5, generator=gen), dim=-1) for _ in range(2)]  # 2 layers
+    stacked = torch.stack(attn, dim=1)  # (B, layers, heads, L, L)
+    other = F.softmax(torch.randn(2, 2, 3, 5, 5, generator=gen), dim=-1)
+    # all rows: zero only when every row matches
+    assert float(attention_kl(attn, stacked)) == pytest.approx(0.0, abs=1e-7)
+    assert float(attention_kl(attn, other)) > 0.01
+    # cls: only the first query row counts; the other rows may differ freely
+    cls_label = stacked[..., :1, :].clone()
+    mixed = other.clone()
+    mixed[..., :1, :] = cls_label
+    assert float(attention_kl(attn, cls_label)) == pytest.approx(0.0, abs=1e-7)
+    assert float(attention_kl(attn, mixed)) > 0.01  # as an all-rows label it is wrong
+    last_row = stacked[..., -1:, :].clone()  # the last row is not the [CLS] row
+    assert float(attention_kl(attn, last_row)) > 0.01
+    # KL(p||q) itself: summed over keys, averaged over the rest
+    p, q = other[..., :1, :], stacked[..., :1, :]
+    expected = (p * (p.log() - q.log())).sum(-1).mean()
+    assert float(attention_kl(attn, p)) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_attention_kl_zero_at_the_models_own_attention(backbone, data):
+    clf = TextClassifier(backbone, data.num_classes)
+    theta = clf.new_theta(torch.Generator().manual_seed(0))
+    x = torch.randn(2, 8, clf.hidden_size)
+    mask = torch.ones(2, 8, dtype=torch.long)
+    _, attns = clf(theta, x, mask, attentions=True)
+    own = torch.stack(attns, dim=1).detach()
+    assert own.shape == (2, clf.num_layers, clf.num_heads, 8, 8)
+    assert float(attention_kl(attns, own)) == pytest.approx(0.0, abs=1e-6)
+    assert float(attention_kl(attns, own[..., :1, :])) == pytest.approx(0.0, abs=1e-6)
+    peaked = F.softmax(3 * torch.randn(own.shape, generator=torch.Generator().manual_seed(1)), dim=-1)
+    assert float(attention_kl(attns, peaked)) > 0.1
+
+
+def test_evaluation_resets_the_pretrained_weights_exactly(backbone, data, monkeypatch):
+    import dd.evaluate_text as ev
+
+    clf = TextClassifier(backbone, data.num_classes)
+    pretrained = {k: v.clone() for k, v in backbone.body.state_dict().items()}
+    m = method(inner_steps=2, label_type="soft", attention_labels="cls", lr_init=0.5)
+    syn = Distilled(clf, data, m, 2, torch.Generator().manual_seed(0), torch.device("cpu"))
+    starts, ends = [], []
+    real_train = ev.train_steps
+
+    def recording(clf_, theta, tset):
+        starts.append(theta.clone())
+        out = real_train(clf_, theta, tset)
+        ends.append(out.clone())
+        return out
+
+    monkeypatch.setattr(ev, "train_steps", recording)
+    result = evaluate_text_set(clf, syn.text_set(), data, 3, seed=0, progress=False)
+    assert len(starts) == 3 and len(result.per_model) == 3
+    for start, end in zip(starts, ends):
+        params = clf.unflatten(start)
+        for name, value in pretrained.items():
+            key = f"body.{name}"
+            if key in params:  # every trained body tensor starts bit-exactly at its pretrained value
+                assert torch.equal(params[key], value), key
+        # training moved the body, so an aliased reset would have shown in the next start
+        assert not torch.equal(clf.body_part(end), clf.body_part(start))
+    assert not torch.equal(starts[0][-clf.head_numel:], starts[1][-clf.head_numel:])  # a new head per run
+    for name, value in backbone.body.state_dict().items():  # the module itself is never written
+        assert torch.equal(value, pretrained[name]), name

@@ -10,7 +10,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from dd.cli.common import CONF_DIR, guarded, check_choices, hydra_output_dir
+from dd.cli.common import CONF_DIR, check_choices, guarded, hydra_output_dir
 from dd.config import register_configs
 
 PROG = "dd-distill"

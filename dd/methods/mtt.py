@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -201,7 +200,7 @@ def distill(ctx: RunContext) -> SynSet:
             y = labels[idx] if label_logits is None else F.softmax(learn[1][idx], dim=1)
             return set_loss(student(theta, x), y)
 
-        def outer(theta_n):
+        def outer(theta_n, theta_target=theta_target, scale=scale):
             return torch.sum((theta_n - theta_target) ** 2) / scale
 
         res = meta_gradient(cfg.inner.engine, step_loss, outer, theta_start, learnables, syn_lr, m.syn_steps,

@@ -158,3 +158,18 @@ def test_evaluation_resets_the_pretrained_weights_exactly(backbone, data, monkey
     assert not torch.equal(starts[0][-clf.head_numel:], starts[1][-clf.head_numel:])  # a new head per run
     for name, value in backbone.body.state_dict().items():  # the module itself is never written
         assert torch.equal(value, pretrained[name]), name
+
+
+def test_attention_labels_initialised_from_the_model_start_at_zero_kl(backbone, data):
+    clf = TextClassifier(backbone, data.num_classes)
+    theta = clf.new_theta(torch.Generator().manual_seed(0))
+    for rows, kind in ((1, "cls"), (8, "all")):
+        syn = Distilled(clf, data, method(attention_labels=kind, attention_init="model", init="real"), 2,
+                        torch.Generator().manual_seed(0), torch.device("cpu"))
+        labels = F.softmax(syn.attention.detach(), dim=-1)
+        assert labels.shape[-2:] == (rows, 8)
+        _, attns = clf(theta, syn.inputs_embeds.detach(), syn.attention_mask, syn.token_type_ids, attentions=True)
+        assert float(attention_kl(attns, labels)) == pytest.approx(0.0, abs=1e-5)
+        random = Distilled(clf, data, method(attention_labels=kind, init="real"), 2, torch.Generator().manual_seed(0),
+                           torch.device("cpu"))
+        assert float(attention_kl(attns, F.softmax(random.attention.detach(), dim=-1))) > 0.1

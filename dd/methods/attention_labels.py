@@ -16,17 +16,15 @@ permutation of its epoch and the head from a generator seeded with s, so a resum
 repeats an uninterrupted one exactly (on CPU).
 """
 
-import hashlib
-import json
 import logging
 import math
 import time
 
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
+from dd.checkpoint import CHECKPOINT, load_checkpoint, run_digest
 from dd.errors import DDError
 from dd.evaluate_text import TextSet, batch_indices, batches, evaluate_text_set
 from dd.fsutil import write_file
@@ -35,7 +33,6 @@ from dd.methods.text_base import TextRunContext, TextSynSet, check_ipc, require_
 from dd.text_loss import ATTENTION_LABELS, LABEL_TYPES, learner_loss, targets_of
 
 log = logging.getLogger(__name__)
-CHECKPOINT = "checkpoint.pt"
 INITS = ("random", "real")
 ATTENTION_INITS = ("random", "model")
 
@@ -68,11 +65,6 @@ def check_method(m, ipc: int, engine: str) -> None:
         raise DDError(f"inner.engine '{engine}' is unknown; choose one of: {', '.join(ENGINES)}")
 
 
-def run_digest(cfg) -> str:
-    """What a checkpoint must agree on to be resumed."""
-    keys = {k: cfg[k] for k in ("dataset", "model", "method", "inner", "ipc", "seed")}
-    text = json.dumps(OmegaConf.to_container(OmegaConf.create(keys), resolve=True), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class Distilled:
@@ -213,12 +205,7 @@ def distill(ctx: TextRunContext) -> TextSynSet:
     ckpt_path = ctx.out_dir / CHECKPOINT
     digest = run_digest(cfg)
     if cfg.resume:
-        if not ckpt_path.is_file():
-            raise DDError(f"resume=true but {ckpt_path} does not exist; point hydra.run.dir at the run folder to resume")
-        saved = torch.load(ckpt_path, map_location=device, weights_only=True)
-        if saved["digest"] != digest:
-            raise DDError(f"{ckpt_path} was written by a run with another dataset/model/method/ipc/seed config; "
-                          "resume with the same settings or start a new run folder")
+        saved = load_checkpoint(ckpt_path, digest, device)
         with torch.no_grad():
             for name, t in syn.named().items():
                 t.copy_(saved["tensors"][name])

@@ -13,8 +13,6 @@ is checkpointed, so a resumed run reaches exactly the images of an
 uninterrupted one (on CPU).
 """
 
-import hashlib
-import json
 import logging
 import time
 
@@ -22,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from dd.checkpoint import CHECKPOINT, load_checkpoint, run_digest
 from dd.data import DSA
 from dd.errors import DDError
 from dd.evaluate import EvalResult, evaluate_set, new_model, set_loss
@@ -34,7 +33,6 @@ from dd.models import FlatModel
 from dd.viz import save_curves, save_grid
 
 log = logging.getLogger(__name__)
-CHECKPOINT = "checkpoint.pt"
 
 
 def check_method(m, inner, buffer_epochs: int) -> None:
@@ -82,13 +80,6 @@ def plan_steps(n: int, batch: int | None, steps: int, gen: torch.Generator) -> l
     return plan
 
 
-def run_digest(cfg) -> str:
-    """What a checkpoint must agree on to be resumed."""
-    keys = {k: cfg[k] for k in ("dataset", "model", "method", "inner", "ipc", "seed")}
-    from omegaconf import OmegaConf
-
-    text = json.dumps(OmegaConf.to_container(OmegaConf.create(keys), resolve=True), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def distill(ctx: RunContext) -> SynSet:
@@ -130,12 +121,7 @@ def distill(ctx: RunContext) -> SynSet:
     ckpt_path = ctx.out_dir / CHECKPOINT
     digest = run_digest(cfg)
     if cfg.resume:
-        if not ckpt_path.is_file():
-            raise DDError(f"resume=true but {ckpt_path} does not exist; point hydra.run.dir at the run folder to resume")
-        saved = torch.load(ckpt_path, map_location=device, weights_only=True)
-        if saved["digest"] != digest:
-            raise DDError(f"{ckpt_path} was written by a run with another dataset/model/method/ipc/seed config; "
-                          "resume with the same settings or start a new run folder")
+        saved = load_checkpoint(ckpt_path, digest, device)
         with torch.no_grad():
             images.copy_(saved["images"])
             syn_lr.copy_(saved["syn_lr"])

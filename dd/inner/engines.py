@@ -38,6 +38,11 @@ class MetaGrad:
     lr_grad: torch.Tensor  # same shape as lr
     theta: torch.Tensor  # theta_N, detached
 
+    def is_finite(self) -> bool:
+        """Loss and every gradient free of NaN/inf: only then may an update be applied."""
+        return bool(torch.isfinite(self.loss).all() and torch.isfinite(self.lr_grad).all()
+                    and all(torch.isfinite(g).all() for g in self.grads))
+
 
 def _lr_at(lr: torch.Tensor, i: int) -> torch.Tensor:
     """A scalar lr is shared by every step; a vector holds one lr per step."""

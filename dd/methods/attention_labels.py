@@ -241,9 +241,7 @@ def distill(ctx: TextRunContext) -> TextSynSet:
         res = meta_gradient(cfg.inner.engine, lambda theta, learn, i: syn.step_loss(clf, learn, theta, i),
                             outer_loss(batch), theta0, syn.learnables(), lr, m.inner_steps,
                             optimizer=cfg.inner.optimizer)
-        finite = torch.isfinite(res.loss) and torch.isfinite(res.lr_grad).all() and all(
-            torch.isfinite(g).all() for g in res.grads)
-        if not finite:
+        if not res.is_finite():
             state["nonfinite_total"] += 1
             state["nonfinite_run"] += 1
             log.warning("outer step %d: non-finite loss or gradient; update skipped", step)

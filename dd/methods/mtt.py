@@ -191,9 +191,7 @@ def distill(ctx: RunContext) -> SynSet:
 
         res = meta_gradient(cfg.inner.engine, step_loss, outer, theta_start, learnables, syn_lr, m.syn_steps,
                             optimizer=cfg.inner.optimizer)
-        finite = torch.isfinite(res.loss) and torch.isfinite(res.lr_grad).all() and all(
-            torch.isfinite(g).all() for g in res.grads)
-        if not finite:
+        if not res.is_finite():
             state["nonfinite_total"] += 1
             state["nonfinite_run"] += 1
             log.warning("iteration %d: non-finite matching loss or gradient; update skipped", it)

@@ -20,7 +20,7 @@ whole test set) per mode, so the timed runs meet no new tensor shape.
 
 The training set is CIFAR-shaped by default (3x32x32, 10 classes) and random but learnable (each
 class a smooth random pattern plus N(0,1) pixel noise, `benchmarks/common.py`), seeded; no download.
-Seeds are dd-buffer's: seed * 100003 + expert id.
+Seeds are dd-buffer's: `dd.experts.expert_seeds(seed, expert id)`.
 
 For each (E, mode) the script prints one JSON line
     {"e", "mode", "seconds", "images_per_s", "acc_mean", ...}
@@ -56,7 +56,6 @@ QUICK = {"shape": (1, 16, 16), "width": 32, "e": [1, 4, 16], "train_size": 1500}
 DEFAULTS = {"shape": (3, 32, 32), "width": 128, "e": [1, 4, 16]}
 TRAIN_SIZE = {"cuda": 5000, "cpu": 1000}  # default --train-size without --quick
 WARMUP = {"e": 2, "epochs": 1}
-SEED_STRIDE = 100_003  # dd.experts.build_buffer: seed * 100003 + expert id
 
 
 # ----------------------------------------------------------------------------- arguments
@@ -131,8 +130,10 @@ def recipe(args, epochs: int | None = None) -> dict:
             "epochs": int(args.epochs if epochs is None else epochs)}
 
 
-def seeds_for(args, e: int) -> list[int]:
-    return [args.seed * SEED_STRIDE + i for i in range(e)]
+def seeds_for(args, e: int):
+    from dd.experts import expert_seeds
+
+    return [expert_seeds(args.seed, i) for i in range(e)]
 
 
 def train(args, data, e: int, mode: str, epochs: int | None = None) -> list:

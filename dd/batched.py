@@ -58,12 +58,11 @@ def train_stack(
     images: torch.Tensor,
     labels: torch.Tensor,
     *,
-    epochs: int,
+    schedule,
     lr: float,
     batch_size: int,
     momentum: float,
     weight_decay: float,
-    decay_lr: bool,
     dsa,
     generators: list[torch.Generator],
     loss_fn,
@@ -73,7 +72,8 @@ def train_stack(
 ) -> None:
     """SGD (torch.optim.SGD's update rule) on every stacked model at once, in place.
 
-    decay_lr: lr x0.1 from half the epochs (the evaluation protocol); experts keep it constant.
+    schedule: a dd.evaluate.Schedule (epochs, when the lr drops, whether momentum restarts then);
+    experts use one that never drops.
     on_epoch(epoch, stack) is called after each epoch (experts record their parameters there).
     """
     if len(generators) != stack.k:
@@ -86,8 +86,10 @@ def train_stack(
     grads_and_losses = vmap(grad_and_value(step_loss))
     velocity = {k: torch.zeros_like(v) for k, v in stack.params.items()}
     n = len(images)
-    for epoch in tqdm(range(epochs), desc=desc, leave=False, disable=not progress):
-        step_lr = lr * 0.1 if decay_lr and epoch >= epochs // 2 else lr
+    for epoch in tqdm(range(schedule.epochs), desc=desc, leave=False, disable=not progress):
+        step_lr = schedule.lr(lr, epoch)
+        if schedule.restarts_at(epoch):
+            velocity = {k: torch.zeros_like(v) for k, v in stack.params.items()}
         orders = [torch.randperm(n, generator=g).to(device) for g in generators]
         for start in range(0, n, batch_size):
             idx = torch.stack([o[start : start + batch_size] for o in orders])  # (K, b)

@@ -42,6 +42,10 @@ class EvalConfig:
     lr: float = 0.01  # used when the set carries no learned lr
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    # step: `epochs` epochs, lr x0.1 from epoch epochs//2, momentum kept (ddlab's default).
+    # reference: the reference code's evaluate_synset: epochs+1 epochs, lr x0.1 after the epoch with
+    # index epochs//2+1 and a new optimiser then (momentum restarts); eval=paper uses it.
+    schedule: str = "step"
     dsa: bool = True
     dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
     test_batch_size: int = 1024

@@ -1,9 +1,15 @@
 """The evaluation protocol: train K fresh models on a set, test each on the full test split.
 
-Per model: SGD (momentum 0.9, weight decay 5e-4) at the given lr, lr x0.1 at
-half the epochs, minibatches of 256, DSA on every batch, hard or soft labels.
-The reported figure is the last-epoch test accuracy, mean and (population)
-std over the K models, as in the trajectory-matching papers.
+Per model: SGD (momentum 0.9, weight decay 5e-4) at the given lr, minibatches of
+256, DSA on every batch, hard or soft labels, and one lr drop (x0.1) whose
+timing is the schedule's (`Schedule`). The reported figure is the last-epoch test
+accuracy, mean and (population) std over the K models, as in the
+trajectory-matching papers.
+
+Model k of evaluation round r starts from the stream ("eval_init", seed, r, k)
+and draws its data order and augmentation from ("eval_data", seed, r, k)
+(dd.seeds), so no evaluation model shares a start with an expert, and rounds
+never replay each other.
 """
 
 import logging
@@ -15,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from dd import seeds
 from dd.data import DSA, ImageDataset
 from dd.errors import DDError
 from dd.models import build_model, model_has_state
@@ -37,6 +44,35 @@ class EvalResult:
 
     def __str__(self) -> str:
         return f"{100 * self.mean:.2f} ± {100 * self.std:.2f}% (K={len(self.per_model)}, {self.model})"
+
+
+SCHEDULES = ("step", "reference")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """When the lr drops: epochs after index `decay_after` train at lr x0.1."""
+
+    epochs: int  # epochs trained in all
+    decay_after: int
+    restart: bool  # a new optimiser at the drop, so momentum starts again from zero
+
+    def lr(self, base: float, epoch: int) -> float:
+        return base * 0.1 if epoch > self.decay_after else base
+
+    def restarts_at(self, epoch: int) -> bool:
+        return self.restart and epoch == self.decay_after + 1
+
+
+def lr_schedule(epochs: int, kind: str = "step") -> Schedule:
+    """`step`: E epochs, lr x0.1 from epoch E//2, momentum kept (ddlab's default).
+    `reference`: what the reference code's evaluate_synset runs for epoch_eval_train=E: E+1 epochs,
+    lr x0.1 after the epoch with index E//2+1, and a new SGD optimiser then."""
+    if kind == "reference":
+        return Schedule(epochs + 1, epochs // 2 + 1, restart=True)
+    if kind == "step":
+        return Schedule(epochs, epochs // 2 - 1, restart=False)
+    raise DDError(f"eval.schedule '{kind}' is unknown; choose one of: {', '.join(SCHEDULES)}")
 
 
 def model_options(model_cfg) -> tuple[str, dict]:
@@ -74,7 +110,7 @@ def train_on_set(
     images: torch.Tensor,
     labels: torch.Tensor,
     *,
-    epochs: int,
+    schedule: Schedule,
     lr: float,
     batch_size: int = 256,
     momentum: float = 0.9,
@@ -87,14 +123,18 @@ def train_on_set(
     """Train `model` in place; `generator` (CPU) drives data order and augmentation draws."""
     device = next(model.parameters()).device
     images, labels = images.detach().to(device), labels.detach().to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    decay_at = epochs // 2
+
+    def new_optimizer(step_lr):
+        return torch.optim.SGD(model.parameters(), lr=step_lr, momentum=momentum, weight_decay=weight_decay)
+
+    opt = new_optimizer(lr)
     n = len(images)
     model.train()
-    for epoch in tqdm(range(epochs), desc=desc, leave=False, disable=not progress):
-        if epoch == decay_at:
-            for group in opt.param_groups:
-                group["lr"] = lr * 0.1
+    for epoch in tqdm(range(schedule.epochs), desc=desc, leave=False, disable=not progress):
+        if schedule.restarts_at(epoch):
+            opt = new_optimizer(schedule.lr(lr, epoch))
+        for group in opt.param_groups:
+            group["lr"] = schedule.lr(lr, epoch)
         order = torch.randperm(n, generator=generator).to(device)
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
@@ -118,11 +158,15 @@ def evaluate_set(
     *,
     lr: float | None = None,
     seed: int = 0,
+    round: int = 0,
     device: torch.device | str = "cpu",
     progress: bool = True,
     desc: str = "evaluate",
 ) -> EvalResult:
-    """Train eval_cfg.num_models fresh models on (images, labels); test each on data's test split."""
+    """Train eval_cfg.num_models fresh models on (images, labels); test each on data's test split.
+
+    `round` names the evaluation (a method's selection rounds use their iteration + 1, the final
+    evaluation 0), so each round's K models are fresh draws that no other round or expert shares."""
     lr = float(eval_cfg.lr if lr is None else lr)
     if not (lr > 0 and np.isfinite(lr)):
         raise DDError(f"evaluation lr={lr} is not allowed; it must be a positive finite number")
@@ -132,68 +176,77 @@ def evaluate_set(
         )
     dsa = DSA(eval_cfg.dsa_strategy, flip=data.flip) if eval_cfg.dsa else None
     start = time.perf_counter()
-    seeds = [seed * 1000 + k for k in range(eval_cfg.num_models)]
+    schedule = lr_schedule(eval_cfg.epochs, eval_cfg.get("schedule", "step"))
+    model_seeds = [ModelSeeds(seeds.derive("eval_init", seed, round, k), seeds.derive("eval_data", seed, round, k))
+                   for k in range(eval_cfg.num_models)]
     batched = eval_cfg.get("batched")
     if batched is None:  # auto: a GPU gains from batching; on CPU one model at a time was faster
         batched = torch.device(device).type == "cuda"
     if batched and model_has_state(new_model(model_cfg, data)):
         log.info("%s keeps BatchNorm running statistics: training its %d models one at a time",
-                 model_options(model_cfg)[0], len(seeds))
+                 model_options(model_cfg)[0], len(model_seeds))
         batched = False
     train = _train_batched if batched else _train_sequential
-    accs = train(images, labels, data, model_cfg, eval_cfg, lr, seeds, dsa, device, progress, desc)
+    accs = train(images, labels, data, model_cfg, eval_cfg, schedule, lr, model_seeds, dsa, device, progress, desc)
     return EvalResult(
         per_model=accs,
         mean=float(np.mean(accs)),
         std=float(np.std(accs)),
-        epochs=eval_cfg.epochs,
+        epochs=schedule.epochs,
         lr=lr,
         model=model_options(model_cfg)[0],
         seconds=time.perf_counter() - start,
     )
 
 
-def _fresh(model_cfg, data, seed, device):
-    torch.manual_seed(seed)  # model init
+@dataclass(frozen=True)
+class ModelSeeds:
+    init: int  # the model's initial weights
+    data: int  # its data order and augmentation draws
+
+
+def fresh_model(model_cfg, data, init_seed: int, device) -> torch.nn.Module:
+    torch.manual_seed(init_seed)  # module initialisers draw from the global generator
     return new_model(model_cfg, data).to(device)
 
 
-def _train_sequential(images, labels, data, model_cfg, eval_cfg, lr, seeds, dsa, device, progress, desc):
+def _train_sequential(images, labels, data, model_cfg, eval_cfg, schedule, lr, seeds, dsa, device, progress, desc):
     test_x, test_y = data.test_x.to(device), data.test_y
     accs = []
     bar = tqdm(seeds, desc=desc, disable=not progress)
-    for k, model_seed in enumerate(bar):
-        model = _fresh(model_cfg, data, model_seed, device)
+    for k, model_seeds in enumerate(bar):
+        model = fresh_model(model_cfg, data, model_seeds.init, device)
         train_on_set(
             model, images, labels,
-            epochs=eval_cfg.epochs, lr=lr, batch_size=eval_cfg.batch_size,
+            schedule=schedule, lr=lr, batch_size=eval_cfg.batch_size,
             momentum=eval_cfg.momentum, weight_decay=eval_cfg.weight_decay,
-            dsa=dsa, generator=torch.Generator().manual_seed(model_seed), progress=progress, desc=f"model {k}",
+            dsa=dsa, generator=torch.Generator().manual_seed(model_seeds.data), progress=progress, desc=f"model {k}",
         )
         accs.append(accuracy(model, test_x, test_y, eval_cfg.test_batch_size))
         bar.set_postfix(acc=f"{100 * np.mean(accs):.1f}%")
     return accs
 
 
-def _train_batched(images, labels, data, model_cfg, eval_cfg, lr, seeds, dsa, device, progress, desc):
+def _train_batched(images, labels, data, model_cfg, eval_cfg, schedule, lr, seeds, dsa, device, progress, desc):
     """The same protocol, every model of a chunk in one vmapped computation (dd.batched)."""
     from dd.batched import ModelStack, model_batch_size, train_stack
 
     images, labels = images.detach().to(device), labels.detach().to(device)
     test_x, test_y = data.test_x.to(device), data.test_y
 
-    def run_chunk(chunk_seeds, epochs=eval_cfg.epochs, bar=False):
-        stack = ModelStack([_fresh(model_cfg, data, s, device) for s in chunk_seeds])
+    def run_chunk(chunk_seeds, schedule=schedule, bar=False):
+        stack = ModelStack([fresh_model(model_cfg, data, s.init, device) for s in chunk_seeds])
         train_stack(
-            stack, images, labels, epochs=epochs, lr=lr, batch_size=eval_cfg.batch_size,
-            momentum=eval_cfg.momentum, weight_decay=eval_cfg.weight_decay, decay_lr=True, dsa=dsa,
-            generators=[torch.Generator().manual_seed(s) for s in chunk_seeds], loss_fn=set_loss,
+            stack, images, labels, schedule=schedule, lr=lr, batch_size=eval_cfg.batch_size,
+            momentum=eval_cfg.momentum, weight_decay=eval_cfg.weight_decay, dsa=dsa,
+            generators=[torch.Generator().manual_seed(s.data) for s in chunk_seeds], loss_fn=set_loss,
             progress=bar, desc=f"{desc} x{len(chunk_seeds)}",
         )
         return stack
 
+    probe_schedule = Schedule(1, 0, restart=False)
     per_chunk = model_batch_size(eval_cfg.get("model_batch"), len(seeds), torch.device(device),
-                                 probe=lambda k: run_chunk(seeds[:k], epochs=1))
+                                 probe=lambda k: run_chunk(seeds[:k], schedule=probe_schedule))
     accs = []
     for i in range(0, len(seeds), per_chunk):
         stack = run_chunk(seeds[i : i + per_chunk], bar=progress)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from dd import seeds
 from dd.data.text import TextDataset, TextSplit
 from dd.errors import DDError
 from dd.text_loss import learner_loss
@@ -123,12 +124,7 @@ def summarise(scores: list[dict], model: str, seconds: float, steps: int | None,
     return TextEvalResult(accs, float(np.mean(accs)), float(np.std(accs)), model, seconds, steps, f1)
 
 
-def run_seed(seed: int, k: int) -> int:
-    """The seed of evaluation run k: disjoint from the distillation's head draws."""
-    return 1_000_003 * (seed + 1) + k
-
-
-def evaluate_text_set(clf, tset: TextSet, data: TextDataset, num_models: int, *, seed: int = 0,
+def evaluate_text_set(clf, tset: TextSet, data: TextDataset, num_models: int, *, seed: int = 0, round: int = 0,
                       split: TextSplit | None = None, batch_size: int = 256, progress: bool = True,
                       desc: str = "evaluate") -> TextEvalResult:
     """Train `num_models` learners on `tset` (fresh head, pretrained body each), score each on the test split."""
@@ -141,7 +137,7 @@ def evaluate_text_set(clf, tset: TextSet, data: TextDataset, num_models: int, *,
     scores = []
     bar = tqdm(range(num_models), desc=desc, disable=not progress)
     for k in bar:
-        theta = clf.new_theta(torch.Generator().manual_seed(run_seed(seed, k)))
+        theta = clf.new_theta(seeds.generator("text_eval_head", seed, round, k))
         theta = train_steps(clf, theta, tset)
         scores.append(score(clf, theta, split, batch_size))
         bar.set_postfix(acc=f"{100 * np.mean([s['accuracy'] for s in scores]):.1f}%")

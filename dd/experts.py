@@ -6,7 +6,7 @@ saved at init and after every epoch. A buffer is a folder:
 
     manifest.json              what every expert in it shares: dataset, model, preprocessing, recipe
     expert_0007.safetensors    "trajectory": (epochs + 1, num_params) float32
-    expert_0007.json           that expert's record: seed, test accuracy, seconds
+    expert_0007.json           that expert's record: its seeds, test accuracy, seconds
 
 Each expert's two files are written atomically and the record last, so a
 killed run loses at most the expert in progress, rerunning skips finished
@@ -25,9 +25,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from dd import seeds
 from dd.data import DSA, ImageDataset
 from dd.errors import DDError
-from dd.evaluate import accuracy, model_options, new_model, set_loss
+from dd.evaluate import ModelSeeds, Schedule, accuracy, fresh_model, model_options, set_loss
 from dd.fsutil import write_file, write_json
 from dd.models import FlatModel, model_has_state
 
@@ -50,7 +51,14 @@ def buffer_identity(cfg, data: ImageDataset) -> dict:
             "std": [round(float(v), 6) for v in data.std],
         },
         "recipe": {"lr": float(b.lr), "batch_size": int(b.batch_size), "dsa": bool(b.dsa), "epochs": int(b.epochs)},
+        # expert e starts from ("expert_init", buffer.seed, e) and trains on ("expert_data", buffer.seed, e)
+        "seeding": {"scheme": seeds.SCHEME, "seed": int(b.seed)},
     }
+
+
+def expert_seeds(buffer_seed: int, expert_id: int) -> ModelSeeds:
+    return ModelSeeds(seeds.derive("expert_init", buffer_seed, expert_id),
+                      seeds.derive("expert_data", buffer_seed, expert_id))
 
 
 def default_buffer_dir(cfg, identity: dict) -> Path:
@@ -92,6 +100,9 @@ class Buffer:
         except json.JSONDecodeError:
             raise DDError(f"{path} is not valid JSON; the buffer is corrupt, delete it or point buffer.dir elsewhere") from None
         if identity is not None:
+            if "seeding" not in manifest:
+                raise DDError(f"buffer {folder} was trained under an older seeding scheme, whose experts start "
+                              "where evaluation models start; delete it (or point buffer.dir elsewhere) to rebuild")
             found = {k: manifest.get(k) for k in identity}
             diff = describe_mismatch(found, identity)
             if diff:
@@ -131,16 +142,15 @@ class Buffer:
             raise DDError(f"expert file {self.file(expert_id)} cannot be read ({e}); delete it and rerun dd-buffer") from None
 
 
-def train_expert(data: ImageDataset, model_cfg, recipe: dict, seed: int, device, progress: bool = True,
+def train_expert(data: ImageDataset, model_cfg, recipe: dict, seed: ModelSeeds, device, progress: bool = True,
                  desc: str = "expert") -> tuple[torch.Tensor, float]:
     """Train one expert; return its trajectory (epochs + 1, P) on CPU and its final test accuracy."""
-    torch.manual_seed(seed)
-    model = new_model(model_cfg, data).to(device)
+    model = fresh_model(model_cfg, data, seed.init, device)
     if model_has_state(model):
         raise DDError(f"model '{model_cfg.name}' keeps BatchNorm running statistics, which trajectory matching "
                       "cannot replay; use norm=instance (or another stateless norm)")
     flat = FlatModel(model)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed.data)
     dsa = DSA(flip=data.flip) if recipe["dsa"] else None
     opt = torch.optim.SGD(model.parameters(), lr=recipe["lr"], momentum=0, weight_decay=0)
     x_all, y_all = data.train_x.to(device), data.train_y.to(device)
@@ -166,31 +176,29 @@ def train_expert(data: ImageDataset, model_cfg, recipe: dict, seed: int, device,
     return torch.stack(trajectory), acc
 
 
-def train_experts_batched(data: ImageDataset, model_cfg, recipe: dict, seeds: list[int], device,
+def train_experts_batched(data: ImageDataset, model_cfg, recipe: dict, model_seeds: list[ModelSeeds], device,
                           progress: bool = True) -> list[tuple[torch.Tensor, float]]:
-    """Train len(seeds) experts at once (dd.batched); each follows train_expert's trajectory for its seed."""
+    """Train len(model_seeds) experts at once (dd.batched); each follows train_expert's trajectory."""
     from dd.batched import ModelStack, train_stack
 
-    models = []
-    for seed in seeds:
-        torch.manual_seed(seed)
-        models.append(new_model(model_cfg, data).to(device))
+    models = [fresh_model(model_cfg, data, s.init, device) for s in model_seeds]
     if model_has_state(models[0]):
         raise DDError(f"model '{model_cfg.name}' keeps BatchNorm running statistics, which trajectory matching "
                       "cannot replay; use norm=instance (or another stateless norm)")
     stack = ModelStack(models)
-    trajectories = [[stack.flat(k).cpu()] for k in range(len(seeds))]
+    trajectories = [[stack.flat(k).cpu()] for k in range(len(model_seeds))]
 
     def record(epoch, st):
         for k in range(st.k):
             trajectories[k].append(st.flat(k).cpu())
 
     train_stack(
-        stack, data.train_x.to(device), data.train_y.to(device), epochs=recipe["epochs"], lr=recipe["lr"],
-        batch_size=recipe["batch_size"], momentum=0.0, weight_decay=0.0, decay_lr=False,
+        stack, data.train_x.to(device), data.train_y.to(device),
+        schedule=Schedule(recipe["epochs"], recipe["epochs"], restart=False),  # constant lr
+        lr=recipe["lr"], batch_size=recipe["batch_size"], momentum=0.0, weight_decay=0.0,
         dsa=DSA(flip=data.flip) if recipe["dsa"] else None,
-        generators=[torch.Generator().manual_seed(s) for s in seeds], loss_fn=set_loss, on_epoch=record,
-        progress=progress, desc=f"{len(seeds)} experts",
+        generators=[torch.Generator().manual_seed(s.data) for s in model_seeds], loss_fn=set_loss,
+        on_epoch=record, progress=progress, desc=f"{len(model_seeds)} experts",
     )
     accs = stack.accuracy(data.test_x.to(device), data.test_y)
     return [(torch.stack(t), a) for t, a in zip(trajectories, accs)]
@@ -224,16 +232,17 @@ def build_buffer(cfg, data: ImageDataset, device, ids: list[int] | None = None, 
     for i in range(0, len(todo), parallel):
         chunk = todo[i : i + parallel]
         t0 = time.perf_counter()
-        seeds = [int(b.seed) * 100_003 + eid for eid in chunk]
+        chunk_seeds = [expert_seeds(int(b.seed), eid) for eid in chunk]
         if len(chunk) > 1:
-            trained = train_experts_batched(data, cfg.model, identity["recipe"], seeds, device, progress)
+            trained = train_experts_batched(data, cfg.model, identity["recipe"], chunk_seeds, device, progress)
         else:
-            trained = [train_expert(data, cfg.model, identity["recipe"], seeds[0], device, progress,
+            trained = [train_expert(data, cfg.model, identity["recipe"], chunk_seeds[0], device, progress,
                                     desc=f"expert {chunk[0]}")]
         seconds = (time.perf_counter() - t0) / len(chunk)
-        for eid, seed, (traj, acc) in zip(chunk, seeds, trained):
+        for eid, seed, (traj, acc) in zip(chunk, chunk_seeds, trained):
             write_file(buffer.file(eid), lambda p, t=traj: save_file({"trajectory": t.contiguous()}, str(p)))
-            write_json(buffer.record_path(eid), {"id": eid, "seed": seed, "test_accuracy": acc, "seconds": seconds,
+            write_json(buffer.record_path(eid), {"id": eid, "init_seed": seed.init, "data_seed": seed.data,
+                                                 "test_accuracy": acc, "seconds": seconds,
                                                  "num_params": traj.shape[1], "trained_with": len(chunk)})
             log.info("expert %d: test accuracy %.2f%% (%.0fs)", eid, 100 * acc, seconds)
         bar.update(len(chunk))

@@ -8,9 +8,9 @@ import logging
 import time
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
+from dd import seeds
 from dd.data import load_image_dataset
 from dd.device import resolve_device
 from dd.errors import DDError
@@ -76,7 +76,7 @@ def run(cfg: DictConfig, out_dir: str | Path, group: str | None = None) -> dict:
     tracker = make_tracker(cfg.logger, resolved, out_dir, name=out_dir.name, group=group)
     ctx = RunContext(cfg=cfg, data=data, device=device, out_dir=out_dir, tracker=tracker, progress=cfg.progress)
     try:
-        torch.manual_seed(cfg.seed)
+        seeds.seed_global("global", cfg.seed)
         t0 = time.perf_counter()
         syn = run_method(ctx)
         timings["method_s"] = time.perf_counter() - t0
@@ -106,7 +106,9 @@ def run(cfg: DictConfig, out_dir: str | Path, group: str | None = None) -> dict:
             "ipc": cfg.ipc,
             "model": model_name,
             "seed": cfg.seed,
-            "eval": {"epochs": evaluation.epochs, "lr": evaluation.lr, "num_models": len(evaluation.per_model)},
+            "eval": {"epochs": evaluation.epochs, "lr": evaluation.lr, "num_models": len(evaluation.per_model),
+                     "schedule": cfg.eval.schedule},
+            **({"paper_max": syn.extra_meta["paper_max"]} if "paper_max" in syn.extra_meta else {}),
             "timings": {**timings, "total_s": time.perf_counter() - start},
             "config": resolved,
         }

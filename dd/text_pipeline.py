@@ -14,9 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
+from dd import seeds
 from dd.config import FullFinetuneConfig, RandomTextConfig
 from dd.data.text import load_text_dataset
 from dd.device import resolve_device
@@ -138,7 +138,7 @@ def run_text(cfg: DictConfig, out_dir: str | Path, group: str | None = None) -> 
     ctx = TextRunContext(cfg=cfg, data=data, device=device, out_dir=out_dir, tracker=tracker, progress=cfg.progress,
                          classifier=clf)
     try:
-        torch.manual_seed(cfg.seed)
+        seeds.seed_global("global", cfg.seed)
         t0 = time.perf_counter()
         syn = METHODS[cfg.method.name](ctx)
         timings["method_s"] = time.perf_counter() - t0

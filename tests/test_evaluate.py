@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 from dd.config import EvalConfig, ModelConfig
 from dd.errors import DDError
-from dd.evaluate import EvalResult, evaluate_set, set_loss, train_on_set
+from dd.evaluate import EvalResult, evaluate_set, lr_schedule, set_loss, train_on_set
 from dd.methods.coreset import random_indices
 
 MODEL = OmegaConf.structured(ModelConfig(name="convnet", width=8, norm="instance", act="relu", pool="avg"))
@@ -144,7 +144,7 @@ def test_lr_drops_tenfold_at_half_the_epochs(monkeypatch, epochs, batch_size):
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
     x, y = torch.randn(100, 1, 3, 4), torch.arange(100) % 3
     steps_per_epoch = -(-100 // batch_size)
-    train_on_set(model, x, y, epochs=epochs, lr=0.2, batch_size=batch_size, momentum=0.9, weight_decay=5e-4,
+    train_on_set(model, x, y, schedule=lr_schedule(epochs), lr=0.2, batch_size=batch_size, momentum=0.9, weight_decay=5e-4,
                  generator=torch.Generator().manual_seed(0))
     (opt,) = RecordingSGD.instances
     assert opt.defaults["momentum"] == 0.9 and opt.defaults["weight_decay"] == 5e-4
@@ -160,7 +160,7 @@ def test_train_on_set_changes_model_and_diverges_cleanly():
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
     before = [p.detach().clone() for p in model.parameters()]
     x, y = torch.randn(10, 1, 2, 2), torch.arange(10) % 2
-    train_on_set(model, x, y, epochs=2, lr=0.1, generator=torch.Generator().manual_seed(0))
+    train_on_set(model, x, y, schedule=lr_schedule(2), lr=0.1, generator=torch.Generator().manual_seed(0))
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
     with pytest.raises(DDError, match="diverged"):
-        train_on_set(model, x * 1e30, y, epochs=3, lr=1e10, generator=torch.Generator().manual_seed(0))
+        train_on_set(model, x * 1e30, y, schedule=lr_schedule(3), lr=1e10, generator=torch.Generator().manual_seed(0))

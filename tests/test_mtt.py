@@ -110,7 +110,7 @@ def test_trajectory_matches_sequential_sgd(tmp_path):
     cfg = config(tmp_path)
     data = load_data(cfg)
     buf = build_buffer(cfg, data, "cpu", ids=[0], progress=False)
-    seed = json.loads(buf.record_path(0).read_text())["seed"]
+    seed = json.loads(buf.record_path(0).read_text())["init_seed"]
     torch.manual_seed(seed)
     init = FlatModel(new_model(cfg.model, data)).flatten()
     (stored,) = buf.epochs(0, 0)

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from dd import seeds
 from dd.checkpoint import CHECKPOINT, load_checkpoint, run_digest
 from dd.errors import DDError
 from dd.evaluate_text import TextSet, batch_indices, batches, evaluate_text_set
@@ -158,7 +159,7 @@ def real_batch(data, step: int, batch_size: int, seed: int):
     n = len(data.train)
     per_epoch = max(1, n // batch_size)
     epoch, k = divmod(step, per_epoch)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
+    perm = torch.randperm(n, generator=seeds.generator("text_data", seed, epoch))
     return perm[k * batch_size : (k + 1) * batch_size]
 
 
@@ -190,7 +191,7 @@ def distill(ctx: TextRunContext) -> TextSynSet:
     if m.real_batch_size > len(data.train):
         raise DDError(f"method.real_batch_size={m.real_batch_size} is more than the {len(data.train)} training examples")
 
-    syn = Distilled(clf, data, m, cfg.ipc, torch.Generator().manual_seed(cfg.seed), device)
+    syn = Distilled(clf, data, m, cfg.ipc, seeds.generator("distill", cfg.seed), device)
     groups = [{"params": [syn.inputs_embeds], "lr": m.lr_inputs_embeds, "weight_decay": m.weight_decay},
               {"params": [syn.lr_raw], "lr": m.lr_lr, "weight_decay": 0.0}]
     if syn.labels is not None:
@@ -236,7 +237,7 @@ def distill(ctx: TextRunContext) -> TextSynSet:
         t_step = time.perf_counter()
         idx = real_batch(data, step, m.real_batch_size, cfg.seed)
         batch = next(batches(data.train, len(idx), device, order=idx))
-        theta0 = clf.new_theta(torch.Generator().manual_seed(cfg.seed * 1_000_003 + step))
+        theta0 = clf.new_theta(seeds.generator("text_train_head", cfg.seed, step))
         lr = syn.lr().detach().requires_grad_(True)
         res = meta_gradient(cfg.inner.engine, lambda theta, learn, i: syn.step_loss(clf, learn, theta, i),
                             outer_loss(batch), theta0, syn.learnables(), lr, m.inner_steps,

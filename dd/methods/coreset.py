@@ -15,9 +15,10 @@ augmentation).
 import torch
 from tqdm.auto import tqdm
 
+from dd import seeds
 from dd.data import ImageDataset
 from dd.errors import DDError
-from dd.evaluate import new_model, train_on_set
+from dd.evaluate import fresh_model, lr_schedule, train_on_set
 
 
 def check_ipc(data: ImageDataset, ipc: int) -> None:
@@ -34,7 +35,7 @@ def check_ipc(data: ImageDataset, ipc: int) -> None:
 
 
 def random_indices(data: ImageDataset, ipc: int, seed: int) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
+    gen = seeds.generator("coreset_select", seed)
     chosen = []
     for c in range(data.num_classes):
         idx = data.indices_of_class(c)
@@ -78,13 +79,12 @@ def embed_all(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 1024) -
 
 
 def feature_network(data: ImageDataset, model_cfg, method_cfg, eval_cfg, seed: int, device, progress: bool):
-    torch.manual_seed(seed)
-    model = new_model(model_cfg, data).to(device)
+    model = fresh_model(model_cfg, data, seeds.derive("coreset_features", seed, 0), device)
     train_on_set(
         model, data.train_x, data.train_y,
-        epochs=method_cfg.feature_epochs, lr=eval_cfg.lr, batch_size=method_cfg.feature_batch_size,
+        schedule=lr_schedule(method_cfg.feature_epochs), lr=eval_cfg.lr, batch_size=method_cfg.feature_batch_size,
         momentum=eval_cfg.momentum, weight_decay=eval_cfg.weight_decay, dsa=None,
-        generator=torch.Generator().manual_seed(seed), progress=progress, desc="feature network",
+        generator=seeds.generator("coreset_features", seed, 1), progress=progress, desc="feature network",
     )
     return model
 

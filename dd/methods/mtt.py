@@ -8,25 +8,29 @@ over the images (and the lr, and optionally soft labels). The meta-gradient
 comes from the configured engine in dd.inner; `reverse` (default) is exact with
 activation memory that does not grow with syn_steps.
 
-All randomness of the distillation comes from one torch.Generator whose state
-is checkpointed, so a resumed run reaches exactly the images of an
-uninterrupted one (on CPU).
+All randomness of the distillation comes from one torch.Generator, the stream
+("distill", seed), whose state is checkpointed, so a resumed run reaches exactly
+the images of an uninterrupted one (on CPU). One outer iteration is
+`outer_iteration`: the function `distill` calls and the reference-conformance
+tests call with an explicit plan.
 """
 
 import logging
 import time
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from dd import seeds
 from dd.checkpoint import CHECKPOINT, load_checkpoint, run_digest
 from dd.data import DSA
 from dd.errors import DDError
 from dd.evaluate import EvalResult, evaluate_set, new_model, set_loss
-from dd.experts import build_buffer
+from dd.experts import Buffer, build_buffer
 from dd.fsutil import write_file
-from dd.inner import ENGINES, meta_gradient
+from dd.inner import ENGINES, MetaGrad, meta_gradient
 from dd.methods.base import RunContext, SynSet
 from dd.methods.coreset import check_ipc
 from dd.models import FlatModel
@@ -69,171 +73,276 @@ def initial_images(data, ipc: int, how: str, gen: torch.Generator) -> tuple[torc
 
 
 def plan_steps(n: int, batch: int | None, steps: int, gen: torch.Generator) -> list[tuple[torch.Tensor, int]]:
-    """(minibatch indices, augmentation seed) for each student step: shuffled passes over the set."""
+    """(minibatch indices, augmentation seed) for each student step: shuffled passes over the set.
+
+    As the reference code does, a pass is split into chunks of `batch` and the chunks are used from
+    the last (so the short remainder comes first)."""
     batch = n if batch is None else min(batch, n)
     chunks: list[torch.Tensor] = []
     plan = []
     for _ in range(steps):
         if not chunks:
             chunks = list(torch.randperm(n, generator=gen).split(batch))
-        plan.append((chunks.pop(0), int(torch.randint(2**31 - 1, (1,), generator=gen))))
+        plan.append((chunks.pop(), int(torch.randint(2**31 - 1, (1,), generator=gen))))
     return plan
+
+
+@dataclass
+class Synthetic:
+    """What distillation learns (images, the student lr, optionally soft-label logits) and its optimisers."""
+
+    images: torch.Tensor  # (N, C, H, W) leaf
+    labels: torch.Tensor  # (N,) the hard class of each image
+    syn_lr: torch.Tensor  # scalar leaf
+    opt_img: torch.optim.Optimizer
+    opt_lr: torch.optim.Optimizer
+    label_logits: torch.Tensor | None = None  # (N, classes) leaf, with soft labels
+    opt_label: torch.optim.Optimizer | None = None
+
+    @classmethod
+    def create(cls, images, labels, syn_lr: float, m, label_logits=None) -> "Synthetic":
+        images = images.detach().clone().requires_grad_(True)
+        lr = torch.tensor(float(syn_lr), dtype=images.dtype, device=images.device, requires_grad=True)
+        logits, opt_label = None, None
+        if label_logits is not None:
+            logits = label_logits.detach().clone().requires_grad_(True)
+            opt_label = torch.optim.SGD([logits], lr=m.lr_label, momentum=m.momentum)
+        return cls(images, labels, lr, torch.optim.SGD([images], lr=m.lr_img, momentum=m.momentum),
+                   torch.optim.SGD([lr], lr=m.lr_lr, momentum=m.momentum), logits, opt_label)
+
+    def learnables(self) -> list[torch.Tensor]:
+        return [self.images] if self.label_logits is None else [self.images, self.label_logits]
+
+    def targets(self, learn: list[torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
+        """The labels a student step trains on: hard classes, or the softmax of the learned logits."""
+        return self.labels[idx] if self.label_logits is None else F.softmax(learn[1][idx], dim=1)
+
+    def lr_value(self) -> float:
+        return float(self.syn_lr.detach())
+
+    def eval_labels(self) -> torch.Tensor:
+        return self.labels if self.label_logits is None else F.softmax(self.label_logits.detach(), dim=1)
+
+    def apply(self, res: MetaGrad, min_lr: float) -> None:
+        """One optimiser step of every learned tensor on the meta-gradient; the lr never goes below min_lr."""
+        self.images.grad, self.syn_lr.grad = res.grads[0], res.lr_grad
+        self.opt_img.step()
+        self.opt_lr.step()
+        if self.opt_label is not None:
+            self.label_logits.grad = res.grads[1]
+            self.opt_label.step()
+        with torch.no_grad():
+            self.syn_lr.clamp_(min=min_lr)
+
+    def state_dict(self) -> dict:
+        return {"images": self.images.detach(), "syn_lr": self.syn_lr.detach(),
+                "label_logits": None if self.label_logits is None else self.label_logits.detach(),
+                "opt_img": self.opt_img.state_dict(), "opt_lr": self.opt_lr.state_dict(),
+                "opt_label": None if self.opt_label is None else self.opt_label.state_dict()}
+
+    def load_state_dict(self, saved: dict) -> None:
+        with torch.no_grad():
+            self.images.copy_(saved["images"])
+            self.syn_lr.copy_(saved["syn_lr"])
+            if self.label_logits is not None:
+                self.label_logits.copy_(saved["label_logits"])
+        self.opt_img.load_state_dict(saved["opt_img"])
+        self.opt_lr.load_state_dict(saved["opt_lr"])
+        if self.opt_label is not None:
+            self.opt_label.load_state_dict(saved["opt_label"])
+
+
+@dataclass
+class Segment:
+    """A stretch of one expert's trajectory: the student starts at `start` and must reach `target`."""
+
+    expert: int
+    start_epoch: int
+    start: torch.Tensor  # theta*_s, flat
+    target: torch.Tensor  # theta*_{s+M}, flat
+
+
+def draw_segment(buffer: Buffer, experts: list[int], m, gen: torch.Generator, device) -> Segment:
+    """An expert uniformly, and a start epoch s uniformly in [min_start_epoch, max_start_epoch)."""
+    eid = experts[int(torch.randint(len(experts), (1,), generator=gen))]
+    s = int(torch.randint(m.min_start_epoch, m.max_start_epoch, (1,), generator=gen))
+    start, target = (t.to(device) for t in buffer.epochs(eid, s, s + m.expert_epochs))
+    return Segment(eid, s, start, target)
+
+
+def matching_loss(theta_n: torch.Tensor, segment: Segment) -> torch.Tensor:
+    """||theta_N - theta*_{s+M}||^2 / ||theta*_s - theta*_{s+M}||^2 (the paper's normalised distance)."""
+    return torch.sum((theta_n - segment.target) ** 2) / torch.sum((segment.start - segment.target) ** 2)
+
+
+def outer_iteration(syn: Synthetic, student: FlatModel, segment: Segment, plan, dsa: DSA | None,
+                    engine: str, min_lr: float, optimizer: str = "sgd") -> MetaGrad:
+    """Student steps from segment.start on the plan's batches, matching loss, meta-gradient, and the
+    optimiser steps of the learned tensors; a non-finite result is returned without updating anything."""
+
+    def step_loss(theta, learn, i):
+        idx, aug_seed = plan[i]
+        x = learn[0][idx]
+        if dsa is not None:
+            x = dsa(x, seed=aug_seed)
+        return set_loss(student(theta, x), syn.targets(learn, idx))
+
+    res = meta_gradient(engine, step_loss, lambda theta_n: matching_loss(theta_n, segment), segment.start,
+                        syn.learnables(), syn.syn_lr, len(plan), optimizer=optimizer)
+    if res.is_finite():
+        syn.apply(res, min_lr)
+    return res
+
+
+@dataclass
+class LoopState:
+    """Everything of the loop a resume needs besides the learned tensors and the generator."""
+
+    next_it: int = 0
+    history: list = field(default_factory=list)  # {"iteration", "loss", "start_epoch"} and evaluation rows
+    best: dict | None = None  # the set with the best selection-round mean (picked on the test split)
+    last_evaluation: dict | None = None
+    nonfinite_total: int = 0
+    nonfinite_run: int = 0
+    iter_s: float = 0.0
+
+
+def initial_synthetic(ctx: RunContext, buffer: Buffer, experts: list[int], student: FlatModel,
+                      gen: torch.Generator) -> Synthetic:
+    cfg, m = ctx.cfg, ctx.cfg.method
+    images, labels = initial_images(ctx.data, cfg.ipc, m.pix_init, gen)
+    images, labels = images.to(ctx.device), labels.to(ctx.device)
+    logits = None
+    if m.soft_labels:  # from an expert's logits on the initial images (its last epoch)
+        (theta,) = buffer.epochs(experts[0], cfg.buffer.epochs)
+        with torch.no_grad():
+            logits = student(theta.to(ctx.device), images)
+    return Synthetic.create(images, labels, m.lr_teacher, m, logits)
+
+
+def evaluate_round(ctx: RunContext, syn: Synthetic, state: LoopState, it: int) -> None:
+    """A selection round: K fresh models of round it + 1 (never the final evaluation's models)."""
+    result = evaluate_set(syn.images.detach(), syn.eval_labels(), ctx.data, ctx.cfg.model, ctx.cfg.eval,
+                          lr=syn.lr_value(), seed=ctx.cfg.seed, round=it + 1, device=ctx.device, progress=False)
+    state.history.append({"iteration": it, "acc_mean": result.mean, "acc_std": result.std, "lr": syn.lr_value()})
+    ctx.tracker.log({"eval/acc_mean": result.mean, "eval/acc_std": result.std}, step=it)
+    state.last_evaluation = result.as_dict()
+    if state.best is None or result.mean > state.best["evaluation"]["mean"]:
+        state.best = {"iteration": it, "images": syn.images.detach().cpu().clone(), "labels": syn.eval_labels().cpu(),
+                      "lr": syn.syn_lr.detach().cpu().clone(), "evaluation": result.as_dict()}
+    grid = ctx.out_dir / "progress" / f"iter_{it:06d}.png"
+    save_grid(ctx.data.to_pixels(syn.images.detach().cpu()), syn.eval_labels().cpu(), ctx.data.class_names, grid,
+              title=f"iteration {it}: {result}")
+    ctx.tracker.log_image("grid", grid, step=it)
+    log.info("iteration %d: %s (lr %.4g)", it, result, syn.lr_value())
+
+
+def record_step(ctx: RunContext, state: LoopState, res: MetaGrad, segment: Segment, syn: Synthetic, it: int,
+                seconds: float) -> None:
+    """Log a finished iteration, or count a skipped non-finite one (and stop after too many in a row)."""
+    m = ctx.cfg.method
+    if not res.is_finite():
+        state.nonfinite_total += 1
+        state.nonfinite_run += 1
+        log.warning("iteration %d: non-finite matching loss or gradient; update skipped", it)
+        if state.nonfinite_run >= m.max_nonfinite:
+            raise DDError(f"the matching loss was not finite for {m.max_nonfinite} iterations in a row "
+                          f"(last at iteration {it}); lower method.lr_img={m.lr_img} or method.lr_lr={m.lr_lr}")
+        return
+    state.nonfinite_run = 0
+    loss, lr = float(res.loss), syn.lr_value()
+    state.iter_s += seconds
+    state.history.append({"iteration": it, "loss": loss, "start_epoch": segment.start_epoch})
+    ctx.tracker.log({"matching_loss": loss, "syn_lr": lr, "start_epoch": segment.start_epoch}, step=it)
+
+
+def paper_max(state: LoopState) -> dict:
+    """The reference code's reported figure: the best mean over the selection rounds, picked on the test split."""
+    best = state.best["evaluation"]
+    rounds = sum(1 for h in state.history if "acc_mean" in h)
+    return {"mean": best["mean"], "std": best["std"], "iteration": state.best["iteration"], "rounds": rounds,
+            "note": "max over the evaluations made during distillation, picked on the test split"}
 
 
 
 
 def distill(ctx: RunContext) -> SynSet:
-    cfg, data, device = ctx.cfg, ctx.data, ctx.device
-    m = cfg.method
+    cfg, data, device, m = ctx.cfg, ctx.data, ctx.device, ctx.cfg.method
     check_ipc(data, cfg.ipc)
     check_method(m, cfg.inner, cfg.buffer.epochs)
-
     t0 = time.perf_counter()
     buffer = build_buffer(cfg, data, device, ids=list(range(cfg.buffer.num_experts)), progress=ctx.progress)
-    experts = buffer.finished()
-    expert_s = time.perf_counter() - t0
-    acc = [r["test_accuracy"] for r in buffer.records()]
-    log.info("buffer %s: %d experts, test accuracy %.2f%% mean", buffer.folder, len(experts), 100 * sum(acc) / len(acc))
+    experts, expert_s = buffer.finished(), time.perf_counter() - t0
+    expert_acc = sum(r["test_accuracy"] for r in buffer.records()) / len(experts)
+    log.info("buffer %s: %d experts, test accuracy %.2f%% mean", buffer.folder, len(experts), 100 * expert_acc)
 
     student = FlatModel(new_model(cfg.model, data).to(device))
     dsa = DSA(flip=data.flip) if m.dsa else None
-    gen = torch.Generator().manual_seed(cfg.seed)
-    images, labels = initial_images(data, cfg.ipc, m.pix_init, gen)
-    images = images.to(device).requires_grad_(True)
-    labels = labels.to(device)
-    syn_lr = torch.tensor(float(m.lr_teacher), device=device, requires_grad=True)
-    learnables = [images]
-    opt_img = torch.optim.SGD([images], lr=m.lr_img, momentum=m.momentum)
-    opt_lr = torch.optim.SGD([syn_lr], lr=m.lr_lr, momentum=m.momentum)
-    label_logits, opt_label = None, None
-    if m.soft_labels:
-        # initialise from an expert's logits on the initial images (its last epoch)
-        (theta,) = buffer.epochs(experts[0], cfg.buffer.epochs)
-        with torch.no_grad():
-            label_logits = student(theta.to(device), images).detach().requires_grad_(True)
-        learnables.append(label_logits)
-        opt_label = torch.optim.SGD([label_logits], lr=m.lr_label, momentum=m.momentum)
-
-    def eval_labels():
-        return labels if label_logits is None else F.softmax(label_logits.detach(), dim=1)
-
-    state = {"next_it": 0, "history": [], "best": None, "last_evaluation": None, "nonfinite_total": 0, "nonfinite_run": 0, "iter_s": 0.0}
-    ckpt_path = ctx.out_dir / CHECKPOINT
-    digest = run_digest(cfg)
+    gen = seeds.generator("distill", cfg.seed)
+    syn = initial_synthetic(ctx, buffer, experts, student, gen)
+    state, ckpt = LoopState(), Checkpointer(ctx.out_dir / CHECKPOINT, run_digest(cfg), device)
     if cfg.resume:
-        saved = load_checkpoint(ckpt_path, digest, device)
-        with torch.no_grad():
-            images.copy_(saved["images"])
-            syn_lr.copy_(saved["syn_lr"])
-            if label_logits is not None:
-                label_logits.copy_(saved["label_logits"])
-        opt_img.load_state_dict(saved["opt_img"])
-        opt_lr.load_state_dict(saved["opt_lr"])
-        if opt_label is not None:
-            opt_label.load_state_dict(saved["opt_label"])
-        gen.set_state(saved["gen_state"])
-        state = saved["state"]
-        log.info("resumed from %s at iteration %d", ckpt_path, state["next_it"])
+        state = ckpt.restore(syn, gen)
 
-    def save_checkpoint(next_it: int) -> None:
-        state["next_it"] = next_it
-        blob = {"digest": digest, "images": images.detach(), "syn_lr": syn_lr.detach(),
-                "label_logits": None if label_logits is None else label_logits.detach(),
-                "opt_img": opt_img.state_dict(), "opt_lr": opt_lr.state_dict(),
-                "opt_label": None if opt_label is None else opt_label.state_dict(),
-                "gen_state": gen.get_state(), "state": state}
-        write_file(ckpt_path, lambda p: torch.save(blob, p))
-
-    def evaluate(it: int) -> None:
-        result = evaluate_set(images.detach(), eval_labels(), data, cfg.model, cfg.eval, lr=float(syn_lr.detach()),
-                              seed=cfg.seed, device=device, progress=False)
-        state["history"].append({"iteration": it, "acc_mean": result.mean, "acc_std": result.std,
-                                 "lr": float(syn_lr.detach())})
-        ctx.tracker.log({"eval/acc_mean": result.mean, "eval/acc_std": result.std}, step=it)
-        state["last_evaluation"] = result.as_dict()
-        best = state["best"]
-        if best is None or result.mean > best["evaluation"]["mean"]:
-            state["best"] = {"iteration": it, "images": images.detach().cpu().clone(), "labels": eval_labels().cpu(),
-                             "lr": syn_lr.detach().cpu().clone(), "evaluation": result.as_dict()}
-        grid = ctx.out_dir / "progress" / f"iter_{it:06d}.png"
-        save_grid(data.to_pixels(images.detach().cpu()), eval_labels().cpu(), data.class_names, grid,
-                  title=f"iteration {it}: {result}")
-        ctx.tracker.log_image("grid", grid, step=it)
-        log.info("iteration %d: %s (lr %.4g)", it, result, float(syn_lr.detach()))
-
-    bar = tqdm(range(state["next_it"], m.iterations + 1), desc=f"mtt {data.name} ipc={cfg.ipc}",
-               disable=not ctx.progress, initial=state["next_it"], total=m.iterations + 1)
+    bar = tqdm(range(state.next_it, m.iterations + 1), desc=f"mtt {data.name} ipc={cfg.ipc}",
+               disable=not ctx.progress, initial=state.next_it, total=m.iterations + 1)
     for it in bar:
-        if it > 0 and it % m.checkpoint_every == 0 and it != state["next_it"]:
-            save_checkpoint(it)
+        if it > 0 and it % m.checkpoint_every == 0 and it != state.next_it:
+            ckpt.save(syn, gen, state, it)
         if it % m.eval_every == 0 or it == m.iterations:
-            evaluate(it)
-            bar.set_postfix(best=f"{100 * state['best']['evaluation']['mean']:.1f}%")
+            evaluate_round(ctx, syn, state, it)
         if it == m.iterations:
             break
         t_it = time.perf_counter()
-        eid = experts[int(torch.randint(len(experts), (1,), generator=gen))]
-        start = int(torch.randint(m.min_start_epoch, m.max_start_epoch, (1,), generator=gen))
-        theta_start, theta_target = (t.to(device) for t in buffer.epochs(eid, start, start + m.expert_epochs))
-        plan = plan_steps(len(labels), m.batch_syn, m.syn_steps, gen)
-        scale = torch.sum((theta_start - theta_target) ** 2)
+        segment = draw_segment(buffer, experts, m, gen, device)
+        plan = plan_steps(len(syn.labels), m.batch_syn, m.syn_steps, gen)
+        res = outer_iteration(syn, student, segment, plan, dsa, cfg.inner.engine, m.min_lr, cfg.inner.optimizer)
+        record_step(ctx, state, res, segment, syn, it, time.perf_counter() - t_it)
+        bar.set_postfix(loss=f"{float(res.loss):.4f}", lr=f"{syn.lr_value():.4g}",
+                        best=f"{100 * state.best['evaluation']['mean']:.1f}%")
+    ckpt.save(syn, gen, state, m.iterations)
+    return finish(ctx, syn, state, {"buffer": str(buffer.folder), "experts": len(experts),
+                                    "expert_test_accuracy": expert_acc}, expert_s)
 
-        def step_loss(theta, learn, i, plan=plan):
-            idx, seed = plan[i]
-            x = learn[0][idx]
-            if dsa is not None:
-                x = dsa(x, seed=seed)
-            y = labels[idx] if label_logits is None else F.softmax(learn[1][idx], dim=1)
-            return set_loss(student(theta, x), y)
 
-        def outer(theta_n, theta_target=theta_target, scale=scale):
-            return torch.sum((theta_n - theta_target) ** 2) / scale
+@dataclass
+class Checkpointer:
+    path: object
+    digest: str
+    device: object
 
-        res = meta_gradient(cfg.inner.engine, step_loss, outer, theta_start, learnables, syn_lr, m.syn_steps,
-                            optimizer=cfg.inner.optimizer)
-        if not res.is_finite():
-            state["nonfinite_total"] += 1
-            state["nonfinite_run"] += 1
-            log.warning("iteration %d: non-finite matching loss or gradient; update skipped", it)
-            if state["nonfinite_run"] >= m.max_nonfinite:
-                raise DDError(f"the matching loss was not finite for {m.max_nonfinite} iterations in a row "
-                              f"(last at iteration {it}); lower method.lr_img={m.lr_img} or method.lr_lr={m.lr_lr}")
-            continue
-        state["nonfinite_run"] = 0
-        images.grad, syn_lr.grad = res.grads[0], res.lr_grad
-        opt_img.step()
-        opt_lr.step()
-        if opt_label is not None:
-            label_logits.grad = res.grads[1]
-            opt_label.step()
-        with torch.no_grad():
-            syn_lr.clamp_(min=m.min_lr)
-        loss = float(res.loss)
-        state["iter_s"] += time.perf_counter() - t_it
-        state["history"].append({"iteration": it, "loss": loss, "start_epoch": start})
-        ctx.tracker.log({"matching_loss": loss, "syn_lr": float(syn_lr.detach()), "start_epoch": start}, step=it)
-        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{float(syn_lr.detach()):.4g}",
-                        best=f"{100 * state['best']['evaluation']['mean']:.1f}%")
-    save_checkpoint(m.iterations)
+    def save(self, syn: Synthetic, gen: torch.Generator, state: LoopState, next_it: int) -> None:
+        state.next_it = next_it
+        blob = {"digest": self.digest, **syn.state_dict(), "gen_state": gen.get_state(), "state": asdict(state)}
+        write_file(self.path, lambda p: torch.save(blob, p))
 
-    best = state["best"]
-    save_curves(state["history"], ctx.out_dir / "curves.png", title=f"mtt {data.name} ipc={cfg.ipc}")
-    last = state["last_evaluation"]
-    steps_done = sum(1 for h in state["history"] if "loss" in h)
-    # Best is picked on the test split (as the reference code does); re-evaluate it with fresh
-    # model seeds so the reported figure is not also the lucky draw of the selection round.
-    final = evaluate_set(best["images"], best["labels"], data, cfg.model, cfg.eval, lr=float(best["lr"]),
-                         seed=cfg.seed + 7919, device=device, progress=ctx.progress, desc="evaluate best")
-    last_set = SynSet(images=images.detach().cpu(), labels=eval_labels().cpu(), lr=syn_lr.detach().cpu(),
+    def restore(self, syn: Synthetic, gen: torch.Generator) -> LoopState:
+        saved = load_checkpoint(self.path, self.digest, self.device)
+        syn.load_state_dict(saved)
+        gen.set_state(saved["gen_state"])
+        state = LoopState(**saved["state"])
+        log.info("resumed from %s at iteration %d", self.path, state.next_it)
+        return state
+
+
+def finish(ctx: RunContext, syn: Synthetic, state: LoopState, provenance: dict, expert_s: float) -> SynSet:
+    """The best set re-evaluated on fresh models (round 0), the last state beside it, curves and timings."""
+    cfg, m, best = ctx.cfg, ctx.cfg.method, state.best
+    save_curves(state.history, ctx.out_dir / "curves.png", title=f"mtt {ctx.data.name} ipc={cfg.ipc}")
+    # Best is picked on the test split (as the reference code does); the reported figure comes from
+    # fresh models of round 0, which no selection round used.
+    final = evaluate_set(best["images"], best["labels"], ctx.data, cfg.model, cfg.eval, lr=float(best["lr"]),
+                         seed=cfg.seed, round=0, device=ctx.device, progress=ctx.progress, desc="evaluate best")
+    last_set = SynSet(images=syn.images.detach().cpu(), labels=syn.eval_labels().cpu(), lr=syn.syn_lr.detach().cpu(),
                       extra_meta={"iteration": m.iterations, "engine": cfg.inner.engine})
-    if last is not None:
-        last_set.evaluation = EvalResult(**{k: v for k, v in last.items() if k in EvalResult.__dataclass_fields__})
+    if state.last_evaluation is not None:
+        fields = EvalResult.__dataclass_fields__
+        last_set.evaluation = EvalResult(**{k: v for k, v in state.last_evaluation.items() if k in fields})
+    steps_done = sum(1 for h in state.history if "loss" in h)
     return SynSet(
         images=best["images"], labels=best["labels"], lr=best["lr"], evaluation=final, last=last_set,
         extra_meta={"best_iteration": best["iteration"], "selection_evaluation": best["evaluation"],
-                    "last_evaluation": last, "nonfinite_skipped": state["nonfinite_total"],
-                    "buffer": str(buffer.folder), "experts": len(experts),
-                    "expert_test_accuracy": sum(acc) / len(acc), "engine": cfg.inner.engine},
-        timings={"experts_s": expert_s, "distill_s": state["iter_s"],
-                 "s_per_iteration": state["iter_s"] / max(1, steps_done)},
+                    "paper_max": paper_max(state), "last_evaluation": state.last_evaluation,
+                    "nonfinite_skipped": state.nonfinite_total, "engine": cfg.inner.engine, **provenance},
+        timings={"experts_s": expert_s, "distill_s": state.iter_s, "s_per_iteration": state.iter_s / max(1, steps_done)},
     )

@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from dd import seeds
 from dd.errors import DDError
-from dd.evaluate_text import TextSet, batches, evaluate_text_set, run_seed, score, summarise
+from dd.evaluate_text import TextSet, batches, evaluate_text_set, score, summarise
 from dd.methods.attention_labels import linear_schedule
 from dd.methods.text_base import TextRunContext, TextSynSet, check_ipc, require_text
 
@@ -45,7 +46,7 @@ def run_random_text(ctx: TextRunContext) -> TextSynSet:
     n = len(data.train)
     if not 0 < m.holdout < n:
         raise DDError(f"method.holdout={m.holdout} is not allowed; it must be between 1 and {n - 1} (the train split has {n})")
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = seeds.generator("coreset_select", cfg.seed)
     perm = torch.randperm(n, generator=gen)
     held, pool = perm[: m.holdout], perm[m.holdout :]
     check_ipc(data, cfg.ipc, pool)
@@ -65,7 +66,7 @@ def run_random_text(ctx: TextRunContext) -> TextSynSet:
     grid = {}
     for lr in tqdm(list(m.lr_grid), desc="random_text lr grid", disable=not ctx.progress):
         try:
-            result = evaluate_text_set(clf, text_set(lr), data, m.grid_runs, seed=cfg.seed + 17, split=heldout,
+            result = evaluate_text_set(clf, text_set(lr), data, m.grid_runs, seed=cfg.seed, round=1, split=heldout,
                                        batch_size=cfg.eval.test_batch_size, progress=False)
             grid[float(lr)] = result.mean
         except DDError:  # this lr diverges: it is simply not chosen
@@ -87,14 +88,14 @@ def run_random_text(ctx: TextRunContext) -> TextSynSet:
     )
 
 
-def finetune(clf, data, m, seed: int, device, progress: bool) -> torch.Tensor:
-    """One ordinary fine-tuning run from the pretrained body and a fresh head; returns the weights."""
-    theta = clf.new_theta(torch.Generator().manual_seed(seed)).requires_grad_(True)
+def finetune(clf, data, m, seed: int, run: int, device, progress: bool) -> torch.Tensor:
+    """Fine-tuning run `run` from the pretrained body and a fresh head; returns the weights."""
+    theta = clf.new_theta(seeds.generator("finetune_head", seed, run)).requires_grad_(True)
     # AdamW on one flat vector is the same elementwise update as AdamW on every parameter tensor
     opt = torch.optim.AdamW([theta], lr=m.lr, weight_decay=m.weight_decay)
     per_epoch = -(-len(data.train) // m.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, linear_schedule(m.epochs * per_epoch, m.warmup_ratio))
-    gen = torch.Generator().manual_seed(seed + 1)
+    gen = seeds.generator("finetune_data", seed, run)
     for epoch in tqdm(range(m.epochs), desc="fine-tune", leave=False, disable=not progress):
         order = torch.randperm(len(data.train), generator=gen)
         for ids, mask, types, labels in batches(data.train, m.batch_size, device, order=order):
@@ -122,7 +123,7 @@ def run_full_finetune(ctx: TextRunContext) -> TextSynSet:
     t0 = time.perf_counter()
     scores = []
     for k in tqdm(range(m.num_runs), desc="full_finetune", disable=not ctx.progress):
-        theta = finetune(clf, data, m, run_seed(cfg.seed, k), ctx.device, ctx.progress)
+        theta = finetune(clf, data, m, cfg.seed, k, ctx.device, ctx.progress)
         scores.append(score(clf, theta, data.test, cfg.eval.test_batch_size))
     evaluation = summarise(scores, clf.backbone.name, time.perf_counter() - t0, None, data.f1)
     return TextSynSet(tset=None, evaluation=evaluation, export=False,

@@ -1,0 +1,50 @@
+"""Every random stream of a run, derived from (purpose, seed, index).
+
+Two purposes never share a stream: an evaluation model must not start where an
+expert started, and a selection round must not replay the final evaluation.
+Plain arithmetic on seeds (``seed * 1000 + k``) made exactly those collide, so
+each stream is drawn from numpy's SeedSequence, whose entropy is the purpose's
+hash, the user's seed and the indices. Distinct inputs give independent,
+well-mixed 63-bit seeds.
+
+Purposes used across ddlab (a name is just a label; these are the ones in use):
+    expert_init, expert_data          dd-buffer: expert e's weights; its order and augmentation
+    eval_init, eval_data              evaluation model k of round r; its order and augmentation
+    distill                           a method's own draws (initial images, expert, plan)
+    coreset_select, coreset_features  random picks; the feature network of herding / k-center
+    text_eval_head                    text: the head of evaluation run k of round r
+    text_data, text_train_head        attention labels: real-batch order, the learner's head at step s
+    finetune_head, finetune_data      full fine-tuning run k
+    global                            torch's global generator, for code that draws from it
+"""
+
+import hashlib
+
+import numpy as np
+import torch
+
+# Recorded in every expert buffer: experts made under another scheme are not the same experts.
+SCHEME = "seedsequence-v1"
+
+
+def _purpose_key(purpose: str) -> int:
+    return int.from_bytes(hashlib.sha256(purpose.encode()).digest()[:8], "little")
+
+
+def derive(purpose: str, seed: int, *index: int) -> int:
+    """A 63-bit seed for stream (purpose, seed, *index)."""
+    if not purpose:
+        raise ValueError("a random stream needs a purpose")
+    words = [_purpose_key(purpose), int(seed) % 2**64, *(int(i) % 2**64 for i in index)]
+    state = np.random.SeedSequence(words).generate_state(2, dtype=np.uint32)
+    return (int(state[0]) | (int(state[1]) << 32)) & (2**63 - 1)
+
+
+def generator(purpose: str, seed: int, *index: int) -> torch.Generator:
+    """A CPU torch.Generator for the stream (draws on CPU, then move the result)."""
+    return torch.Generator().manual_seed(derive(purpose, seed, *index))
+
+
+def seed_global(purpose: str, seed: int, *index: int) -> None:
+    """Seed torch's global generator (module initialisers draw from it) for the stream."""
+    torch.manual_seed(derive(purpose, seed, *index))

@@ -44,6 +44,7 @@ class EvalConfig:
     weight_decay: float = 5e-4
     dsa: bool = True
     dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
+    dsa_mode: str = "one"  # one (the reference: one transform per batch) | color_then_one | all
     test_batch_size: int = 1024
     # train the K models together (vmap); null = on CUDA only (measured slower than one at a time on CPU);
     # BatchNorm models always fall back to one at a time

@@ -18,7 +18,7 @@ class ImageDatasetConfig:
     root: str | None = None
     download: bool = False
     source: str = "torchvision"  # torchvision | idx | folder
-    zca: bool = False
+    zca: bool = False  # whiten the raw [0, 1] pixels (no mean/std step), as the reference code
     zca_eps: float = 0.1
     image_size: int | None = None
     train_limit: int | None = None

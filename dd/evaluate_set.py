@@ -27,8 +27,9 @@ def dataset_of(meta: dict, root: str | None):
         train_limit=d.get("train_limit"),
     )
     if [round(v, 4) for v in data.mean] != [round(float(v), 4) for v in meta["mean"]]:
+        old_zca = " (ZCA is now fitted on raw pixels, so ZCA sets exported before that cannot be re-evaluated)"
         raise DDError(f"the set was normalised with mean {meta['mean']} but {data.name} loads with {data.mean}; "
-                      "the preprocessing differs")
+                      f"the preprocessing differs{old_zca if meta.get('zca') else ''}")
     return data
 
 

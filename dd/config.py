@@ -20,6 +20,8 @@ class ImageDatasetConfig:
     source: str = "torchvision"  # torchvision | idx | folder
     zca: bool = False  # whiten the raw [0, 1] pixels (no mean/std step), as the reference code
     zca_eps: float = 0.1
+    # mean/std used without zca: null = the dataset's own, or another dataset's name (e.g. cifar10)
+    stats: str | None = None
     image_size: int | None = None
     train_limit: int | None = None
 

@@ -303,6 +303,38 @@ def test_cifar100_folder_and_corrupt(tmp_path):
         load_image_dataset("cifar100", root=str(tmp_path), source="folder")
 
 
+def test_stats_of_another_dataset(tmp_path):
+    # the reference code normalises CIFAR-100 with CIFAR-10's statistics
+    train, _ = _write_cifar(tmp_path, "cifar100", np.random.default_rng(4), n_train=6, n_test=3)
+    own = load_image_dataset("cifar100", root=str(tmp_path), source="folder")
+    d = load_image_dataset("cifar100", root=str(tmp_path), source="folder", stats="cifar10")
+    assert (own.mean, own.std) == STATS["cifar100"] and (d.mean, d.std) == STATS["cifar10"]
+    m, s = (torch.tensor(v).view(1, 3, 1, 1) for v in STATS["cifar10"])
+    torch.testing.assert_close(d.train_x, (train - m) / s, atol=1e-6, rtol=0)
+    torch.testing.assert_close(d.to_pixels(d.train_x), train, atol=1e-6, rtol=0)
+    # with zca there is no mean/std step, so stats has nothing to change
+    z = load_image_dataset("cifar100", root=str(tmp_path), source="folder", stats="cifar10", zca=True, image_size=4)
+    assert z.mean == [0.0] * 3
+
+
+def test_stats_errors():
+    with pytest.raises(DDError) as e:
+        load_image_dataset("digits", stats="cifar1000")
+    assert "cifar1000" in str(e.value) and all(n in str(e.value) for n in STATS)
+    with pytest.raises(DDError, match="3 channel"):
+        load_image_dataset("digits", stats="cifar10")
+    assert load_image_dataset("digits", stats="mnist", train_limit=10).mean == [0.1307]
+
+
+def test_dataset_of_uses_recorded_stats():
+    from dd.evaluate_set import dataset_of
+
+    meta = {"dataset": "digits", "zca": False, "mean": [0.1307], "config": {"dataset": {"stats": "mnist"}}}
+    assert dataset_of(meta, None).std == [0.3081]
+    with pytest.raises(DDError, match="mean"):
+        dataset_of(dict(meta, config={"dataset": {}}), None)  # digits' own statistics differ
+
+
 # --- Tiny ImageNet ------------------------------------------------------------
 
 

@@ -124,6 +124,7 @@ def load_image_dataset(
     zca_eps: float = 0.1,
     image_size: int | None = None,
     train_limit: int | None = None,
+    stats: str | None = None,
 ) -> ImageDataset:
     """Load ``name`` (one of IMAGE_DATASETS) into CPU tensors.
 
@@ -133,9 +134,11 @@ def load_image_dataset(
     (cifar10 / cifar100 / tiny_imagenet: the official files parsed directly).
 
     ``zca``: whiten the raw [0, 1] pixels (no mean/std step), fitted on the train
-    split. Otherwise pixels are mean/std-normalised with the dataset's statistics.
+    split. Otherwise pixels are mean/std-normalised with ``stats``: None for the
+    dataset's own statistics, or the name of another dataset in STATS (the
+    reference code normalises CIFAR-100 with CIFAR-10's). ``stats`` is unused with ``zca``.
     """
-    _check_options(name, root, source, zca_eps, image_size, train_limit)
+    _check_options(name, root, source, zca_eps, image_size, train_limit, stats)
     raw = _load_raw(name, root, download, source, train_limit)
 
     if image_size is not None:
@@ -146,12 +149,16 @@ def load_image_dataset(
         # The reference whitens raw [0, 1] pixels with no mean/std step; recording the
         # identity normalisation keeps to_pixels/from_pixels and exports consistent.
         mean, std = [0.0] * channels, [1.0] * channels
-    elif name == "digits":
+    elif name == "digits" and stats is None:
         # Computed on the full train split so train_limit does not move the statistics.
         mean = raw.train_x.mean(dim=(0, 2, 3)).tolist()
         std = raw.train_x.std(dim=(0, 2, 3)).tolist()
     else:
-        mean, std = STATS[name]
+        mean, std = STATS[name if stats is None else stats]
+        if len(mean) != channels:
+            raise DDError(
+                f"dataset.stats={stats!r} has {len(mean)} channel(s) but {name} images have {channels}"
+            )
     if train_limit is not None:
         raw.train_x, raw.train_y = raw.train_x[:train_limit], raw.train_y[:train_limit]
 
@@ -181,9 +188,11 @@ def load_image_dataset(
     )
 
 
-def _check_options(name, root, source, zca_eps, image_size, train_limit) -> None:
+def _check_options(name, root, source, zca_eps, image_size, train_limit, stats) -> None:
     if name not in IMAGE_DATASETS:
         raise DDError(f"dataset '{name}' is unknown; choose one of: {', '.join(IMAGE_DATASETS)}")
+    if stats is not None and stats not in STATS:
+        raise DDError(f"dataset.stats={stats!r} is unknown; use null or one of: {', '.join(STATS)}")
     if source not in SOURCES:
         raise DDError(f"dataset.source '{source}' is unknown; choose one of: {', '.join(SOURCES)}")
     if source == "idx" and name not in ("mnist", "fashion_mnist"):

@@ -34,6 +34,7 @@ class ModelConfig:
     norm: str | None = None
     act: str | None = None
     pool: str | None = None
+    first_pad: int | None = None  # convnet: the first conv's padding; null = 1 (3 turns 28x28 into 32x32)
 
 
 @dataclass

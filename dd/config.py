@@ -18,8 +18,10 @@ class ImageDatasetConfig:
     root: str | None = None
     download: bool = False
     source: str = "torchvision"  # torchvision | idx | folder
-    zca: bool = False
+    zca: bool = False  # whiten the raw [0, 1] pixels (no mean/std step), as the reference code
     zca_eps: float = 0.1
+    # mean/std used without zca: null = the dataset's own, or another dataset's name (e.g. cifar10)
+    stats: str | None = None
     image_size: int | None = None
     train_limit: int | None = None
 
@@ -32,6 +34,7 @@ class ModelConfig:
     norm: str | None = None
     act: str | None = None
     pool: str | None = None
+    first_pad: int | None = None  # convnet: the first conv's padding; null = 1 (3 turns 28x28 into 32x32)
 
 
 @dataclass
@@ -48,6 +51,7 @@ class EvalConfig:
     schedule: str = "step"
     dsa: bool = True
     dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
+    dsa_mode: str = "one"  # one (the reference: one transform per batch) | color_then_one | all
     test_batch_size: int = 1024
     # train the K models together (vmap); null = on CUDA only (measured slower than one at a time on CPU);
     # BatchNorm models always fall back to one at a time

@@ -174,7 +174,9 @@ def evaluate_set(
         raise DDError(
             f"eval.num_models={eval_cfg.num_models}, eval.epochs={eval_cfg.epochs}: both must be positive integers"
         )
-    dsa = DSA(eval_cfg.dsa_strategy, flip=data.flip) if eval_cfg.dsa else None
+    # .get: configs recorded before dsa_mode existed mean the default
+    mode = eval_cfg.get("dsa_mode", "one")
+    dsa = DSA(eval_cfg.dsa_strategy, flip=data.flip, mode=mode) if eval_cfg.dsa else None
     start = time.perf_counter()
     schedule = lr_schedule(eval_cfg.epochs, eval_cfg.get("schedule", "step"))
     model_seeds = [ModelSeeds(seeds.derive("eval_init", seed, round, k), seeds.derive("eval_data", seed, round, k))

@@ -24,11 +24,12 @@ def dataset_of(meta: dict, root: str | None):
     data = load_image_dataset(
         d["name"], root=d.get("root"), download=bool(d.get("download", False)), source=d.get("source", "torchvision"),
         zca=bool(meta.get("zca")), zca_eps=float(d.get("zca_eps", 0.1)), image_size=d.get("image_size"),
-        train_limit=d.get("train_limit"),
+        train_limit=d.get("train_limit"), stats=d.get("stats"),
     )
     if [round(v, 4) for v in data.mean] != [round(float(v), 4) for v in meta["mean"]]:
+        old_zca = " (ZCA is now fitted on raw pixels, so ZCA sets exported before that cannot be re-evaluated)"
         raise DDError(f"the set was normalised with mean {meta['mean']} but {data.name} loads with {data.mean}; "
-                      "the preprocessing differs")
+                      f"the preprocessing differs{old_zca if meta.get('zca') else ''}")
     return data
 
 

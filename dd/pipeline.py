@@ -47,7 +47,7 @@ def load_data(cfg: DictConfig):
     d = cfg.dataset
     return load_image_dataset(
         d.name, root=d.root, download=d.download, source=d.source, zca=d.zca, zca_eps=d.zca_eps,
-        image_size=d.image_size, train_limit=d.train_limit,
+        image_size=d.image_size, train_limit=d.train_limit, stats=d.get("stats"),
     )
 
 

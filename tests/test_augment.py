@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from dd.data import DSA, DSA_TRANSFORMS
+import dd.data.augment as augment
+from dd.data import DSA, DSA_MODES, DSA_TRANSFORMS
 from dd.errors import DDError
 
 FULL = "color_crop_cutout_flip_scale_rotate"
@@ -14,18 +15,75 @@ def _batch(n=8, c=3, h=16, w=16, dtype=torch.float32):
     return torch.randn(n, c, h, w, generator=torch.Generator().manual_seed(0), dtype=dtype)
 
 
+@pytest.mark.parametrize("mode", DSA_MODES)
 @pytest.mark.parametrize("strategy", SINGLE + [FULL])
-def test_same_seed_replays_exactly(strategy):
+def test_same_seed_replays_exactly(strategy, mode):
     x = _batch()
-    dsa = DSA(strategy)
-    a, b = dsa(x, seed=123), DSA(strategy)(x.clone(), seed=123)
+    dsa = DSA(strategy, mode=mode)
+    a, b = dsa(x, seed=123), DSA(strategy, mode=mode)(x.clone(), seed=123)
     assert a.shape == x.shape and torch.equal(a, b)
 
 
+@pytest.fixture
+def applied(monkeypatch):
+    """Record the transforms each call applies: one list per call."""
+    calls = []
+    for name, fn in list(augment._TRANSFORMS.items()):
+        def wrapped(x, r, name=name, fn=fn):
+            calls[-1].append(name)
+            return fn(x, r)
+
+        monkeypatch.setitem(augment._TRANSFORMS, name, wrapped)
+
+    def run(dsa, seeds, x=None):
+        x = _batch(n=2, h=8, w=8) if x is None else x
+        for s in seeds:
+            calls.append([])
+            dsa(x, seed=s)
+        return calls[-len(seeds):]
+
+    return run
+
+
+def test_mode_one_is_the_reference_pick(applied):
+    # The reference 'S' mode: one transform per call, color counting as one of six.
+    calls = applied(DSA(FULL), range(1200))
+    assert all(len(c) == 1 for c in calls)
+    counts = {t: sum(c == [t] for c in calls) for t in SINGLE}
+    assert all(150 <= k <= 250 for k in counts.values()), counts  # 200 expected each
+    # without flip (digit-like data) color is one of five
+    calls = applied(DSA(FULL, flip=False), range(1000))
+    assert all(len(c) == 1 and c != ["flip"] for c in calls)
+    assert 150 <= sum(c == ["color"] for c in calls) <= 250  # 200 expected
+
+
+def test_mode_color_then_one_keeps_old_picks(applied):
+    calls = applied(DSA(FULL, mode="color_then_one"), range(20))
+    assert all(len(c) == 2 and c[0] == "color" for c in calls)
+    # the picks of ddlab before the reference mode became the default (same seeds, same draws)
+    old = ["flip", "rotate", "scale", "scale", "crop", "crop", "flip", "cutout", "rotate", "crop",
+           "crop", "scale", "flip", "crop", "crop", "crop", "scale", "scale", "scale", "crop"]
+    assert [c[1] for c in calls] == old
+    calls = applied(DSA(FULL, flip=False, mode="color_then_one"), range(5))
+    assert [c[1] for c in calls] == ["crop", "crop", "rotate", "rotate", "crop"]
+
+
+def test_mode_all_applies_every_transform_in_order(applied):
+    assert applied(DSA(FULL, mode="all"), range(3)) == [SINGLE] * 3
+    assert applied(DSA("rotate_color", flip=False, mode="all"), [0]) == [["rotate", "color"]]
+
+
+def test_unknown_mode_lists_modes():
+    with pytest.raises(DDError) as e:
+        DSA(FULL, mode="M")
+    assert "'M'" in str(e.value) and all(m in str(e.value) for m in DSA_MODES)
+
+
+@pytest.mark.parametrize("mode", DSA_MODES)
 @pytest.mark.parametrize("strategy", SINGLE + [FULL])
-def test_different_seeds_differ(strategy):
+def test_different_seeds_differ(strategy, mode):
     x = _batch()
-    dsa = DSA(strategy)
+    dsa = DSA(strategy, mode=mode)
     outs = [dsa(x, seed=s) for s in range(4)]
     assert any(not torch.equal(outs[0], o) for o in outs[1:])
 
@@ -33,15 +91,16 @@ def test_different_seeds_differ(strategy):
 def test_full_strategy_picks_one_transform_per_call():
     x = _batch()
     dsa = DSA(FULL)
-    assert dsa.color and set(dsa.choices) == {"crop", "cutout", "flip", "scale", "rotate"}
+    assert dsa.names == tuple(SINGLE) and dsa.mode == "one"
     # over many seeds, the output set differs: several distinct transforms are used
     assert len({dsa(x, seed=s).sum().item() for s in range(20)}) > 5
 
 
-def test_siamese_prefix_of_batch_matches():
+@pytest.mark.parametrize("mode", DSA_MODES)
+def test_siamese_prefix_of_batch_matches(mode):
     # Per-image params: image i gets the same transform whatever the batch size.
     x = _batch(n=8)
-    dsa = DSA(FULL)
+    dsa = DSA(FULL, mode=mode)
     for seed in range(10):
         assert torch.equal(dsa(x, seed)[:3], dsa(x[:3], seed))
 
@@ -49,7 +108,7 @@ def test_siamese_prefix_of_batch_matches():
 def test_batchwise_shares_params():
     x = _batch(n=4)
     same = x[:1].expand(4, -1, -1, -1)
-    for strategy in SINGLE:
+    for strategy in SINGLE + [FULL]:
         y = DSA(strategy, batchwise=True)(same, seed=5)
         assert all(torch.allclose(y[0], y[i]) for i in range(1, 4))
 
@@ -68,6 +127,12 @@ def test_gradcheck_float64(strategy):
     assert torch.autograd.gradcheck(lambda t: dsa(t, seed=3), (x,))
 
 
+def test_gradcheck_all_transforms_chained():
+    x = _batch(n=2, c=2, h=6, w=6, dtype=torch.float64).requires_grad_(True)
+    dsa = DSA(FULL, mode="all")
+    assert torch.autograd.gradcheck(lambda t: dsa(t, seed=3), (x,))
+
+
 def test_none_is_identity():
     x = _batch()
     assert DSA("none")(x, seed=1) is x
@@ -78,7 +143,7 @@ def test_flip_false_removes_flip():
     x = _batch()
     # strategy "flip" with flip=False is the identity (documented choice)
     assert torch.equal(DSA("flip", flip=False)(x, seed=5), x)
-    assert "flip" not in DSA(FULL, flip=False).choices
+    assert "flip" not in DSA(FULL, flip=False).names
     # and flip=True really flips some images for some seed
     assert any(not torch.equal(DSA("flip")(x, seed=s), x) for s in range(3))
 

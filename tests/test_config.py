@@ -65,6 +65,15 @@ def test_defaults_compose():
     assert cfg.dataset.name == "digits" and cfg.method.name == "random"
     assert cfg.model.name == "convnet" and cfg.model.width == 128
     assert cfg.logger.name == "none" and cfg.eval.epochs == 300
+    assert cfg.dataset.stats is None and cfg.model.first_pad is None and cfg.eval.dsa_mode == "one"
+
+
+@pytest.mark.parametrize("ipc", [1, 10, 50])
+def test_experiments_follow_reference_preprocessing(ipc):
+    cfg = _compose([f"experiment=cifar100_mtt_ipc{ipc}"])
+    assert cfg.dataset.name == "cifar100" and cfg.dataset.stats == "cifar10"
+    cfg = _compose([f"experiment=fashion_mnist_mtt_ipc{ipc}"])
+    assert cfg.model.name == "convnet" and cfg.model.first_pad == 3 and cfg.model.depth == 3
 
 
 def test_dd_data_default_when_env_unset(monkeypatch):
@@ -94,6 +103,7 @@ def _full_message(err: BaseException) -> str:
         ("ipc=abc", "ipc"),  # str for int
         ("eval.epochs=1.5", "eval.epochs"),  # float for int
         ("dataset.zca=maybe", "dataset.zca"),
+        ("model.first_pad=wide", "model.first_pad"),
         ("method.feature_epochs=1.5", "method.feature_epochs"),
         ("method.iterations=3", "method.iterations"),  # an mtt key on a coreset method
     ],

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from dd.data import IMAGE_DATASETS, ZCA, load_image_dataset
+from dd.data.images import STATS
 from dd.errors import DDError
 
 
@@ -66,22 +67,50 @@ def test_resize_and_train_limit():
 # --- ZCA ----------------------------------------------------------------------
 
 
+def _raw(d, x):
+    """Undo mean/std normalisation only: the dataset's [0, 1] pixels."""
+    return x * torch.tensor(d.std).view(1, -1, 1, 1) + torch.tensor(d.mean).view(1, -1, 1, 1)
+
+
 def test_zca_matches_kornia(digits, digits_zca):
     from kornia.enhance import ZCAWhitening
 
-    k = ZCAWhitening(eps=0.1, compute_inv=True).fit(digits.train_x)
-    torch.testing.assert_close(digits_zca.train_x, k(digits.train_x), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(digits_zca.test_x, k(digits.test_x), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(digits_zca.zca.apply(digits.test_x), k(digits.test_x), atol=1e-5, rtol=1e-5)
+    # the reference fits on raw [0, 1] pixels: no mean/std step, so the recorded normalisation is identity
+    assert digits_zca.mean == [0.0] and digits_zca.std == [1.0]
+    train, test = _raw(digits, digits.train_x), _raw(digits, digits.test_x)
+    k = ZCAWhitening(eps=0.1, compute_inv=True).fit(train)
+    torch.testing.assert_close(digits_zca.train_x, k(train), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(digits_zca.test_x, k(test), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(digits_zca.zca.apply(test), k(test), atol=1e-5, rtol=1e-5)
 
 
 def test_zca_invert_round_trip(digits, digits_zca):
     z = digits_zca.zca
-    torch.testing.assert_close(z.invert(digits_zca.train_x), digits.train_x, atol=1e-4, rtol=1e-4)
-    # to_pixels undoes ZCA then normalisation; from_pixels redoes both
+    torch.testing.assert_close(z.invert(digits_zca.train_x), _raw(digits, digits.train_x), atol=1e-4, rtol=1e-4)
+    # to_pixels undoes ZCA (the normalisation is the identity); from_pixels redoes it
     px = digits_zca.to_pixels(digits_zca.test_x[:20])
     torch.testing.assert_close(px, digits.to_pixels(digits.test_x[:20]), atol=1e-4, rtol=0)
     torch.testing.assert_close(digits_zca.from_pixels(px), digits_zca.test_x[:20], atol=1e-3, rtol=0)
+
+
+def test_zca_on_raw_pixels_of_random_images(tmp_path):
+    from kornia.enhance import ZCAWhitening
+
+    rng = np.random.default_rng(3)
+    train, test = _write_cifar(tmp_path, "cifar10", rng, n_train=40, n_test=6)
+    d = load_image_dataset("cifar10", root=str(tmp_path), source="folder", zca=True, image_size=8)
+    # the same resize the loader does, on the uint8 -> [0, 1] pixels
+    raw_train = torch.nn.functional.interpolate(train, size=(8, 8), mode="bilinear", align_corners=False)
+    raw_test = torch.nn.functional.interpolate(test, size=(8, 8), mode="bilinear", align_corners=False)
+    k = ZCAWhitening(eps=0.1).fit(raw_train)
+    torch.testing.assert_close(d.train_x, k(raw_train), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(d.test_x, k(raw_test), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(d.to_pixels(d.train_x), raw_train, atol=1e-4, rtol=0)
+    assert d.mean == [0.0] * 3 and d.std == [1.0] * 3
+    # not what whitening the mean/std-normalised pixels gives (ddlab's earlier recipe)
+    m, s = (torch.tensor(v).view(1, 3, 1, 1) for v in STATS["cifar10"])
+    normed = (raw_train - m) / s
+    assert (d.train_x - ZCAWhitening(eps=0.1).fit(normed)(normed)).abs().max() > 0.1
 
 
 def test_zca_whitened_covariance():
@@ -108,7 +137,8 @@ def test_zca_digits_covariance_bounded(digits_zca):
     # Eigenvalues of the whitened covariance are S/(S+eps): in [0, 1), the large ones near 1.
     w = digits_zca.train_x.view(1500, -1).double()
     ev = torch.linalg.eigvalsh(torch.cov(w.T))
-    assert ev.max() < 1.0 + 1e-4 and ev.min() > -1e-4 and ev.max() > 0.95
+    # (raw pixels vary less than normalised ones, so the top S/(S+eps) is about 0.95, not nearer 1)
+    assert ev.max() < 1.0 + 1e-4 and ev.min() > -1e-4 and ev.max() > 0.9
 
 
 def test_zca_state_round_trip(digits, digits_zca):
@@ -118,7 +148,7 @@ def test_zca_state_round_trip(digits, digits_zca):
     z2 = ZCA.from_state(st)
     assert torch.equal(z2.apply(digits.test_x), digits_zca.zca.apply(digits.test_x))
     z3 = ZCA.from_state({k: v for k, v in st.items() if k != "zca_inverse"})  # inverse recomputed
-    torch.testing.assert_close(z3.invert(digits_zca.test_x), digits.test_x, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(z3.invert(digits_zca.test_x), _raw(digits, digits.test_x), atol=1e-4, rtol=1e-4)
     # any dtype of the input
     assert z2.apply(digits.test_x.double()).dtype == torch.float64
 
@@ -205,6 +235,22 @@ def test_torchvision_reads_mnist_raw_folder(tmp_path):
 # --- CIFAR python batches -----------------------------------------------------
 
 
+def _write_cifar(root, name, rng, n_train, n_test):
+    """Random CIFAR python batches under root; returns the train and test pixels in [0, 1]."""
+    sub, key, files = (("cifar-10-batches-py", b"labels", ("data_batch_1", "test_batch")) if name == "cifar10"
+                       else ("cifar-100-python", b"fine_labels", ("train", "test")))
+    folder = root / sub
+    folder.mkdir()
+    pixels = []
+    for fname, n in zip(files, (n_train, n_test)):
+        data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        with open(folder / fname, "wb") as f:
+            pickle.dump({b"data": data, key: [i % 10 for i in range(n)]}, f)
+        pixels.append(torch.as_tensor(data).view(n, 3, 32, 32).float() / 255)
+    return pixels
+
+
+
 def test_cifar10_folder(tmp_path):
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
@@ -255,6 +301,38 @@ def test_cifar100_folder_and_corrupt(tmp_path):
     (folder / "test").write_bytes(b"not a pickle")
     with pytest.raises(DDError, match="test"):
         load_image_dataset("cifar100", root=str(tmp_path), source="folder")
+
+
+def test_stats_of_another_dataset(tmp_path):
+    # the reference code normalises CIFAR-100 with CIFAR-10's statistics
+    train, _ = _write_cifar(tmp_path, "cifar100", np.random.default_rng(4), n_train=6, n_test=3)
+    own = load_image_dataset("cifar100", root=str(tmp_path), source="folder")
+    d = load_image_dataset("cifar100", root=str(tmp_path), source="folder", stats="cifar10")
+    assert (own.mean, own.std) == STATS["cifar100"] and (d.mean, d.std) == STATS["cifar10"]
+    m, s = (torch.tensor(v).view(1, 3, 1, 1) for v in STATS["cifar10"])
+    torch.testing.assert_close(d.train_x, (train - m) / s, atol=1e-6, rtol=0)
+    torch.testing.assert_close(d.to_pixels(d.train_x), train, atol=1e-6, rtol=0)
+    # with zca there is no mean/std step, so stats has nothing to change
+    z = load_image_dataset("cifar100", root=str(tmp_path), source="folder", stats="cifar10", zca=True, image_size=4)
+    assert z.mean == [0.0] * 3
+
+
+def test_stats_errors():
+    with pytest.raises(DDError) as e:
+        load_image_dataset("digits", stats="cifar1000")
+    assert "cifar1000" in str(e.value) and all(n in str(e.value) for n in STATS)
+    with pytest.raises(DDError, match="3 channel"):
+        load_image_dataset("digits", stats="cifar10")
+    assert load_image_dataset("digits", stats="mnist", train_limit=10).mean == [0.1307]
+
+
+def test_dataset_of_uses_recorded_stats():
+    from dd.evaluate_set import dataset_of
+
+    meta = {"dataset": "digits", "zca": False, "mean": [0.1307], "config": {"dataset": {"stats": "mnist"}}}
+    assert dataset_of(meta, None).std == [0.3081]
+    with pytest.raises(DDError, match="mean"):
+        dataset_of(dict(meta, config={"dataset": {}}), None)  # digits' own statistics differ
 
 
 # --- Tiny ImageNet ------------------------------------------------------------

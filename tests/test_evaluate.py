@@ -94,6 +94,26 @@ def test_bad_counts_refused(digits_data, subset, kw):
         evaluate_set(x, y, digits_data, MODEL, eval_cfg(**{"num_models": 1, "epochs": 1, **kw}), progress=False)
 
 
+@pytest.mark.parametrize("mode", ["one", "color_then_one", "all"])
+def test_eval_dsa_mode_reaches_dsa(digits_data, subset, monkeypatch, mode):
+    import dd.evaluate
+
+    built = []
+    real_dsa = dd.evaluate.DSA
+
+    def spy(*a, **kw):
+        built.append(real_dsa(*a, **kw))
+        return built[-1]
+
+    monkeypatch.setattr(dd.evaluate, "DSA", spy)
+    x, y = subset
+    evaluate_set(x, y, digits_data, MODEL, eval_cfg(num_models=1, epochs=1, dsa_mode=mode), progress=False)
+    assert [d.mode for d in built] == [mode]
+    assert EvalConfig().dsa_mode == "one"  # the reference's pick is the default
+    with pytest.raises(DDError, match="DSA mode 'M'"):
+        evaluate_set(x, y, digits_data, MODEL, eval_cfg(num_models=1, epochs=1, dsa_mode="M"), progress=False)
+
+
 # --- set_loss --------------------------------------------------------------------------
 
 

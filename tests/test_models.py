@@ -54,6 +54,28 @@ def test_convnet_auto_depth(size, depth, side):
     assert model.embed(torch.randn(1, 1, size, size)).shape == (1, 8 * side * side)
 
 
+def test_convnet_first_pad_treats_28_as_32():
+    # Dataset Condensation code: the first conv pads 28x28 inputs by 3, so ConvNet-3 ends on 4x4
+    model = ConvNet(1, 10, (28, 28), width=8, first_pad=3)
+    assert model.feature_shape == (8, 4, 4)
+    assert sum(isinstance(m, nn.Conv2d) for m in model.modules()) == 3  # auto depth from the padded 32
+    assert [m.padding for m in model.modules() if isinstance(m, nn.Conv2d)] == [(3, 3), (1, 1), (1, 1)]
+    assert model.embed(torch.randn(2, 1, 28, 28)).shape == (2, 8 * 4 * 4)
+    assert ConvNet(1, 10, (28, 28), first_pad=3).feature_shape == (128, 4, 4)
+    # None is today's padding 1; 0 shrinks the map by 2; pool none keeps the first conv's size
+    assert ConvNet(1, 10, (28, 28), width=8, first_pad=None).feature_shape == (8, 3, 3)
+    assert ConvNet(3, 10, (32, 32), width=8, first_pad=0, depth=1).feature_shape == (8, 15, 15)
+    model = ConvNet(1, 10, (28, 28), width=8, depth=2, pool="none", first_pad=3)
+    assert model.feature_shape == (8, 32, 32) and model.embed(torch.randn(1, 1, 28, 28)).shape == (1, 8 * 32 * 32)
+    assert build_model("convnet", 1, 10, (28, 28), width=8, first_pad=3).feature_shape == (8, 4, 4)
+
+
+@pytest.mark.parametrize("pad", [-1, 1.5, True, "3"])
+def test_convnet_bad_first_pad(pad):
+    with pytest.raises(DDError, match="first_pad"):
+        ConvNet(1, 10, (28, 28), width=8, first_pad=pad)
+
+
 def test_convnet_pool_none_keeps_spatial_size():
     model = ConvNet(3, 10, (16, 16), width=8, depth=2, pool="none")
     assert model.embed(torch.randn(1, 3, 16, 16)).shape == (1, 8 * 16 * 16)
@@ -146,6 +168,11 @@ def test_inapplicable_options():
         build_model("vgg11", 3, 10, (32, 32), act="relu")
     with pytest.raises(DDError, match="'norm'.*'lenet'"):
         build_model("lenet", 1, 10, (28, 28), norm="batch")
+    # first_pad is a ConvNet option; the other models refuse it rather than ignore it
+    build_model("resnet18", 3, 10, (32, 32), first_pad=None)
+    for name in ("mlp", "lenet", "alexnet", "vgg11", "resnet18", "resnet18_ap"):
+        with pytest.raises(DDError, match=f"'first_pad'.*'{name}'"):
+            build_model(name, 1, 10, (28, 28), first_pad=3)
 
 
 # --- FlatModel -------------------------------------------------------------

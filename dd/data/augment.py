@@ -8,11 +8,17 @@ transform (the "Siamese" part), on any device, bit for bit.
 Each parameter (brightness, crop shift, ...) gets its own generator derived
 from the seed, so image i receives the same parameters whatever the batch size.
 
-Convention for a strategy such as ``color_crop_cutout_flip_scale_rotate``:
-``color`` (if listed) is always applied first, then ONE of the other listed
-transforms is picked at random per call. Parameters are drawn per image
-(``batchwise=True`` shares image 0's parameters with the whole batch, like the
-reference code's batch mode for gradient matching).
+How a strategy such as ``color_crop_cutout_flip_scale_rotate`` is applied (``mode``):
+
+- ``"one"`` (default, the reference code's 'S' mode): ONE listed transform per
+  call, ``color`` counting as one, so with the full strategy color is applied
+  one call in six;
+- ``"color_then_one"`` (ddlab's earlier behaviour): ``color`` always, then one
+  of the other listed transforms;
+- ``"all"`` (the reference's 'M' mode): every listed transform, in order.
+
+Parameters are drawn per image (``batchwise=True`` shares image 0's parameters
+with the whole batch, like the reference code's batch mode for gradient matching).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from torch import Tensor
 from dd.errors import DDError
 
 DSA_TRANSFORMS: tuple[str, ...] = ("color", "crop", "cutout", "flip", "scale", "rotate")
+DSA_MODES: tuple[str, ...] = ("one", "color_then_one", "all")
 
 # Magnitudes from the DSA paper / reference settings.
 BRIGHTNESS = 1.0  # add U(-0.5, 0.5) * BRIGHTNESS
@@ -58,7 +65,7 @@ class DSA:
 
     ``flip=False`` (digit-like data) drops ``flip`` from the strategy; a strategy
     that was only ``flip`` then becomes the identity rather than an error, so
-    one config can serve every dataset.
+    one config can serve every dataset. ``mode`` is one of DSA_MODES (see above).
     """
 
     def __init__(
@@ -66,25 +73,35 @@ class DSA:
         strategy: str = "color_crop_cutout_flip_scale_rotate",
         flip: bool = True,
         batchwise: bool = False,
+        mode: str = "one",
     ):
+        if mode not in DSA_MODES:
+            raise DDError(f"DSA mode {mode!r} is unknown; choose one of: {', '.join(DSA_MODES)}")
         self.strategy = strategy
-        names = parse_strategy(strategy, flip)
-        self.color = "color" in names
-        self.choices = tuple(n for n in names if n != "color")
+        self.names = parse_strategy(strategy, flip)
+        self.color = "color" in self.names
+        self.choices = tuple(n for n in self.names if n != "color")  # what color_then_one picks from
         self.batchwise = batchwise
+        self.mode = mode
 
     def __repr__(self) -> str:
-        return f"DSA(color={self.color}, one_of={list(self.choices)}, batchwise={self.batchwise})"
+        return f"DSA({list(self.names)}, mode={self.mode!r}, batchwise={self.batchwise})"
 
     def __call__(self, x: Tensor, seed: int) -> Tensor:
-        if (not self.color and not self.choices) or x.shape[0] == 0:
+        if not self.names or x.shape[0] == 0:
             return x
         r = _Rand(seed, x.shape[0], self.batchwise)
-        if self.color:
-            x = _color(x, r)
-        if self.choices:
-            pick = self.choices[r.choice(len(self.choices))]
-            x = _TRANSFORMS[pick](x, r)
+        if self.mode == "all":
+            for name in self.names:
+                x = _TRANSFORMS[name](x, r)
+        elif self.mode == "one":
+            x = _TRANSFORMS[self.names[r.choice(len(self.names))]](x, r)
+        else:
+            # Color's draws come before the pick, as before, so old seeds replay bit for bit.
+            if self.color:
+                x = _TRANSFORMS["color"](x, r)
+            if self.choices:
+                x = _TRANSFORMS[self.choices[r.choice(len(self.choices))]](x, r)
         return x
 
 
@@ -186,4 +203,6 @@ def _rotate(x: Tensor, r: _Rand) -> Tensor:
     return _affine(x, theta)
 
 
-_TRANSFORMS = {"crop": _crop, "cutout": _cutout, "flip": _flip, "scale": _scale, "rotate": _rotate}
+_TRANSFORMS = {
+    "color": _color, "crop": _crop, "cutout": _cutout, "flip": _flip, "scale": _scale, "rotate": _rotate,
+}  # fmt: skip

@@ -1,8 +1,9 @@
 """Image datasets as normalised in-memory tensors.
 
 Every loader returns raw pixels in [0, 1] as (N, C, H, W) float32;
-``load_image_dataset`` then resizes, truncates, normalises and (optionally)
-ZCA-whitens them in one place so all datasets follow the same recipe.
+``load_image_dataset`` then resizes, truncates and either mean/std-normalises
+or (``zca=True``) ZCA-whitens the raw pixels, in one place so all datasets
+follow the same recipe.
 """
 
 from __future__ import annotations
@@ -57,13 +58,13 @@ DEBIAN_FASHION_ROOT = "/usr/share/datasets/fashion-mnist"
 @dataclass
 class ImageDataset:
     name: str
-    train_x: Tensor  # (N, C, H, W) float32, normalised and, if zca, whitened
+    train_x: Tensor  # (N, C, H, W) float32: normalised, or whitened raw pixels if zca
     train_y: Tensor  # (N,) int64
     test_x: Tensor
     test_y: Tensor
     num_classes: int
     class_names: list[str]
-    mean: list[float]  # per channel, the normalisation used
+    mean: list[float]  # per channel, the normalisation used (0 and 1 with zca: none)
     std: list[float]
     zca: ZCA | None
     flip: bool  # whether horizontal flip is a label-preserving augmentation
@@ -123,6 +124,7 @@ def load_image_dataset(
     zca_eps: float = 0.1,
     image_size: int | None = None,
     train_limit: int | None = None,
+    stats: str | None = None,
 ) -> ImageDataset:
     """Load ``name`` (one of IMAGE_DATASETS) into CPU tensors.
 
@@ -130,19 +132,33 @@ def load_image_dataset(
     with scikit-learn, for ``tiny_imagenet`` the standard folder layout),
     "idx" (mnist / fashion_mnist: raw IDX files in ``root``) or "folder"
     (cifar10 / cifar100 / tiny_imagenet: the official files parsed directly).
+
+    ``zca``: whiten the raw [0, 1] pixels (no mean/std step), fitted on the train
+    split. Otherwise pixels are mean/std-normalised with ``stats``: None for the
+    dataset's own statistics, or the name of another dataset in STATS (the
+    reference code normalises CIFAR-100 with CIFAR-10's). ``stats`` is unused with ``zca``.
     """
-    _check_options(name, root, source, zca_eps, image_size, train_limit)
+    _check_options(name, root, source, zca_eps, image_size, train_limit, stats)
     raw = _load_raw(name, root, download, source, train_limit)
 
     if image_size is not None:
         raw.train_x, raw.test_x = _resize(raw.train_x, image_size), _resize(raw.test_x, image_size)
 
-    if name == "digits":
+    channels = int(raw.train_x.shape[1])
+    if zca:
+        # The reference whitens raw [0, 1] pixels with no mean/std step; recording the
+        # identity normalisation keeps to_pixels/from_pixels and exports consistent.
+        mean, std = [0.0] * channels, [1.0] * channels
+    elif name == "digits" and stats is None:
         # Computed on the full train split so train_limit does not move the statistics.
         mean = raw.train_x.mean(dim=(0, 2, 3)).tolist()
         std = raw.train_x.std(dim=(0, 2, 3)).tolist()
     else:
-        mean, std = STATS[name]
+        mean, std = STATS[name if stats is None else stats]
+        if len(mean) != channels:
+            raise DDError(
+                f"dataset.stats={stats!r} has {len(mean)} channel(s) but {name} images have {channels}"
+            )
     if train_limit is not None:
         raw.train_x, raw.train_y = raw.train_x[:train_limit], raw.train_y[:train_limit]
 
@@ -153,7 +169,7 @@ def load_image_dataset(
 
     fitted = None
     if zca:
-        # MTT recipe: whiten the normalised data, fitted on the train split only.
+        # Fitted on the train split only, applied to both splits.
         fitted = ZCA.fit(train_x, eps=float(zca_eps))
         train_x, test_x = fitted.apply(train_x), fitted.apply(test_x)
 
@@ -172,9 +188,11 @@ def load_image_dataset(
     )
 
 
-def _check_options(name, root, source, zca_eps, image_size, train_limit) -> None:
+def _check_options(name, root, source, zca_eps, image_size, train_limit, stats) -> None:
     if name not in IMAGE_DATASETS:
         raise DDError(f"dataset '{name}' is unknown; choose one of: {', '.join(IMAGE_DATASETS)}")
+    if stats is not None and stats not in STATS:
+        raise DDError(f"dataset.stats={stats!r} is unknown; use null or one of: {', '.join(STATS)}")
     if source not in SOURCES:
         raise DDError(f"dataset.source '{source}' is unknown; choose one of: {', '.join(SOURCES)}")
     if source == "idx" and name not in ("mnist", "fashion_mnist"):

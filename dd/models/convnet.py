@@ -70,7 +70,12 @@ def auto_depth(image_size: tuple[int, int]) -> int:
 
 
 class ConvNet(nn.Module):
-    """`depth` x [conv3x3 -> norm -> act -> pool2x2] then a linear classifier."""
+    """`depth` x [conv3x3 -> norm -> act -> pool2x2] then a linear classifier.
+
+    `first_pad` is the first convolution's padding (None = 1, like the others). The
+    Dataset Condensation code uses 3 for 28x28 inputs, so they are seen as 32x32
+    and a depth-3 net ends on a 4x4 map; the auto depth uses that padded size.
+    """
 
     def __init__(
         self,
@@ -82,6 +87,7 @@ class ConvNet(nn.Module):
         norm: str = "instance",
         act: str = "relu",
         pool: str = "avg",
+        first_pad: int | None = None,
     ):
         super().__init__()
         h, w = check_image_size(image_size)
@@ -90,22 +96,32 @@ class ConvNet(nn.Module):
         check_choice("pool", pool, POOLS)
         if not isinstance(width, int) or width < 1:
             raise DDError(f"convnet width {width!r} is invalid; expected a positive integer")
+        if first_pad is None:
+            first_pad = 1
+        if not isinstance(first_pad, int) or isinstance(first_pad, bool) or first_pad < 0:
+            raise DDError(f"convnet first_pad {first_pad!r} is invalid; expected an integer >= 0 or null")
+        # The size the first conv outputs; every later conv keeps the size (padding 1).
+        h, w = h + 2 * first_pad - 2, w + 2 * first_pad - 2
+        if h < 1 or w < 1:
+            raise DDError(f"convnet first_pad {first_pad} is too small for image size {image_size}")
+        seen = (h, w)
         if depth is None:
-            depth = auto_depth((h, w))
+            depth = auto_depth(seen)
         if not isinstance(depth, int) or depth < 1:
             raise DDError(f"convnet depth {depth!r} is invalid; expected a positive integer")
 
         layers: list[nn.Module] = []
         in_ch = channels
-        for _ in range(depth):
-            layers += [nn.Conv2d(in_ch, width, 3, padding=1), make_norm(norm, width), make_act(act)]
+        for i in range(depth):
+            pad = first_pad if i == 0 else 1
+            layers += [nn.Conv2d(in_ch, width, 3, padding=pad), make_norm(norm, width), make_act(act)]
             if pool != "none":
                 layers.append(nn.AvgPool2d(2, 2) if pool == "avg" else nn.MaxPool2d(2, 2))
                 h, w = h // 2, w // 2
                 if h < 1 or w < 1:
                     raise DDError(
                         f"convnet depth {depth} is too deep for image size {image_size}; "
-                        f"use depth <= {auto_depth(image_size)} or pool 'none'"
+                        f"use depth <= {auto_depth(seen)} or pool 'none'"
                     )
             in_ch = width
         self.features = nn.Sequential(*layers)

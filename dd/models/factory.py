@@ -13,7 +13,7 @@ MODEL_NAMES = ("convnet", "mlp", "lenet", "alexnet", "vgg11", "resnet18", "resne
 
 # name -> (class, the options it accepts)
 _REGISTRY: dict[str, tuple[type[nn.Module], tuple[str, ...]]] = {
-    "convnet": (ConvNet, ("width", "depth", "norm", "act", "pool")),
+    "convnet": (ConvNet, ("width", "depth", "norm", "act", "pool", "first_pad")),
     "mlp": (MLP, ()),
     "lenet": (LeNet, ()),
     "alexnet": (AlexNet, ()),

@@ -50,7 +50,9 @@ def buffer_identity(cfg, data: ImageDataset) -> dict:
             "mean": [round(float(v), 6) for v in data.mean],
             "std": [round(float(v), 6) for v in data.std],
         },
-        "recipe": {"lr": float(b.lr), "batch_size": int(b.batch_size), "dsa": bool(b.dsa), "epochs": int(b.epochs)},
+        "recipe": {"lr": float(b.lr), "batch_size": int(b.batch_size), "dsa": bool(b.dsa), "epochs": int(b.epochs),
+                   # experts augment as the reference does: one DSA transform per batch
+                   "dsa_mode": DSA().mode if b.dsa else None},
         # expert e starts from ("expert_init", buffer.seed, e) and trains on ("expert_data", buffer.seed, e)
         "seeding": {"scheme": seeds.SCHEME, "seed": int(b.seed)},
     }

@@ -212,3 +212,24 @@ def test_cli_errors_exit_2(tmp_path, capsys, make):
     assert info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("dd-table: error:") and len(err.splitlines()) == 1 and str(target) in err
+
+
+def test_paper_max_stat_takes_the_selection_round_and_is_labelled(tmp_path, capsys):
+    write_runs(tmp_path)
+    d = tmp_path / "mtt"
+    d.mkdir()
+    (d / "results.json").write_text(json.dumps({
+        "accuracy": {"mean": 0.6, "std": 0.0, "per_model": [0.6, 0.6]},
+        "paper_max": {"mean": 0.7, "std": 0.0, "per_model": [0.7, 0.7], "iteration": 300},
+        "method": "mtt", "dataset": "digits", "ipc": 1, "model": "convnet", "seed": 0,
+    }))
+    results = find_results([tmp_path])
+    assert collect(results)[("mtt", "digits", 1)].mean == pytest.approx(60.0)
+    paper = collect(results, stat="paper_max")
+    assert paper[("mtt", "digits", 1)].mean == pytest.approx(70.0)
+    assert paper[("random", "digits", 1)].mean == pytest.approx(_pooled("random", 1)[0])  # no selection: accuracy
+    table_main([str(tmp_path), "--stat", "paper_max"])
+    out = capsys.readouterr().out
+    assert "PICKED ON THE TEST SPLIT" in out and "70.0" in out
+    with pytest.raises(DDError, match="statistic 'best'"):
+        collect(results, stat="best")

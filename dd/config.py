@@ -110,7 +110,9 @@ class MTTConfig:
 
 @dataclass
 class InnerConfig:
-    engine: str = "reverse"  # unroll | reverse | tesla | higher
+    engine: str = "auto"  # auto | unroll | reverse | tesla | higher
+    # auto: the MB the kept inner-step graphs may take; null = half of the free device (or host) memory
+    memory_budget_mb: float | None = None
     optimizer: str = "sgd"  # sgd | momentum | adam (momentum/adam need engine=higher)
 
 

@@ -14,8 +14,9 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from dd.batched import ModelStack, train_stack
-from dd.config import MTTConfig
+from dd.config import InnerConfig, MTTConfig
 from dd.evaluate import accuracy, lr_schedule, set_loss, train_on_set
+from dd.inner import budget
 from dd.methods.mtt import Segment, Synthetic, outer_iteration
 from dd.models import FlatModel, build_model
 
@@ -49,8 +50,8 @@ def golden_plan(g: dict, name: str, n: int, steps: int) -> list[tuple[torch.Tens
 
 
 @pytest.mark.parametrize("plan_name", ["full", "mini"])
-@pytest.mark.parametrize("engine", ["unroll", "reverse", "higher"])
-def test_golden_mtt_iteration_equals_the_reference(engine, plan_name):
+@pytest.mark.parametrize("engine", ["unroll", "reverse", "higher", "auto", "auto-2-steps"])
+def test_golden_mtt_iteration_equals_the_reference(engine, plan_name, monkeypatch):
     g = load_file(str(REFERENCE / "mtt_iteration.safetensors"))
     s = SETTINGS["mtt_iteration"]
     m = MTTConfig(lr_img=s["lr_img"], lr_lr=s["lr_lr"], momentum=s["momentum"])
@@ -58,7 +59,10 @@ def test_golden_mtt_iteration_equals_the_reference(engine, plan_name):
     segment = Segment(expert=0, start_epoch=0, start=g["theta_start"], target=g["theta_target"])
     plan = golden_plan(g, plan_name, len(g["labels"]), s["syn_steps"])
 
-    res = outer_iteration(syn, golden_net(), segment, plan, dsa=None, engine=engine, min_lr=1e-12)
+    if engine == "auto-2-steps":  # a budget that holds two steps' graphs: six steps run as three segments
+        monkeypatch.setattr(budget, "steps_that_fit", lambda *a, **k: 2)
+    inner = InnerConfig(engine=engine.split("-")[0])
+    res = outer_iteration(syn, golden_net(), segment, plan, dsa=None, inner=inner, min_lr=1e-12)
 
     p = f"{plan_name}/"
     errors = {

@@ -118,3 +118,32 @@ def test_bad_engine_arguments():
         meta_gradient("reverse", step_loss, outer, theta0, learn, lr, 0)
     with pytest.raises(DDError, match="needs inner.engine=higher"):
         meta_gradient("reverse", step_loss, outer, theta0, learn, lr, 2, optimizer="adam")
+
+
+@pytest.mark.parametrize("fit", [1, 2, 3, 5])
+def test_auto_engine_equals_unroll_whatever_the_segments(monkeypatch, fit):
+    """auto with room for `fit` steps' graphs (5 = all of them: it is unroll) is exact."""
+    from dd.inner import budget
+
+    monkeypatch.setattr(budget, "steps_that_fit", lambda *a, **k: fit)
+    step_loss, outer, theta0, learn, lr = problem(5, 3, soft=True, per_step_lr=True)
+    ref = meta_gradient("unroll", step_loss, outer, theta0, learn, lr, 5)
+    got = meta_gradient("auto", step_loss, outer, theta0, learn, lr, 5)
+    assert torch.allclose(got.loss, ref.loss, rtol=1e-12, atol=0)
+    for a, b in zip(got.grads, ref.grads):
+        assert relerr(a, b) < 1e-10
+    assert relerr(got.lr_grad, ref.lr_grad) < 1e-10
+    assert torch.allclose(got.theta, ref.theta, rtol=0, atol=1e-12)
+
+
+def test_auto_engine_sizes_its_segments_from_the_budget():
+    from dd.inner import budget
+
+    step_loss, outer, theta0, learn, lr = problem(4, None)
+    per_step = budget.graph_bytes_of_step(step_loss, theta0, learn, lr)
+    assert per_step > theta0.numel() * theta0.element_size()  # more than the parameters alone
+    mb = 3 * per_step / 2**20
+    assert budget.steps_that_fit(step_loss, theta0, learn, lr, mb) == 3
+    assert budget.steps_that_fit(step_loss, theta0, learn, lr, 1e-9) == 1  # never below one step
+    with pytest.raises(DDError, match="memory_budget_mb=-1"):
+        meta_gradient("auto", step_loss, outer, theta0, learn, lr, 4, memory_budget_mb=-1)

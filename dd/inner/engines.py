@@ -6,12 +6,15 @@ d outer / d lr. The caller fixes every random choice of step i (minibatch, augme
 seed) inside `step_loss`, so recomputing step i gives the same function every time.
 
 - unroll:  autograd through the whole loop; memory grows with num_steps (the reference).
+- auto:    exact within a memory budget (dd.inner.budget): the graphs of as many steps as fit,
+           segments recomputed for the rest; `unroll` itself when every step fits.
 - reverse: exact. A forward sweep keeps only theta_0..theta_N; a backward sweep rebuilds one
            step's graph at a time and pulls the adjoint a = dL/dtheta_{i+1} back through it:
              dL/dtheta_i  = a - lr_i * H_i a          (a Hessian-vector product)
              dL/dX       += -lr_i * (d g_i / dX)^T a
              dL/dlr_i     = -<g_i, a>
-           so activation memory does not grow with num_steps.
+           so activation memory does not grow with num_steps. Nothing needs dL/dtheta_0, so
+           step 0 skips its Hessian-vector product.
 - tesla:   TESLA's approximation (Cui et al. 2023): the same sweep with a held at dL/dtheta_N,
            i.e. without the H_i a terms (paths from step i's batch to later parameters dropped).
 - higher:  the unrolled loop through the `higher` library's differentiable optimisers, which
@@ -24,11 +27,12 @@ from dataclasses import dataclass
 import torch
 
 from dd.errors import DDError
+from dd.inner import budget
 
 StepLoss = Callable[[torch.Tensor, Sequence[torch.Tensor], int], torch.Tensor]
 OuterLoss = Callable[[torch.Tensor], torch.Tensor]
 
-ENGINES = ("unroll", "reverse", "tesla", "higher")
+ENGINES = ("auto", "unroll", "reverse", "tesla", "higher")
 
 
 @dataclass
@@ -90,10 +94,11 @@ def _sweep_back(step_loss, outer, theta0, learnables, lr, num_steps, exact: bool
         leaves = [x.detach().requires_grad_(True) for x in learnables]
         (g,) = torch.autograd.grad(step_loss(theta, leaves, i), theta, create_graph=True)
         dot = torch.sum(g * adj)  # <g_i, a>: its gradient is the vector-Jacobian product we need
-        wrt = [theta, *leaves] if exact else leaves
+        carry = exact and i > 0  # the adjoint of theta_0 is never used: skip that Hessian-vector product
+        wrt = [theta, *leaves] if carry else leaves
         parts = _zeros_if_none(torch.autograd.grad(dot, wrt, allow_unused=True), wrt)
         lr_i = _lr_at(lr_value, i)
-        if exact:
+        if carry:
             hvp, parts = parts[0], parts[1:]
         for acc, p in zip(grads, parts):
             acc.sub_(lr_i * p)
@@ -101,7 +106,7 @@ def _sweep_back(step_loss, outer, theta0, learnables, lr, num_steps, exact: bool
             lr_grad[i] -= dot.detach()
         else:
             lr_grad -= dot.detach()
-        if exact:
+        if carry:
             adj = adj - lr_i * hvp
         thetas[i] = None  # this step is done; free it
     return MetaGrad(loss.detach(), grads, lr_grad, theta_n.detach())
@@ -141,15 +146,24 @@ def through_higher(step_loss, outer, theta0, learnables, lr, num_steps, optimize
 
 def meta_gradient(engine: str, step_loss: StepLoss, outer: OuterLoss, theta0: torch.Tensor,
                   learnables: Sequence[torch.Tensor], lr: torch.Tensor, num_steps: int,
-                  optimizer: str = "sgd") -> MetaGrad:
-    """Gradients of outer(theta_N) w.r.t. `learnables` and `lr` (a scalar, or one lr per step)."""
+                  optimizer: str = "sgd", memory_budget_mb: float | None = None) -> MetaGrad:
+    """Gradients of outer(theta_N) w.r.t. `learnables` and `lr` (a scalar, or one lr per step).
+
+    memory_budget_mb: for engine=auto, the memory the kept graphs may take (None: half of what is free)."""
     if num_steps <= 0:
         raise DDError(f"syn_steps={num_steps} is not allowed; it must be a positive integer")
     if lr.dim() > 0 and lr.numel() != num_steps:
         raise DDError(f"got {lr.numel()} per-step lrs for {num_steps} inner steps; give one lr or one per step")
+    if memory_budget_mb is not None and not memory_budget_mb > 0:
+        raise DDError(f"inner.memory_budget_mb={memory_budget_mb} is not allowed; give a positive number of MB or null")
     if optimizer != "sgd" and engine != "higher":
         raise DDError(f"inner.optimizer={optimizer} needs inner.engine=higher (the other engines do plain SGD)")
     learnables = list(learnables)
+    if engine == "auto":
+        fit = budget.steps_that_fit(step_loss, theta0, learnables, lr, memory_budget_mb)
+        if fit >= num_steps:
+            return unroll(step_loss, outer, theta0, learnables, lr, num_steps)
+        return MetaGrad(*budget.segmented(step_loss, outer, theta0, learnables, lr, num_steps, fit))
     if engine == "unroll":
         return unroll(step_loss, outer, theta0, learnables, lr, num_steps)
     if engine == "reverse":

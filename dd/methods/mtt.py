@@ -176,9 +176,10 @@ def matching_loss(theta_n: torch.Tensor, segment: Segment) -> torch.Tensor:
 
 
 def outer_iteration(syn: Synthetic, student: FlatModel, segment: Segment, plan, dsa: DSA | None,
-                    engine: str, min_lr: float, optimizer: str = "sgd") -> MetaGrad:
+                    inner, min_lr: float) -> MetaGrad:
     """Student steps from segment.start on the plan's batches, matching loss, meta-gradient, and the
-    optimiser steps of the learned tensors; a non-finite result is returned without updating anything."""
+    optimiser steps of the learned tensors; a non-finite result is returned without updating anything.
+    `inner` is the inner-loop config (engine, optimizer, memory_budget_mb)."""
 
     def step_loss(theta, learn, i):
         idx, aug_seed = plan[i]
@@ -187,8 +188,9 @@ def outer_iteration(syn: Synthetic, student: FlatModel, segment: Segment, plan, 
             x = dsa(x, seed=aug_seed)
         return set_loss(student(theta, x), syn.targets(learn, idx))
 
-    res = meta_gradient(engine, step_loss, lambda theta_n: matching_loss(theta_n, segment), segment.start,
-                        syn.learnables(), syn.syn_lr, len(plan), optimizer=optimizer)
+    res = meta_gradient(inner.engine, step_loss, lambda theta_n: matching_loss(theta_n, segment), segment.start,
+                        syn.learnables(), syn.syn_lr, len(plan), optimizer=inner.optimizer,
+                        memory_budget_mb=inner.memory_budget_mb)
     if res.is_finite():
         syn.apply(res, min_lr)
     return res
@@ -297,7 +299,7 @@ def distill(ctx: RunContext) -> SynSet:
         t_it = time.perf_counter()
         segment = draw_segment(buffer, experts, m, gen, device)
         plan = plan_steps(len(syn.labels), m.batch_syn, m.syn_steps, gen)
-        res = outer_iteration(syn, student, segment, plan, dsa, cfg.inner.engine, m.min_lr, cfg.inner.optimizer)
+        res = outer_iteration(syn, student, segment, plan, dsa, cfg.inner, m.min_lr)
         record_step(ctx, state, res, segment, syn, it, time.perf_counter() - t_it)
         bar.set_postfix(loss=f"{float(res.loss):.4f}", lr=f"{syn.lr_value():.4g}",
                         best=f"{100 * state.best['evaluation']['mean']:.1f}%")

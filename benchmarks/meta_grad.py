@@ -1,20 +1,20 @@
 """Time and memory of trajectory-matching outer iterations for each meta-gradient engine.
 
-One outer iteration is what `dd.methods.mtt` does per iteration: draw the student-step plan
-(`plan_steps`: shuffled minibatches of the synthetic set, one DSA seed per step), run
-`dd.inner.meta_gradient(engine, step_loss, outer, theta_start, [images], syn_lr, syn_steps)`
-with step_loss = set_loss(student(theta, DSA(x_batch, seed)), y_batch) and
-outer = ||theta_N - target||^2 / ||theta_start - target||^2, then one SGD step on the images
-and the learned lr. The data are random `torch.randn` images with balanced hard labels, the
+One outer iteration is the MTT module's own `dd.methods.mtt.outer_iteration` (the function
+`distill` calls): the student-step plan (`plan_steps`), the meta-gradient of the matching loss
+through the configured engine, and the image/lr optimiser steps (`Synthetic`, with MTTConfig's
+defaults). The data are random `torch.randn` images with balanced hard labels, the
 student is a randomly initialised ConvNet (instance norm, ReLU, avg pool), the expert start is
 that random init and the expert target the init plus small Gaussian noise. Everything is seeded.
 
 For each (engine, syn_steps) the script prints one JSON line
-    {"engine", "syn_steps", "ipc", "shape", "width", "batch_syn", "device",
+    {"engine", "syn_steps", "ipc", "shape", "width", "batch_syn", "device", "memory_budget_mb",
      "s_per_iter", "peak_mem_mb", "mem_kind", ...}
+(memory_budget_mb: --memory-budget-mb, the `auto` engine's budget; null when none was given)
 (a failed configuration, out of memory or past --timeout, gets "error" and null numbers),
 then a table (engine x syn_steps: s/iter, peak memory, time relative to unroll at the same
-syn_steps, and each engine's memory ratio syn_steps_max / syn_steps_min). All rows go to
+syn_steps, peak memory relative to unroll, and each engine's memory ratio syn_steps_max /
+syn_steps_min). All rows go to
 --json (default benchmarks/results/meta_grad_<device>.json, or meta_grad_<device>_quick.json
 with --quick) and a PNG of peak memory and s/iter against syn_steps to --plot (default: the
 json path with .png).
@@ -34,6 +34,7 @@ Memory:
 Usage (from the repository root):
     python benchmarks/meta_grad.py --quick
     python benchmarks/meta_grad.py --engine reverse,unroll --syn-steps 10,20,40,80 --ipc 10 --shape 3,32,32 --width 128 --iters 2
+    python benchmarks/meta_grad.py --engine unroll,auto --memory-budget-mb 1024 --syn-steps 10,40,80
     python benchmarks/meta_grad.py --device cuda --iters 5
 """
 
@@ -54,15 +55,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-ENGINES = ("unroll", "reverse", "tesla", "higher")
-
-# MTT's defaults (dd/config.py: MTTConfig) for the parts of an outer iteration outside the engine.
-LR_TEACHER = 0.01  # initial learned student lr
-LR_IMG = 1000.0
-LR_LR = 1e-5
-MOMENTUM = 0.5
-MIN_LR = 1e-6
 TARGET_NOISE = 0.01  # expert target = start + TARGET_NOISE * N(0, 1)
+
+
+def engines() -> tuple[str, ...]:
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from dd.inner import ENGINES
+
+    return ENGINES
 
 QUICK = {"shape": (1, 16, 16), "width": 32, "ipc": 10, "syn_steps": [10, 20, 40], "iters": 2}
 DEFAULTS = {"shape": (3, 32, 32), "width": 128, "ipc": 10, "syn_steps": [10, 20, 40, 80], "iters": 3}
@@ -89,9 +90,9 @@ def _int_list(text: str) -> list[int]:
 
 def _engines(text: str) -> list[str]:
     names = [s.strip() for s in text.split(",") if s.strip()]
-    bad = [n for n in names if n not in ENGINES]
+    bad = [n for n in names if n not in engines()]
     if not names or bad:
-        raise argparse.ArgumentTypeError(f"unknown engine(s) {bad or text!r}; choose from: {', '.join(ENGINES)}")
+        raise argparse.ArgumentTypeError(f"unknown engine(s) {bad or text!r}; choose from: {', '.join(engines())}")
     return list(dict.fromkeys(names))
 
 
@@ -106,7 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Time trajectory-matching outer iterations per meta-gradient engine (see module docstring).",
     )
-    p.add_argument("--engine", type=_engines, default=list(ENGINES), help="one engine or a comma list (default: unroll,reverse,tesla,higher)")
+    p.add_argument("--engine", type=_engines, default=None, help="one engine or a comma list (default: all of dd.inner.ENGINES)")
+    p.add_argument("--memory-budget-mb", type=float, default=None,
+                   help="the auto engine's memory budget in MB (default: none, i.e. half the free memory)")
     p.add_argument("--syn-steps", type=_int_list, default=None,
                    help="one or a comma list of inner steps (default 10,20,40,80; --quick: 10,20,40)")
     p.add_argument("--ipc", type=int, default=None, help="synthetic images per class (default 10)")
@@ -138,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
 def resolve(args: argparse.Namespace) -> argparse.Namespace:
     """Fill the options left unset from --quick or the defaults; explicit options always win."""
     base = QUICK if args.quick else DEFAULTS
+    if args.engine is None:
+        args.engine = list(engines())
     for key, value in base.items():
         if getattr(args, key) is None:
             setattr(args, key, list(value) if isinstance(value, list) else value)
@@ -245,6 +250,7 @@ def _base_row(args, engine: str, syn_steps: int) -> dict:
     return {
         "engine": engine, "syn_steps": syn_steps, "ipc": args.ipc, "shape": list(args.shape), "width": args.width,
         "batch_syn": n if args.batch_syn is None else min(args.batch_syn, n), "device": args.device,
+        "memory_budget_mb": args.memory_budget_mb,
         "s_per_iter": None, "peak_mem_mb": None, "mem_kind": MEM_KIND[args.device],
         "classes": args.classes, "depth": args.depth, "dsa": args.dsa, "iters": args.iters, "warmup": args.warmup,
         "isolated": bool(args.isolate),
@@ -255,10 +261,9 @@ def measure(args, engine: str, syn_steps: int) -> dict:
     """Run warm-up + timed outer iterations of one configuration in this process; return its row."""
     import torch
 
+    from dd.config import InnerConfig, MTTConfig
     from dd.data import DSA
-    from dd.evaluate import set_loss
-    from dd.inner import meta_gradient
-    from dd.methods.mtt import plan_steps
+    from dd.methods.mtt import Segment, Synthetic, outer_iteration, plan_steps
     from dd.models import FlatModel, build_model
 
     row = _base_row(args, engine, syn_steps)
@@ -279,39 +284,20 @@ def measure(args, engine: str, syn_steps: int) -> dict:
     row["depth"] = sum(isinstance(m, torch.nn.Conv2d) for m in module.modules())
     student = FlatModel(module)
     n = args.ipc * args.classes
-    images = torch.randn(n, c, h, w, generator=gen).to(device).requires_grad_(True)
+    m = MTTConfig()
+    images = torch.randn(n, c, h, w, generator=gen).to(device)
     labels = torch.arange(args.classes).repeat_interleave(args.ipc).to(device)
+    syn = Synthetic.create(images, labels, m.lr_teacher, m)
     theta_start = student.flatten().detach()
     theta_target = theta_start + TARGET_NOISE * torch.randn(theta_start.shape, generator=gen).to(device)
-    scale = torch.sum((theta_start - theta_target) ** 2)
-    syn_lr = torch.tensor(LR_TEACHER, device=device, requires_grad=True)
-    opt_img = torch.optim.SGD([images], lr=LR_IMG, momentum=MOMENTUM)
-    opt_lr = torch.optim.SGD([syn_lr], lr=LR_LR, momentum=MOMENTUM)
+    segment = Segment(expert=0, start_epoch=0, start=theta_start, target=theta_target)
+    inner = InnerConfig(engine=engine, memory_budget_mb=args.memory_budget_mb)
     dsa = DSA() if args.dsa else None
     row["params"] = student.numel
 
-    def outer_iteration() -> float:
-        # exactly as dd.methods.mtt.distill builds one iteration
+    def one_iteration() -> float:
         plan = plan_steps(n, args.batch_syn, syn_steps, gen)
-
-        def step_loss(theta, learn, i, plan=plan):
-            idx, seed = plan[i]
-            x = learn[0][idx]
-            if dsa is not None:
-                x = dsa(x, seed=seed)
-            return set_loss(student(theta, x), labels[idx])
-
-        def outer(theta_n):
-            return torch.sum((theta_n - theta_target) ** 2) / scale
-
-        res = meta_gradient(engine, step_loss, outer, theta_start, [images], syn_lr, syn_steps)
-        if torch.isfinite(res.loss) and all(torch.isfinite(g).all() for g in (*res.grads, res.lr_grad)):
-            images.grad, syn_lr.grad = res.grads[0], res.lr_grad
-            opt_img.step()
-            opt_lr.step()
-            with torch.no_grad():
-                syn_lr.clamp_(min=MIN_LR)
-        return float(res.loss)
+        return float(outer_iteration(syn, student, segment, plan, dsa, inner, m.min_lr).loss)
 
     def sync():
         if cuda:
@@ -331,7 +317,7 @@ def measure(args, engine: str, syn_steps: int) -> dict:
     else:
         baseline = _rss_mb()
     for _ in range(args.warmup):
-        outer_iteration()
+        one_iteration()
         check_deadline()
     sync()
     if cuda:
@@ -342,7 +328,7 @@ def measure(args, engine: str, syn_steps: int) -> dict:
     for _ in range(args.iters):
         sync()
         t0 = time.perf_counter()
-        losses.append(outer_iteration())
+        losses.append(one_iteration())
         sync()
         times.append(time.perf_counter() - t0)
         check_deadline()
@@ -389,6 +375,7 @@ def _child_argv(args, engine: str, syn_steps: int) -> list[str]:
             "--width", str(args.width), "--iters", str(args.iters), "--warmup", str(args.warmup),
             "--device", args.device, "--dsa" if args.dsa else "--no-dsa", "--seed", str(args.seed),
             "--threads", str(args.threads),
+            *(["--memory-budget-mb", str(args.memory_budget_mb)] if args.memory_budget_mb is not None else []),
             "--timeout", str(args.timeout), "--mem-limit-mb", str(args.mem_limit_mb), "--isolate"]
     if args.depth is not None:
         argv += ["--depth", str(args.depth)]
@@ -444,8 +431,9 @@ def format_table(rows: list[dict], args) -> str:
             return {"oom": "OOM", "timeout": "timeout", "skipped": "skipped"}.get(r.get("error_kind"), "error")
         text = f"{r['s_per_iter']:.3g} s  {_fmt_mem(r['peak_mem_mb'])}"
         u = by.get(("unroll", n))
-        if ok(u) and u["s_per_iter"] > 0:
-            text += f"  {r['s_per_iter'] / u['s_per_iter']:.2f}x"
+        if ok(u) and u["s_per_iter"] > 0 and e != "unroll":
+            text += f"  ({r['s_per_iter'] / u['s_per_iter']:.2f}x time"
+            text += f", {r['peak_mem_mb'] / u['peak_mem_mb']:.2f}x mem)" if u["peak_mem_mb"] > 0 else ")"
         return text
 
     def mem_ratio(e):
@@ -471,7 +459,9 @@ def format_table(rows: list[dict], args) -> str:
     mem_note = ("peak memory = torch.cuda.max_memory_allocated over the timed iterations" if args.device == "cuda"
                 else "peak memory = peak RSS during the timed iterations - RSS before the first iteration"
                 + ("" if args.isolate else " (NOT isolated: unreliable)"))
-    notes = ["cell: s/iter  peak memory  s/iter relative to unroll at the same syn_steps", mem_note,
+    budget = "none" if args.memory_budget_mb is None else f"{args.memory_budget_mb:g} MB"
+    notes = ["cell: s/iter  peak memory  (time and peak memory relative to unroll at the same syn_steps)",
+             f"auto's memory budget: {budget}", mem_note,
              "mem max/min: an engine's peak memory at its largest / smallest completed syn_steps"]
     rule = "-+-".join("-" * wd for wd in widths)
     return "\n".join([title, fmt(header), rule, *map(fmt, body), *notes])

@@ -23,11 +23,13 @@ $(STAMP): pyproject.toml
 DEMO := outputs/demo
 
 # The main job on the embedded defaults: trajectory matching on digits (IPC 1), experts included,
+# a second opinion on that set from an evaluator that shares no code with ddlab,
 # then random / herding / k-center at the same IPC with the same evaluation, and the table; then
 # attention-label distillation on the synthetic topic task with MiniLM, beside random-real and full data.
 demo: install
 	rm -rf $(DEMO)
 	$(VENV)/bin/dd-distill experiment=digits_mtt_ipc1 hydra.run.dir=$(DEMO)/mtt
+	$(PY) experiments/digits/independent_eval.py $(DEMO)/mtt/distilled --json $(DEMO)/mtt/independent_eval.json
 	$(VENV)/bin/dd-distill -m experiment=digits_baselines method=random,herding,kcenter ipc=1 hydra.sweep.dir=$(DEMO)/baselines
 	$(VENV)/bin/dd-table $(DEMO)/mtt $(DEMO)/baselines
 	$(VENV)/bin/dd-distill experiment=topics_attn_ipc1 hydra.run.dir=$(DEMO)/text

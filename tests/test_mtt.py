@@ -134,7 +134,7 @@ def test_nonfinite_losses_stop_the_run_without_export(tmp_path, monkeypatch):
     import dd.methods.mtt as mtt
     from dd.inner import MetaGrad
 
-    def poisoned(engine, step_loss, outer, theta0, learnables, lr, n, optimizer="sgd"):
+    def poisoned(engine, step_loss, outer, theta0, learnables, lr, n, **options):
         nan = torch.tensor(float("nan"))
         return MetaGrad(nan, [torch.zeros_like(x) for x in learnables], torch.zeros_like(lr), theta0)
 
@@ -149,7 +149,7 @@ def test_learned_lr_never_goes_below_its_floor(tmp_path, monkeypatch):
     import dd.methods.mtt as mtt
     from dd.inner import MetaGrad
 
-    def pushes_lr_negative(engine, step_loss, outer, theta0, learnables, lr, n, optimizer="sgd"):
+    def pushes_lr_negative(engine, step_loss, outer, theta0, learnables, lr, n, **options):
         return MetaGrad(torch.tensor(1.0), [torch.zeros_like(x) for x in learnables], torch.full_like(lr, 1e6), theta0)
 
     monkeypatch.setattr(mtt, "meta_gradient", pushes_lr_negative)

@@ -18,6 +18,7 @@ tests call with an explicit plan.
 import logging
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -269,6 +270,28 @@ def paper_max(state: LoopState) -> dict:
 
 
 
+@dataclass
+class Checkpointer:
+    """Saves and restores the learned tensors, the generator and the loop state (resume is exact)."""
+
+    path: Path
+    digest: str
+    device: torch.device
+
+    def save(self, syn: Synthetic, gen: torch.Generator, state: LoopState, next_it: int) -> None:
+        state.next_it = next_it
+        blob = {"digest": self.digest, **syn.state_dict(), "gen_state": gen.get_state(), "state": asdict(state)}
+        write_file(self.path, lambda p: torch.save(blob, p))
+
+    def restore(self, syn: Synthetic, gen: torch.Generator) -> LoopState:
+        saved = load_checkpoint(self.path, self.digest, self.device)
+        syn.load_state_dict(saved)
+        gen.set_state(saved["gen_state"])
+        state = LoopState(**saved["state"])
+        log.info("resumed from %s at iteration %d", self.path, state.next_it)
+        return state
+
+
 def distill(ctx: RunContext) -> SynSet:
     cfg, data, device, m = ctx.cfg, ctx.data, ctx.device, ctx.cfg.method
     check_ipc(data, cfg.ipc)
@@ -306,26 +329,6 @@ def distill(ctx: RunContext) -> SynSet:
     ckpt.save(syn, gen, state, m.iterations)
     return finish(ctx, syn, state, {"buffer": str(buffer.folder), "experts": len(experts),
                                     "expert_test_accuracy": expert_acc}, expert_s)
-
-
-@dataclass
-class Checkpointer:
-    path: object
-    digest: str
-    device: object
-
-    def save(self, syn: Synthetic, gen: torch.Generator, state: LoopState, next_it: int) -> None:
-        state.next_it = next_it
-        blob = {"digest": self.digest, **syn.state_dict(), "gen_state": gen.get_state(), "state": asdict(state)}
-        write_file(self.path, lambda p: torch.save(blob, p))
-
-    def restore(self, syn: Synthetic, gen: torch.Generator) -> LoopState:
-        saved = load_checkpoint(self.path, self.digest, self.device)
-        syn.load_state_dict(saved)
-        gen.set_state(saved["gen_state"])
-        state = LoopState(**saved["state"])
-        log.info("resumed from %s at iteration %d", self.path, state.next_it)
-        return state
 
 
 def finish(ctx: RunContext, syn: Synthetic, state: LoopState, provenance: dict, expert_s: float) -> SynSet:

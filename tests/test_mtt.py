@@ -177,3 +177,27 @@ def test_bad_method_settings(tmp_path, override, message):
     with pytest.raises(DDError, match=message):
         run(config(tmp_path, override), tmp_path / "run")
     assert not (tmp_path / "run" / "results.json").exists()
+
+
+def test_distillation_uses_exactly_the_configured_experts(tmp_path, monkeypatch):
+    """A buffer folder shared with a bigger run holds more experts; this run draws only from its own."""
+    from dd.experts import build_buffer
+    from dd.pipeline import load_data
+
+    cfg = config(tmp_path)
+    build_buffer(cfg, load_data(cfg), "cpu", ids=[0, 1, 2, 3], progress=False)  # a bigger run's experts
+    import dd.methods.mtt as mtt
+
+    drawn = []
+    real = mtt.draw_segment
+
+    def recording(buffer, experts, *a, **k):
+        segment = real(buffer, experts, *a, **k)
+        drawn.append((tuple(experts), segment.expert))
+        return segment
+
+    monkeypatch.setattr(mtt, "draw_segment", recording)
+    results = run(cfg, tmp_path / "run")
+    assert drawn and all(experts == (0, 1) and e in (0, 1) for experts, e in drawn)
+    assert load(tmp_path / "run" / "distilled").meta["experts"] == 2
+    assert results["method"] == "mtt"

@@ -297,9 +297,10 @@ def distill(ctx: RunContext) -> SynSet:
     check_ipc(data, cfg.ipc)
     check_method(m, cfg.inner, cfg.buffer.epochs)
     t0 = time.perf_counter()
-    buffer = build_buffer(cfg, data, device, ids=list(range(cfg.buffer.num_experts)), progress=ctx.progress)
-    experts, expert_s = buffer.finished(), time.perf_counter() - t0
-    expert_acc = sum(r["test_accuracy"] for r in buffer.records()) / len(experts)
+    experts = list(range(cfg.buffer.num_experts))  # exactly these, whatever else the folder holds
+    buffer = build_buffer(cfg, data, device, ids=experts, progress=ctx.progress)
+    expert_s = time.perf_counter() - t0
+    expert_acc = sum(r["test_accuracy"] for r in buffer.records() if r["id"] in experts) / len(experts)
     log.info("buffer %s: %d experts, test accuracy %.2f%% mean", buffer.folder, len(experts), 100 * expert_acc)
 
     student = FlatModel(new_model(cfg.model, data).to(device))

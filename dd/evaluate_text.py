@@ -3,8 +3,9 @@
 Each run starts from an exact copy of the pretrained body and a freshly drawn head (seeded
 per run), takes one plain SGD step per learned lr on fixed class-balanced batches of the
 set, with the same loss as in distillation (CE + lambda * attention KL), and is scored on
-every test example. Reported: mean and (population) std of accuracy over the K runs, and
-of binary F1 where the dataset asks for it (MRPC).
+every test example. Reported: mean and (population) std of accuracy and of macro-F1 over the K
+runs, binary F1 where the dataset asks for it (MRPC), the majority-class rate of the scored
+split (what a constant predictor gets) and the share of runs that predict a single class.
 """
 
 import time
@@ -90,9 +91,27 @@ def binary_f1(preds: torch.Tensor, labels: torch.Tensor) -> float:
     return 0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn)
 
 
+def macro_f1(preds: torch.Tensor, labels: torch.Tensor, num_classes: int) -> float:
+    """Unweighted mean over classes of each class's F1 (a class never predicted nor present scores 0)."""
+    f1s = []
+    for c in range(num_classes):
+        tp = int(((preds == c) & (labels == c)).sum())
+        fp = int(((preds == c) & (labels != c)).sum())
+        fn = int(((preds != c) & (labels == c)).sum())
+        f1s.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
+    return float(np.mean(f1s))
+
+
+def majority_rate(split: TextSplit) -> float:
+    """Accuracy of the constant predictor of the split's most frequent class."""
+    return float(torch.bincount(split.labels).max()) / max(1, len(split))
+
+
 def score(clf, theta: torch.Tensor, split: TextSplit, batch_size: int = 256) -> dict:
     preds = predict(clf, theta, split, batch_size)
-    return {"accuracy": float((preds == split.labels).float().mean()), "f1": binary_f1(preds, split.labels)}
+    return {"accuracy": float((preds == split.labels).float().mean()), "f1": binary_f1(preds, split.labels),
+            "macro_f1": macro_f1(preds, split.labels, clf.num_classes),
+            "single_class": bool(len(torch.unique(preds)) == 1)}
 
 
 @dataclass
@@ -104,6 +123,9 @@ class TextEvalResult:
     seconds: float
     steps: int | None = None  # SGD steps per run (None: fine-tuning)
     f1: dict | None = None  # {"mean", "std", "per_model"} where the dataset reports F1
+    macro_f1: dict | None = None  # {"mean", "std", "per_model"}: unweighted mean of the per-class F1s
+    majority_rate: float | None = None  # accuracy of always predicting the scored split's most frequent class
+    single_class_fraction: float | None = None  # share of the runs whose predictions are all one class
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -112,16 +134,27 @@ class TextEvalResult:
         text = f"{100 * self.mean:.2f} ± {100 * self.std:.2f}% (K={len(self.per_model)}, {self.model})"
         if self.f1:
             text += f", F1 {100 * self.f1['mean']:.2f} ± {100 * self.f1['std']:.2f}"
+        if self.macro_f1:
+            text += f", macro-F1 {100 * self.macro_f1['mean']:.2f} ± {100 * self.macro_f1['std']:.2f}"
+        if self.majority_rate is not None:
+            text += f"; majority class {100 * self.majority_rate:.2f}%"
+        if self.single_class_fraction:
+            text += f"; {100 * self.single_class_fraction:.0f}% of runs predict one class only"
         return text
 
 
-def summarise(scores: list[dict], model: str, seconds: float, steps: int | None, with_f1: bool) -> TextEvalResult:
+def _stat(values: list[float]) -> dict:
+    return {"mean": float(np.mean(values)), "std": float(np.std(values)), "per_model": values}
+
+
+def summarise(scores: list[dict], model: str, seconds: float, steps: int | None, with_f1: bool,
+              split: TextSplit | None = None) -> TextEvalResult:
     accs = [s["accuracy"] for s in scores]
-    f1 = None
-    if with_f1:
-        f1s = [s["f1"] for s in scores]
-        f1 = {"mean": float(np.mean(f1s)), "std": float(np.std(f1s)), "per_model": f1s}
-    return TextEvalResult(accs, float(np.mean(accs)), float(np.std(accs)), model, seconds, steps, f1)
+    f1 = _stat([s["f1"] for s in scores]) if with_f1 else None
+    return TextEvalResult(accs, float(np.mean(accs)), float(np.std(accs)), model, seconds, steps, f1,
+                          macro_f1=_stat([s["macro_f1"] for s in scores]),
+                          majority_rate=None if split is None else majority_rate(split),
+                          single_class_fraction=float(np.mean([s["single_class"] for s in scores])))
 
 
 def evaluate_text_set(clf, tset: TextSet, data: TextDataset, num_models: int, *, seed: int = 0, round: int = 0,
@@ -141,4 +174,4 @@ def evaluate_text_set(clf, tset: TextSet, data: TextDataset, num_models: int, *,
         theta = train_steps(clf, theta, tset)
         scores.append(score(clf, theta, split, batch_size))
         bar.set_postfix(acc=f"{100 * np.mean([s['accuracy'] for s in scores]):.1f}%")
-    return summarise(scores, clf.backbone.name, time.perf_counter() - start, tset.steps, data.f1)
+    return summarise(scores, clf.backbone.name, time.perf_counter() - start, tset.steps, data.f1, split)

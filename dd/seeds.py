@@ -15,6 +15,9 @@ Purposes used across ddlab (a name is just a label; these are the ones in use):
     text_eval_head                    text: the head of evaluation run k of round r
     text_data, text_train_head        attention labels: real-batch order, the learner's head at step s
     finetune_head, finetune_data      full fine-tuning run k
+    loss_prune_head, loss_prune_data  loss_prune: the scorer's fine-tuning run
+    text_select_split                 attention labels, method.select=best_val: the held-out training examples
+    text_select_head                  attention labels, method.select: learner k of the quick evaluation at step s
     global                            torch's global generator, for code that draws from it
 """
 

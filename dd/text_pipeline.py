@@ -17,7 +17,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from dd import seeds
-from dd.config import FullFinetuneConfig, RandomTextConfig
+from dd.config import FullFinetuneConfig, HerdingTextConfig, LossPruneConfig, RandomTextConfig
 from dd.data.text import load_text_dataset
 from dd.device import resolve_device
 from dd.errors import DDError
@@ -29,7 +29,8 @@ from dd.models.bert import TextClassifier, load_backbone
 from dd.tracking import Tracker, make_tracker
 
 log = logging.getLogger(__name__)
-BASELINES = {"random_text": RandomTextConfig, "full_finetune": FullFinetuneConfig}
+BASELINES = {"random_text": RandomTextConfig, "full_finetune": FullFinetuneConfig, "loss_prune": LossPruneConfig,
+             "herding_text": HerdingTextConfig}
 PREVIEW_TOKENS = 24  # decoded positions per example kept in meta.json
 
 
@@ -47,7 +48,7 @@ def compare_configs(cfg: DictConfig) -> dict[str, DictConfig]:
         if name not in BASELINES:
             raise DDError(f"method.compare '{name}' is unknown; choose from: {', '.join(BASELINES)}")
         base = OmegaConf.structured(BASELINES[name])
-        if name == "random_text":  # the same number of steps and batches as the distilled set
+        if name in ("random_text", "loss_prune", "herding_text"):  # the same steps and batches as the distilled set
             base.inner_steps = cfg.method.inner_steps
             base.batch_per_class = cfg.method.batch_per_class
         try:
@@ -117,6 +118,10 @@ def results_of(name: str, evaluation, data, cfg, model_name: str, timings: dict,
     }
     if evaluation.f1 is not None:
         results["f1"] = evaluation.f1
+    if evaluation.macro_f1 is not None:
+        results["macro_f1"] = evaluation.macro_f1
+    results["majority_rate"] = evaluation.majority_rate
+    results["single_class_fraction"] = evaluation.single_class_fraction
     return results
 
 
@@ -159,7 +164,8 @@ def run_text(cfg: DictConfig, out_dir: str | Path, group: str | None = None) -> 
                                  OmegaConf.to_container(sub, resolve=True))
             sub_res["method_info"] = {k: v for k, v in sub_syn.extra_meta.items() if k != "texts"}
             write_json(sub_dir / "results.json", sub_res)
-            comparison[name] = {k: sub_res[k] for k in ("accuracy", "f1", "timings") if k in sub_res}
+            comparison[name] = {k: sub_res[k] for k in ("accuracy", "f1", "macro_f1", "single_class_fraction", "timings")
+                                if k in sub_res}
             log.info("%s %s ipc=%d: %s", name, data.name, cfg.ipc, sub_syn.evaluation)
         if syn.export and cfg.export:
             dset = text_set(syn, clf, data, cfg, resolved, evaluation.as_dict())
@@ -172,6 +178,9 @@ def run_text(cfg: DictConfig, out_dir: str | Path, group: str | None = None) -> 
         timings["peak_rss_mb"] = peak_rss_mb()
         results = results_of(cfg.method.name, evaluation, data, cfg, model_name, timings, resolved)
         results["backbone"] = backbone.name
+        results["method_info"] = {k: v for k, v in syn.extra_meta.items() if k != "texts"}
+        if cfg.method.get("select") == "best_test":  # never let this pass for a clean number
+            results["selected_on_test_split"] = True
         if comparison:
             results["comparison"] = comparison
         tracker.summary({"test_acc_mean": evaluation.mean, "test_acc_std": evaluation.std})

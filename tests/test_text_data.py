@@ -111,3 +111,32 @@ def test_hf_dataset_offline_without_cache_is_one_line(tmp_path, monkeypatch, tok
         load_text_dataset(cfg, tokenizer)
     msg = str(info.value)
     assert "ag_news" in msg and "not in the local" in msg and "network is off" in msg and "\n" not in msg
+
+
+def test_fortune_files_become_a_topic_task_with_a_fixed_split(tmp_path, tokenizer):
+    (tmp_path / "food").write_text("pie is good\n%\nsoup\nof the day\n%\ntea\n%\ncake\n%\nbread\n")
+    (tmp_path / "law").write_text("a lawyer\n%\nthe court\n%   \nthe judge\n%\n")
+    cfg = dataset_cfg(name="f", source="fortunes", root=str(tmp_path), categories=["food", "law"], test_every=2,
+                      max_length=8)
+    data = load_text_dataset(cfg, tokenizer)
+    assert data.class_names == ["food", "law"] and not data.synthetic
+    # every 2nd entry of each file (file order) is a test example; whitespace squeezed
+    assert data.train.texts == ["pie is good", "tea", "bread", "a lawyer", "the judge"]
+    assert data.test.texts == ["soup of the day", "cake", "the court"]
+    assert data.train.labels.tolist() == [0, 0, 0, 1, 1] and data.test.labels.tolist() == [0, 0, 1]
+    with pytest.raises(DDError, match="apt-get install fortunes"):
+        load_text_dataset(dataset_cfg(name="f", source="fortunes", root=str(tmp_path), categories=["food", "nope"]),
+                          tokenizer)
+
+
+def test_the_real_text_fixture_is_imbalanced_real_text(tokenizer):
+    """tests/data/fortunes_small: 300 + 175 entries of Debian's fortune files (BSD), 4 imbalanced classes."""
+    from pathlib import Path
+
+    root = Path(__file__).parent / "data" / "fortunes_small"
+    cfg = dataset_cfg(name="fortunes_small", source="files", train_file=str(root / "train.csv"),
+                      test_file=str(root / "test.csv"), max_length=32)
+    data = load_text_dataset(cfg, tokenizer)
+    assert data.class_names == ["computers", "food", "politics", "sports"]
+    assert torch.bincount(data.train.labels).tolist() == [150, 30, 100, 20]
+    assert len(data.test) == 175

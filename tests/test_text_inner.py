@@ -36,7 +36,10 @@ def data(backbone):
 
 
 def method(**kw):
-    return OmegaConf.structured(AttentionLabelsConfig(**kw))
+    """The method config with the paper's N(0,1) starts unless told otherwise (the lrs tied to lr_inputs_embeds
+    resolve against `method`, as in a composed run config)."""
+    kw = {"init": "random", "attention_init": "random", **kw}
+    return OmegaConf.create({"method": OmegaConf.structured(AttentionLabelsConfig(**kw))}).method
 
 
 def meta_problem(clf, data, m, ipc=2, dtype=torch.float32):

@@ -6,6 +6,7 @@ with the backbone's tokenizer, padded to `max_length`, into tensors ready for BE
 
 import os
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import torch
 
 from dd.errors import DDError
 
-SOURCES = ("synthetic", "hf", "files")
+SOURCES = ("synthetic", "hf", "files", "fortunes")
 FILE_TYPES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 
 
@@ -146,6 +147,41 @@ def _rows(texts, pairs, labels, mapping) -> RawSplit:
     return RawSplit([str(t) for t in texts], None if pairs is None else [str(t) for t in pairs], labels)
 
 
+# --- real text shipped by Debian's `fortunes` package -------------------------------------------
+
+FORTUNES_DIR = "/usr/share/games/fortunes"
+
+
+def fortune_entries(path: Path) -> list[str]:
+    """The entries of one fortune file: blocks separated by lines holding only '%', whitespace squeezed."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    return [" ".join(block.split()) for block in re.split(r"^%[ \t]*$", text, flags=re.M) if block.strip()]
+
+
+def fortune_splits(cfg) -> tuple[RawSplit, RawSplit, list[str]]:
+    """A topic task built from fortune files: the label is the file (category) an entry comes from.
+
+    Split, fixed and seed-free: within each category, entry i (in file order) goes to test when
+    i % test_every == test_every - 1, to train otherwise.
+    """
+    root = Path(cfg.root or FORTUNES_DIR).expanduser()
+    if not cfg.categories or len(cfg.categories) < 2:
+        raise DDError(f"dataset.categories={list(cfg.categories or [])}: give two or more fortune files (e.g. computers, politics)")
+    if cfg.test_every < 2:
+        raise DDError(f"dataset.test_every={cfg.test_every} is not allowed; it must be at least 2")
+    train, test = RawSplit([], None, []), RawSplit([], None, [])
+    for c, name in enumerate(cfg.categories):
+        path = root / name
+        if not path.is_file():
+            raise DDError(f"dataset '{cfg.name}': no fortune file {path}; install Debian's package "
+                          "(apt-get install fortunes) or point dataset.root at a folder of fortune files")
+        for i, entry in enumerate(fortune_entries(path)):
+            split = test if i % cfg.test_every == cfg.test_every - 1 else train
+            split.texts.append(entry)
+            split.labels.append(c)
+    return train, test, [str(n) for n in cfg.categories]
+
+
 # --- local files -------------------------------------------------------------------------------
 
 def read_table(path: str | None, what: str):
@@ -236,6 +272,8 @@ def load_text_dataset(cfg, tokenizer) -> TextDataset:
         train, test, names = synthetic_topics(cfg.num_train, cfg.num_test, cfg.label_noise, cfg.seed)
     elif cfg.source == "hf":
         train, test, names = hf_splits(cfg)
+    elif cfg.source == "fortunes":
+        train, test, names = fortune_splits(cfg)
     else:
         train, test, names = file_splits(cfg)
     if cfg.train_limit is not None:

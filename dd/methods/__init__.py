@@ -42,10 +42,22 @@ def run_full_finetune(ctx: RunContext):
     return run_full_finetune(ctx)
 
 
+def run_loss_prune(ctx: RunContext):
+    from dd.methods.text_baselines import run_loss_prune
+
+    return run_loss_prune(ctx)
+
+
+def run_herding_text(ctx: RunContext):
+    from dd.methods.text_baselines import run_herding_text
+
+    return run_herding_text(ctx)
+
+
 METHODS = {"random": run_coreset, "herding": run_coreset, "kcenter": run_coreset, "full": run_full, "mtt": run_mtt,
            # text methods (dataset kind=text; run through dd.text_pipeline)
            "attention_labels": run_attention_labels, "random_text": run_random_text,
-           "full_finetune": run_full_finetune}
+           "full_finetune": run_full_finetune, "loss_prune": run_loss_prune, "herding_text": run_herding_text}
 
 
 def run_method(ctx: RunContext) -> SynSet:

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from dd import seeds
 from dd.checkpoint import CHECKPOINT, load_checkpoint, run_digest
 from dd.errors import DDError
-from dd.evaluate_text import TextSet, batch_indices, batches, evaluate_text_set
+from dd.evaluate_text import TextSet, batch_indices, batches, evaluate_text_set, train_steps
 from dd.fsutil import write_file
 from dd.inner import ENGINES, meta_gradient
 from dd.methods.text_base import TextRunContext, TextSynSet, check_ipc, require_text
@@ -36,6 +36,7 @@ from dd.text_loss import ATTENTION_LABELS, LABEL_TYPES, learner_loss, targets_of
 log = logging.getLogger(__name__)
 INITS = ("random", "real")
 ATTENTION_INITS = ("random", "model")
+SELECT = ("last", "best_val", "best_test")
 
 
 def softplus_inverse(x: float) -> float:
@@ -49,7 +50,8 @@ def check_method(m, ipc: int, engine: str) -> None:
     for key, value in positive.items():
         if not value > 0:
             raise DDError(f"method.{key}={value} is not allowed; it must be positive")
-    for key in ("lr_inputs_embeds", "lr_labels", "lr_attention_labels", "lr_lr", "weight_decay", "attention_lambda"):
+    for key in ("lr_inputs_embeds", "lr_labels", "lr_attention_labels", "lr_lr", "weight_decay", "weight_decay_labels",
+                "weight_decay_lr", "attention_lambda"):
         if not m[key] >= 0:
             raise DDError(f"method.{key}={m[key]} is not allowed; it must be >= 0 (0 freezes / switches it off)")
     if m.max_steps is not None and m.max_steps <= 0:
@@ -59,9 +61,15 @@ def check_method(m, ipc: int, engine: str) -> None:
     if ipc % m.batch_per_class:
         raise DDError(f"method.batch_per_class={m.batch_per_class} must divide ipc={ipc}")
     for key, allowed in (("init", INITS), ("label_type", LABEL_TYPES), ("attention_labels", ATTENTION_LABELS),
-                         ("attention_init", ATTENTION_INITS)):
+                         ("attention_init", ATTENTION_INITS), ("select", SELECT)):
         if m[key] not in allowed:
             raise DDError(f"method.{key} '{m[key]}' is unknown; choose one of: {', '.join(allowed)}")
+    if m.select != "last":
+        if m.select_runs <= 0 or (m.select_every is not None and m.select_every <= 0):
+            raise DDError(f"method.select_runs={m.select_runs}, method.select_every={m.select_every}: both must be "
+                          "positive (select_every may be null: once per epoch)")
+        if m.select == "best_val" and m.val_size <= 0:
+            raise DDError(f"method.val_size={m.val_size} is not allowed; method.select=best_val needs held-out examples")
     if engine not in ENGINES:
         raise DDError(f"inner.engine '{engine}' is unknown; choose one of: {', '.join(ENGINES)}")
 
@@ -154,17 +162,49 @@ class Distilled:
         )
 
 
-def real_batch(data, step: int, batch_size: int, seed: int):
-    """Step s's real batch: a slice of its epoch's permutation (drop-last), a pure function of (seed, s)."""
-    n = len(data.train)
+def real_batch(pool: torch.Tensor, step: int, batch_size: int, seed: int):
+    """Step s's real batch of train indices: a slice of its epoch's permutation of `pool` (drop-last),
+    a pure function of (seed, s)."""
+    n = len(pool)
     per_epoch = max(1, n // batch_size)
     epoch, k = divmod(step, per_epoch)
     perm = torch.randperm(n, generator=seeds.generator("text_data", seed, epoch))
-    return perm[k * batch_size : (k + 1) * batch_size]
+    return pool[perm[k * batch_size : (k + 1) * batch_size]]
 
 
 def total_steps(m, n_train: int) -> int:
     return m.max_steps if m.max_steps is not None else m.epochs * max(1, n_train // m.real_batch_size)
+
+
+def selection_split(data, m, seed: int):
+    """(pool of real-batch indices, the split quick evaluations score on, its name) for method.select."""
+    n = len(data.train)
+    if m.select != "best_val":
+        return torch.arange(n), (data.test if m.select == "best_test" else None), m.select
+    if not m.val_size < n - m.real_batch_size:
+        raise DDError(f"method.val_size={m.val_size} leaves fewer than method.real_batch_size={m.real_batch_size} "
+                      f"of the {n} training examples for the real batches")
+    perm = torch.randperm(n, generator=seeds.generator("text_select_split", seed))
+    return perm[m.val_size :].sort().values, data.train.subset(perm[: m.val_size].sort().values), "best_val"
+
+
+@torch.no_grad()
+def split_loss(clf, theta: torch.Tensor, split, batch_size: int) -> float:
+    """Mean cross-entropy of the learner on every example of `split`."""
+    total = 0.0
+    for ids, mask, types, labels in batches(split, batch_size, theta.device):
+        logits, _ = clf(theta, clf.embed(ids), mask, types)
+        total += float(F.cross_entropy(logits, labels, reduction="sum"))
+    return total / len(split)
+
+
+def quick_loss(clf, tset, split, runs: int, seed: int, step: int, batch_size: int) -> float:
+    """The reference's per-epoch check: mean loss on `split` of `runs` learners trained on the set."""
+    losses = []
+    for k in range(runs):
+        theta = train_steps(clf, clf.new_theta(seeds.generator("text_select_head", seed, step, k)), tset)
+        losses.append(split_loss(clf, theta, split, batch_size))
+    return sum(losses) / len(losses)
 
 
 def linear_schedule(total: int, warmup_ratio: float):
@@ -190,19 +230,23 @@ def distill(ctx: TextRunContext) -> TextSynSet:
         raise DDError(f"ipc={cfg.ipc} is not allowed; it must be a positive integer")
     if m.real_batch_size > len(data.train):
         raise DDError(f"method.real_batch_size={m.real_batch_size} is more than the {len(data.train)} training examples")
+    pool, select_split, select_name = selection_split(data, m, cfg.seed)
+    select_every = m.select_every or max(1, len(pool) // m.real_batch_size)  # default: once per epoch
 
     syn = Distilled(clf, data, m, cfg.ipc, seeds.generator("distill", cfg.seed), device)
     groups = [{"params": [syn.inputs_embeds], "lr": m.lr_inputs_embeds, "weight_decay": m.weight_decay},
-              {"params": [syn.lr_raw], "lr": m.lr_lr, "weight_decay": 0.0}]
+              {"params": [syn.lr_raw], "lr": m.lr_lr, "weight_decay": m.weight_decay_lr}]
     if syn.labels is not None:
-        groups.append({"params": [syn.labels], "lr": m.lr_labels, "weight_decay": 0.0})
+        groups.append({"params": [syn.labels], "lr": m.lr_labels, "weight_decay": m.weight_decay_labels})
     if syn.attention is not None:
         groups.append({"params": [syn.attention], "lr": m.lr_attention_labels, "weight_decay": m.weight_decay})
     opt = torch.optim.AdamW(groups, lr=1.0)  # every group sets its own lr
-    steps = total_steps(m, len(data.train))
+    steps = total_steps(m, len(pool))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, linear_schedule(steps, m.warmup_ratio))
 
-    state = {"next_step": 0, "history": [], "nonfinite_total": 0, "nonfinite_run": 0, "distill_s": 0.0}
+    state = {"next_step": 0, "history": [], "nonfinite_total": 0, "nonfinite_run": 0, "distill_s": 0.0,
+             "select": [], "best": None}
+    best_tensors = None
     ckpt_path = ctx.out_dir / CHECKPOINT
     digest = run_digest(cfg)
     if cfg.resume:
@@ -213,11 +257,12 @@ def distill(ctx: TextRunContext) -> TextSynSet:
         opt.load_state_dict(saved["opt"])
         sched.load_state_dict(saved["sched"])
         state = saved["state"]
+        best_tensors = saved.get("best_tensors")
         log.info("resumed from %s at outer step %d", ckpt_path, state["next_step"])
 
     def save_checkpoint() -> None:
         blob = {"digest": digest, "tensors": {k: v.detach() for k, v in syn.named().items()},
-                "opt": opt.state_dict(), "sched": sched.state_dict(), "state": state}
+                "opt": opt.state_dict(), "sched": sched.state_dict(), "state": state, "best_tensors": best_tensors}
         write_file(ckpt_path, lambda p: torch.save(blob, p))
 
     def outer_loss(batch):
@@ -235,7 +280,7 @@ def distill(ctx: TextRunContext) -> TextSynSet:
     running = None
     for step in bar:
         t_step = time.perf_counter()
-        idx = real_batch(data, step, m.real_batch_size, cfg.seed)
+        idx = real_batch(pool, step, m.real_batch_size, cfg.seed)
         batch = next(batches(data.train, len(idx), device, order=idx))
         theta0 = clf.new_theta(seeds.generator("text_train_head", cfg.seed, step))
         lr = syn.lr().detach().requires_grad_(True)
@@ -269,10 +314,24 @@ def distill(ctx: TextRunContext) -> TextSynSet:
         ctx.tracker.log({"outer_loss": loss, **{f"syn_lr/{i}": v for i, v in enumerate(state["history"][-1]["lr"])}},
                         step=step)
         bar.set_postfix(loss=f"{running:.4f}", lr=f"{float(syn.lr().detach()[0]):.4g}")
+        if select_split is not None and ((step + 1) % select_every == 0 or step + 1 == steps):
+            t_sel = time.perf_counter()
+            loss_sel = quick_loss(clf, syn.text_set(), select_split, m.select_runs, cfg.seed, step,
+                                  cfg.eval.test_batch_size)
+            state["select"].append({"step": step, "loss": loss_sel})
+            ctx.tracker.log({f"select/{select_name}_loss": loss_sel}, step=step)
+            if state["best"] is None or loss_sel < state["best"]["loss"]:
+                state["best"] = {"step": step, "loss": loss_sel}
+                best_tensors = {k: v.detach().clone() for k, v in syn.named().items()}
+            state["select_s"] = state.get("select_s", 0.0) + time.perf_counter() - t_sel
         if (step + 1) % m.checkpoint_every == 0:
             save_checkpoint()
     save_checkpoint()
 
+    if best_tensors is not None:  # method.select: keep the set of the best quick evaluation
+        with torch.no_grad():
+            for name, t in syn.named().items():
+                t.copy_(best_tensors[name])
     tset = syn.text_set()
     evaluation = evaluate_text_set(clf, tset, data, cfg.eval.num_models, seed=cfg.seed,
                                    batch_size=cfg.eval.test_batch_size, progress=ctx.progress)
@@ -284,6 +343,14 @@ def distill(ctx: TextRunContext) -> TextSynSet:
                     "attention_lambda": m.attention_lambda, "inner_steps": m.inner_steps,
                     "batch_per_class": m.batch_per_class, "init": m.init, "outer_steps": steps,
                     "engine": cfg.inner.engine, "nonfinite_skipped": state["nonfinite_total"],
-                    "outer_loss_first": losses[:10], "outer_loss_last": losses[-10:]},
-        timings={"distill_s": state["distill_s"], "s_per_outer_step": state["distill_s"] / max(1, done)},
+                    "outer_loss_first": losses[:10], "outer_loss_last": losses[-10:],
+                    "outer_loss_curve": [[h["step"], h["loss"]] for h in state["history"]],
+                    "select": {"rule": m.select, "selected_step": None if state["best"] is None else state["best"]["step"],
+                               "on": {"last": "nothing (the final set)", "best_val":
+                                      f"{m.val_size} held-out training examples",
+                                      "best_test": "the TEST split (reported split; like-for-like with the paper's "
+                                                   "code only)"}[m.select],
+                               "curve": state["select"]}},
+        timings={"distill_s": state["distill_s"], "s_per_outer_step": state["distill_s"] / max(1, done),
+                 "select_s": state.get("select_s", 0.0)},
     )

@@ -7,7 +7,7 @@ from dd.errors import DDError
 from dd.evaluate_text import TextEvalResult, TextSet
 from dd.methods.base import RunContext
 
-TEXT_METHODS = ("attention_labels", "random_text", "full_finetune")
+TEXT_METHODS = ("attention_labels", "random_text", "full_finetune", "loss_prune", "herding_text")
 
 
 @dataclass

@@ -4,6 +4,13 @@
   with their own attention masks and hard labels, trained on for the same number of SGD
   steps as a distilled set. The one lr is picked on a grid by mean accuracy on a held-out
   part of the train split (never used as examples), then the set is evaluated on the test split.
+- loss_prune: real examples chosen by a data-pruning score (after Kim & Baek 2024): the backbone
+  fine-tuned on the pool (the train split less the held-out part) scores every pool example by
+  the NLL of its label; per class, the top `skip_noisy` fraction (default 10%: the examples the
+  scorer contradicts most, likely label noise) is skipped and the ipc highest-NLL examples left
+  (the least redundant, most informative end) are kept. Then trained on as random_text.
+- herding_text: per class, herding on the pretrained backbone's final [CLS] states of the pool
+  (the examples whose running mean tracks the class mean), then trained on as random_text.
 - full_finetune: ordinary fine-tuning of pretrained body + fresh head on the whole train
   split with AdamW (linear warmup/decay, grad-norm clipping) for a few epochs; mean ± std
   over `num_runs` runs. The word-embedding table stays frozen, as in every text learner here.
@@ -14,12 +21,14 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from dd import seeds
 from dd.errors import DDError
 from dd.evaluate_text import TextSet, batches, evaluate_text_set, score, summarise
 from dd.methods.attention_labels import linear_schedule
+from dd.methods.coreset import herding
 from dd.methods.text_base import TextRunContext, TextSynSet, check_ipc, require_text
 
 
@@ -32,25 +41,36 @@ def random_examples(data, ipc: int, pool: torch.Tensor, gen: torch.Generator) ->
     return torch.stack(picks, dim=1).reshape(-1)
 
 
-def run_random_text(ctx: TextRunContext) -> TextSynSet:
-    require_text(ctx, "random_text")
-    cfg, data, clf, device = ctx.cfg, ctx.data, ctx.classifier, ctx.device
-    m = cfg.method
+def check_real_set(m, ipc: int, n: int) -> None:
     for key in ("inner_steps", "batch_per_class", "grid_runs"):
         if m[key] <= 0:
             raise DDError(f"method.{key}={m[key]} is not allowed; it must be positive")
     if not m.lr_grid or any(not lr > 0 for lr in m.lr_grid):
         raise DDError(f"method.lr_grid={list(m.lr_grid)} is not allowed; give one or more positive lrs")
-    if cfg.ipc % m.batch_per_class:
-        raise DDError(f"method.batch_per_class={m.batch_per_class} must divide ipc={cfg.ipc}")
-    n = len(data.train)
+    if ipc % m.batch_per_class:
+        raise DDError(f"method.batch_per_class={m.batch_per_class} must divide ipc={ipc}")
     if not 0 < m.holdout < n:
         raise DDError(f"method.holdout={m.holdout} is not allowed; it must be between 1 and {n - 1} (the train split has {n})")
-    gen = seeds.generator("coreset_select", cfg.seed)
-    perm = torch.randperm(n, generator=gen)
-    held, pool = perm[: m.holdout], perm[m.holdout :]
-    check_ipc(data, cfg.ipc, pool)
-    idx = random_examples(data, cfg.ipc, pool, gen)
+
+
+def holdout_split(data, m, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Generator]:
+    """(held-out indices, pool indices, the generator after the split): the same split for every real-set baseline."""
+    gen = seeds.generator("coreset_select", seed)
+    perm = torch.randperm(len(data.train), generator=gen)
+    return perm[: m.holdout], perm[m.holdout :], gen
+
+
+def per_class_picks(data, pool: torch.Tensor, ipc: int, rank) -> torch.Tensor:
+    """ipc indices per class from `pool`, class-interleaved; rank(members) orders a class's pool indices."""
+    picks = [rank(pool[data.train.labels[pool] == c])[:ipc] for c in range(data.num_classes)]
+    return torch.stack(picks, dim=1).reshape(-1)
+
+
+def real_set(ctx: TextRunContext, name: str, idx: torch.Tensor, held: torch.Tensor, extra_meta: dict,
+             timings: dict | None = None) -> TextSynSet:
+    """Train on the real examples `idx` like on a distilled set: lr picked on the held-out part, then evaluated."""
+    cfg, data, clf, device = ctx.cfg, ctx.data, ctx.classifier, ctx.device
+    m = cfg.method
     real = data.train.subset(idx)
 
     def text_set(lr: float) -> TextSet:
@@ -64,7 +84,7 @@ def run_random_text(ctx: TextRunContext) -> TextSynSet:
     t0 = time.perf_counter()
     heldout = data.train.subset(held)
     grid = {}
-    for lr in tqdm(list(m.lr_grid), desc="random_text lr grid", disable=not ctx.progress):
+    for lr in tqdm(list(m.lr_grid), desc=f"{name} lr grid", disable=not ctx.progress):
         try:
             result = evaluate_text_set(clf, text_set(lr), data, m.grid_runs, seed=cfg.seed, round=1, split=heldout,
                                        batch_size=cfg.eval.test_batch_size, progress=False)
@@ -83,22 +103,104 @@ def run_random_text(ctx: TextRunContext) -> TextSynSet:
         tset=tset, evaluation=evaluation, label_type="hard", labels=real.labels.clone(),
         extra_meta={"train_indices": idx.tolist(), "texts": real.texts, "lr_grid": grid, "chosen_lr": best,
                     "holdout": m.holdout, "inner_steps": m.inner_steps, "batch_per_class": m.batch_per_class,
-                    "label_type": "hard", "attention_labels": "none"},
-        timings={"lr_grid_s": grid_s},
+                    "label_type": "hard", "attention_labels": "none", **extra_meta},
+        timings={"lr_grid_s": grid_s, **(timings or {})},
     )
 
 
-def finetune(clf, data, m, seed: int, run: int, device, progress: bool) -> torch.Tensor:
-    """Fine-tuning run `run` from the pretrained body and a fresh head; returns the weights."""
-    theta = clf.new_theta(seeds.generator("finetune_head", seed, run)).requires_grad_(True)
+def run_random_text(ctx: TextRunContext) -> TextSynSet:
+    require_text(ctx, "random_text")
+    check_real_set(ctx.cfg.method, ctx.cfg.ipc, len(ctx.data.train))
+    held, pool, gen = holdout_split(ctx.data, ctx.cfg.method, ctx.cfg.seed)
+    check_ipc(ctx.data, ctx.cfg.ipc, pool)
+    idx = random_examples(ctx.data, ctx.cfg.ipc, pool, gen)
+    return real_set(ctx, "random_text", idx, held, {})
+
+
+def nll_scores(clf, theta: torch.Tensor, split, batch_size: int) -> torch.Tensor:
+    """-log p(label | text) of every example of `split` under the weights theta."""
+    out = []
+    with torch.no_grad():
+        for ids, mask, types, labels in batches(split, batch_size, theta.device):
+            logits, _ = clf(theta, clf.embed(ids), mask, types)
+            out.append(F.cross_entropy(logits, labels, reduction="none").cpu())
+    return torch.cat(out)
+
+
+def prune_order(members: torch.Tensor, nll: torch.Tensor, skip_noisy: float, k: int) -> torch.Tensor:
+    """One class's examples in keeping order: highest NLL first, after dropping the top skip_noisy fraction
+    (floor; never so many that fewer than k are left)."""
+    order = members[torch.argsort(nll, descending=True, stable=True)]
+    skip = min(int(skip_noisy * len(order)), max(0, len(order) - k))
+    return order[skip:]
+
+
+def run_loss_prune(ctx: TextRunContext) -> TextSynSet:
+    """Keep, per class, the ipc examples of highest label NLL under a fine-tuned scorer, after skipping
+    the top `skip_noisy` fraction of the class (the examples the scorer contradicts most: likely label noise)."""
+    require_text(ctx, "loss_prune")
+    cfg, data, clf = ctx.cfg, ctx.data, ctx.classifier
+    m = cfg.method
+    check_real_set(m, cfg.ipc, len(data.train))
+    if not 0 <= m.skip_noisy < 1:
+        raise DDError(f"method.skip_noisy={m.skip_noisy} is not allowed; it must be in [0, 1)")
+    held, pool, _ = holdout_split(data, m, cfg.seed)
+    check_ipc(data, cfg.ipc, pool)
+    scorer = m.scorer
+    t0 = time.perf_counter()
+    theta = finetune(clf, data.train.subset(pool), scorer, cfg.seed, 0, ctx.device, ctx.progress, purpose="loss_prune")
+    nll = torch.zeros(len(data.train))
+    nll[pool] = nll_scores(clf, theta, data.train.subset(pool), cfg.eval.test_batch_size)
+    score_s = time.perf_counter() - t0
+
+    idx = per_class_picks(data, pool, cfg.ipc, lambda members: prune_order(members, nll[members], m.skip_noisy, cfg.ipc))
+    return real_set(ctx, "loss_prune", idx, held,
+                    {"rule": f"per class: drop the top {m.skip_noisy:.0%} by label NLL (likely label noise), "
+                             "keep the highest-NLL remaining", "nll": nll[idx].tolist(),
+                     "scorer": OmegaConf.to_container(scorer)},
+                    {"score_s": score_s})
+
+
+@torch.no_grad()
+def cls_features(clf, split, batch_size: int, device) -> torch.Tensor:
+    """The pretrained backbone's final [CLS] state of every example (the body alone: no head involved)."""
+    theta = torch.cat([clf.body0, torch.zeros(clf.head_numel, dtype=clf.body0.dtype, device=clf.body0.device)])
+    params = clf.unflatten(theta)
+    body_params = {k[len("body."):]: v for k, v in params.items() if k.startswith("body.")}
+    out = []
+    for ids, mask, types, _ in batches(split, batch_size, device):
+        hidden = torch.func.functional_call(clf.module.body, body_params, (), {
+            "inputs_embeds": clf.embed(ids), "attention_mask": mask, "token_type_ids": types}, strict=False)
+        out.append(hidden.last_hidden_state[:, 0].float().cpu())
+    return torch.cat(out)
+
+
+def run_herding_text(ctx: TextRunContext) -> TextSynSet:
+    """Herding (Welling 2009) per class on the backbone's [CLS] embeddings of the pool."""
+    require_text(ctx, "herding_text")
+    cfg, data, clf = ctx.cfg, ctx.data, ctx.classifier
+    check_real_set(cfg.method, cfg.ipc, len(data.train))
+    held, pool, _ = holdout_split(data, cfg.method, cfg.seed)
+    check_ipc(data, cfg.ipc, pool)
+    t0 = time.perf_counter()
+    feats = torch.zeros(len(data.train), clf.hidden_size)
+    feats[pool] = cls_features(clf, data.train.subset(pool), cfg.eval.test_batch_size, ctx.device)
+    idx = per_class_picks(data, pool, cfg.ipc, lambda members: members[herding(feats[members], cfg.ipc)])
+    return real_set(ctx, "herding_text", idx, held, {"features": "pretrained [CLS] final state"},
+                    {"features_s": time.perf_counter() - t0})
+
+
+def finetune(clf, train, m, seed: int, run: int, device, progress: bool, purpose: str = "finetune") -> torch.Tensor:
+    """Fine-tuning run `run` on the split `train` from the pretrained body and a fresh head; returns the weights."""
+    theta = clf.new_theta(seeds.generator(f"{purpose}_head", seed, run)).requires_grad_(True)
     # AdamW on one flat vector is the same elementwise update as AdamW on every parameter tensor
     opt = torch.optim.AdamW([theta], lr=m.lr, weight_decay=m.weight_decay)
-    per_epoch = -(-len(data.train) // m.batch_size)
+    per_epoch = -(-len(train) // m.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, linear_schedule(m.epochs * per_epoch, m.warmup_ratio))
-    gen = seeds.generator("finetune_data", seed, run)
+    gen = seeds.generator(f"{purpose}_data", seed, run)
     for epoch in tqdm(range(m.epochs), desc="fine-tune", leave=False, disable=not progress):
-        order = torch.randperm(len(data.train), generator=gen)
-        for ids, mask, types, labels in batches(data.train, m.batch_size, device, order=order):
+        order = torch.randperm(len(train), generator=gen)
+        for ids, mask, types, labels in batches(train, m.batch_size, device, order=order):
             logits, _ = clf(theta, clf.embed(ids), mask, types)
             loss = F.cross_entropy(logits, labels)
             if not torch.isfinite(loss):
@@ -123,8 +225,8 @@ def run_full_finetune(ctx: TextRunContext) -> TextSynSet:
     t0 = time.perf_counter()
     scores = []
     for k in tqdm(range(m.num_runs), desc="full_finetune", disable=not ctx.progress):
-        theta = finetune(clf, data, m, cfg.seed, k, ctx.device, ctx.progress)
+        theta = finetune(clf, data.train, m, cfg.seed, k, ctx.device, ctx.progress)
         scores.append(score(clf, theta, data.test, cfg.eval.test_batch_size))
-    evaluation = summarise(scores, clf.backbone.name, time.perf_counter() - t0, None, data.f1)
+    evaluation = summarise(scores, clf.backbone.name, time.perf_counter() - t0, None, data.f1, data.test)
     return TextSynSet(tset=None, evaluation=evaluation, export=False,
                       extra_meta={"epochs": m.epochs, "lr": m.lr, "batch_size": m.batch_size})

@@ -1,8 +1,10 @@
 """BERT backbones and the text classifier as a pure function of one flat parameter vector.
 
-Classifier = BERT body + a linear head on the pooled [CLS] output (`pooling=pooler`: BERT's
-tanh dense layer, as in BertForSequenceClassification; `pooling=cls`: the raw final [CLS]
-state). The head is drawn fresh (N(0, initializer_range), zero bias) for every training run.
+Classifier = BERT body + a linear head on the pooled output (`pooling=pooler`: BERT's
+tanh dense layer on [CLS], as in BertForSequenceClassification; `pooling=cls`: the raw final
+[CLS] state; `pooling=mean`: the mean of the final states over attended positions, the
+pooling sentence-transformers models such as all-MiniLM-L6-v2 were trained with).
+The head is drawn fresh (N(0, initializer_range), zero bias) for every training run.
 
 The pretrained body is copied once into `body0` and never written: every run starts from
 `torch.cat([body0, new head])`, a new tensor, and SGD steps build new tensors, so no run can
@@ -26,7 +28,7 @@ from dd.errors import DDError
 from dd.models.functional import FlatModel
 
 WORD_EMBEDDINGS = "body.embeddings.word_embeddings.weight"
-POOLINGS = ("pooler", "cls")
+POOLINGS = ("pooler", "cls", "mean")
 TEXT_MODELS = ("minilm", "bert_base", "tiny_bert")
 
 
@@ -136,7 +138,13 @@ class Classifier(nn.Module):
     def forward(self, inputs_embeds, attention_mask, token_type_ids=None, output_attentions=False):
         out = self.body(inputs_embeds=inputs_embeds, attention_mask=attention_mask, token_type_ids=token_type_ids,
                         output_attentions=output_attentions)
-        pooled = out.pooler_output if self.pooling == "pooler" else out.last_hidden_state[:, 0]
+        if self.pooling == "pooler":
+            pooled = out.pooler_output
+        elif self.pooling == "cls":
+            pooled = out.last_hidden_state[:, 0]
+        else:  # mean over the attended positions, as sentence-transformers models were trained to be read
+            w = attention_mask.unsqueeze(-1).to(out.last_hidden_state.dtype)
+            pooled = (out.last_hidden_state * w).sum(1) / w.sum(1).clamp_min(1.0)
         return self.head(pooled), (out.attentions if output_attentions else None)
 
 

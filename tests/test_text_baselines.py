@@ -23,14 +23,6 @@ TINY = ["model=tiny_bert", "dataset.num_train=48", "dataset.num_test=32", "datas
         "progress=false", "logger=none", "ipc=1", "dataset=synthetic_topics"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def config(*extra):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose("config", overrides=list(extra))

@@ -3,6 +3,11 @@
 A cell pools the per-model test accuracies of every run (seed) that landed in
 it, so its std is the spread over all evaluated models, as the papers report,
 and `n` counts the runs. Published figures sit beside ours when given.
+
+Runs of one method whose method settings differ (a Hydra sweep) get one row per setting, labelled
+by the settings that differ; in each column the row with the best mean is marked *.
+That pick is made on the test split, as the reference READMEs pick their published figure from a
+sweep, and the table says so.
 """
 
 import json
@@ -28,10 +33,16 @@ CAPTIONS = {
 }
 
 
+SELECTED_MARK = "*"
+SELECTED_CAPTION = (f"{SELECTED_MARK} selected: the best row of its sweep in that column by mean test accuracy "
+                    "(the reference's protocol for a published figure; this choice PEEKS AT THE TEST SPLIT)")
+
+
 @dataclass
 class Cell:
     accs: list[float] = field(default_factory=list)
     runs: int = 0
+    sweep: str | None = None  # the method (row) this cell is one setting of, when its runs came from a sweep
 
     @property
     def mean(self) -> float:
@@ -56,16 +67,42 @@ def find_results(paths: list[str | Path]) -> list[dict]:
     return found
 
 
+def flat_settings(tree, prefix: str = "method") -> dict[str, str]:
+    """{"method.a.b": value as text} for every leaf of a run's method config."""
+    if isinstance(tree, dict) and tree:
+        return {k: v for key, sub in tree.items() for k, v in flat_settings(sub, f"{prefix}.{key}").items()}
+    return {prefix: json.dumps(tree) if isinstance(tree, list | dict) else str(tree)}
+
+
+def sweep_labels(results: list[dict], base_rows: list[str]) -> list[str | None]:
+    """Per run, the method settings that set it apart from the other runs of its row in its column
+    ("k=v, ..."), or None when they all share the settings (seeds pool into one cell)."""
+    settings = [flat_settings((r.get("config") or {}).get("method") or {}) for r in results]
+    groups = [(b, r["dataset"], r.get("ipc")) for r, b in zip(results, base_rows)]
+    labels: list[str | None] = [None] * len(results)
+    for group in set(groups):
+        members = [i for i, g in enumerate(groups) if g == group]
+        keys = sorted({k for i in members for k in settings[i]})
+        varying = [k for k in keys if len({settings[i].get(k) for i in members}) > 1]
+        for i in members:
+            if varying:
+                labels[i] = ", ".join(f"{k.removeprefix('method.')}={settings[i].get(k)}" for k in varying)
+    return labels
+
+
 def collect(results: list[dict], by_model: bool = False, stat: str = "accuracy") -> dict[tuple, Cell]:
-    """{(row, dataset, ipc): Cell}; row is the method (plus the model when by_model); stat is one of STATS."""
+    """{(row, dataset, ipc): Cell}; row is the method (plus the model when by_model, plus the swept settings
+    when the method's runs differ in them); stat is one of STATS."""
     if stat not in STATS:
         raise DDError(f"statistic '{stat}' is unknown; choose one of: {', '.join(STATS)}")
     cells: dict[tuple, Cell] = defaultdict(Cell)
-    for r in results:
-        row = f"{r['method']} ({r['model']})" if by_model else r["method"]
+    base_rows = [f"{r['method']} ({r['model']})" if by_model else r["method"] for r in results]
+    for r, base, label in zip(results, base_rows, sweep_labels(results, base_rows)):
+        row = base if label is None else f"{base} [{label}]"
         # the full-data row does not depend on ipc: one cell shown under every ipc of its dataset
         ipc = None if r["method"] == FULL else int(r["ipc"])
         cell = cells[(row, r["dataset"], ipc)]
+        cell.sweep = None if label is None else base
         figure = r.get("paper_max", r["accuracy"]) if stat == "paper_max" else r["accuracy"]
         cell.accs.extend(figure["per_model"])
         cell.runs += 1
@@ -99,8 +136,20 @@ def _fmt(mean: float, std: float | None) -> str:
     return f"{mean:.1f}" if std is None or math.isnan(std) else f"{mean:.1f} ± {std:.1f}"
 
 
+def selected(cells: dict[tuple, Cell]) -> set[tuple]:
+    """Keys of the cells that are the best (highest mean) of their sweep in their column."""
+    best: dict[tuple, tuple] = {}
+    for key, c in cells.items():
+        if c.sweep is not None:
+            group = (c.sweep, key[1], key[2])
+            if group not in best or c.mean > cells[best[group]].mean:
+                best[group] = key
+    return set(best.values())
+
+
 def render(cells: dict[tuple, Cell], fmt: str = "md", reference: dict | None = None) -> str:
     reference = reference or {}
+    picked = selected(cells)
     columns = sorted({(d, i) for _, d, i in cells if i is not None})
     if not columns:  # only full-data runs
         columns = sorted({(d, 1) for _, d, _ in cells})
@@ -113,7 +162,9 @@ def render(cells: dict[tuple, Cell], fmt: str = "md", reference: dict | None = N
         for d, i in columns:
             c = cells.get((row, d, i), cells.get((row, d, None)))
             text = "" if c is None else f"{_fmt(c.mean, c.std)} (n={c.runs})"
-            method = row.split(" (")[0]
+            if (row, d, i) in picked:
+                text += f" {SELECTED_MARK}"
+            method = row.split(" (")[0].split(" [")[0]
             pub = reference.get((method, d, i), reference.get((method, d, None)))
             if pub and c is not None:
                 text += f" [paper {_fmt(*pub)}; {c.mean - pub[0]:+.1f}]"
@@ -143,6 +194,8 @@ def render(cells: dict[tuple, Cell], fmt: str = "md", reference: dict | None = N
     out = ["| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |",
            "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
     out += ["| " + " | ".join(str(x).ljust(w) for x, w in zip(line, widths)) + " |" for line in body]
+    if picked:
+        out += ["", SELECTED_CAPTION]
     return "\n".join(out) + "\n"
 
 

@@ -233,3 +233,43 @@ def test_paper_max_stat_takes_the_selection_round_and_is_labelled(tmp_path, caps
     assert "PICKED ON THE TEST SPLIT" in out and "70.0" in out
     with pytest.raises(DDError, match="statistic 'best'"):
         collect(results, stat="best")
+
+
+def write_sweep(root):
+    """A 2x1 sweep over lr_init (two seeds of the better cell), plus one plain herding run."""
+    runs = [("a", 0.1, 0, [0.80, 0.82]), ("b", 0.1, 1, [0.78, 0.84]), ("c", 0.01, 0, [0.60, 0.70])]
+    for folder, lr_init, seed, accs in runs:
+        d = root / folder
+        d.mkdir(parents=True)
+        (d / "results.json").write_text(json.dumps({
+            "accuracy": {"mean": float(np.mean(accs)), "std": float(np.std(accs)), "per_model": accs},
+            "method": "attention_labels", "dataset": "fortunes", "ipc": 1, "model": "minilm", "seed": seed,
+            "config": {"seed": seed, "method": {"name": "attention_labels", "lr_init": lr_init, "epochs": 30,
+                                                "compare": {}}},
+        }))
+    d = root / "h"
+    d.mkdir()
+    (d / "results.json").write_text(json.dumps({
+        "accuracy": {"mean": 0.5, "std": 0.0, "per_model": [0.5]}, "method": "herding_text", "dataset": "fortunes",
+        "ipc": 1, "model": "minilm", "seed": 0, "config": {"method": {"name": "herding_text"}}}))
+
+
+def test_a_sweep_gets_one_row_per_setting_and_the_best_is_marked_as_picked_on_test(tmp_path, capsys):
+    write_sweep(tmp_path)
+    cells = collect(find_results([tmp_path]))
+    good, bad = cells[("attention_labels [lr_init=0.1]", "fortunes", 1)], cells[("attention_labels [lr_init=0.01]", "fortunes", 1)]
+    assert good.runs == 2 and len(good.accs) == 4 and bad.runs == 1  # seeds pool; settings split
+    assert cells[("herding_text", "fortunes", 1)].sweep is None
+    table_main([str(tmp_path)])
+    out = capsys.readouterr().out
+    _, rows = _md_table(out.split("\n\n")[0])
+    assert rows["attention_labels [lr_init=0.1]"]["fortunes ipc1"].endswith("*")
+    assert not rows["attention_labels [lr_init=0.01]"]["fortunes ipc1"].endswith("*")
+    assert not rows["herding_text"]["fortunes ipc1"].endswith("*")  # not a sweep: nothing selected
+    assert "PEEKS AT THE TEST SPLIT" in out
+
+
+def test_runs_without_differing_settings_are_not_a_sweep(tmp_path, capsys):
+    write_runs(tmp_path)
+    table_main([str(tmp_path)])
+    assert "selected" not in capsys.readouterr().out

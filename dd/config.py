@@ -197,6 +197,9 @@ class AttentionLabelsConfig:
     inner_steps: int = 1  # SGD steps of the learner on the distilled set
     batch_per_class: int = 1  # distilled examples per class in each inner step; must divide ipc
     init: str = "real"  # random: N(0,1) embeddings (the paper) | real: word embeddings of real examples
+    # tokens per distilled example; null: dataset.max_length for init=random (as the reference), and for
+    # init=real the longest initial example's own length (positions past it were padding: cost, no text)
+    length: int | None = None
     label_type: str = "unrestricted"  # hard | soft | unrestricted
     attention_labels: str = "cls"  # none | cls (the [CLS] query row) | all (every query row)
     attention_lambda: float = 1.0

@@ -166,13 +166,32 @@ def test_evaluation_resets_the_pretrained_weights_exactly(backbone, data, monkey
 def test_attention_labels_initialised_from_the_model_start_at_zero_kl(backbone, data):
     clf = TextClassifier(backbone, data.num_classes)
     theta = clf.new_theta(torch.Generator().manual_seed(0))
-    for rows, kind in ((1, "cls"), (8, "all")):
+    for kind in ("cls", "all"):
         syn = Distilled(clf, data, method(attention_labels=kind, attention_init="model", init="real"), 2,
                         torch.Generator().manual_seed(0), torch.device("cpu"))
         labels = F.softmax(syn.attention.detach(), dim=-1)
-        assert labels.shape[-2:] == (rows, 8)
+        length = syn.inputs_embeds.shape[1]
+        assert labels.shape[-2:] == (1 if kind == "cls" else length, length)
         _, attns = clf(theta, syn.inputs_embeds.detach(), syn.attention_mask, syn.token_type_ids, attentions=True)
         assert float(attention_kl(attns, labels)) == pytest.approx(0.0, abs=1e-5)
         random = Distilled(clf, data, method(attention_labels=kind, init="real"), 2, torch.Generator().manual_seed(0),
                            torch.device("cpu"))
         assert float(attention_kl(attns, F.softmax(random.attention.detach(), dim=-1))) > 0.1
+
+
+def test_real_starts_are_cut_to_the_longest_initial_example(backbone):
+    """init=real keeps every token of the picked examples and drops the padding past the longest one."""
+    cfg = OmegaConf.structured(TextDatasetConfig(name="synthetic_topics", max_length=32, num_train=48, num_test=24))
+    data = load_text_dataset(cfg, backbone.tokenizer)
+    clf = TextClassifier(backbone, data.num_classes)
+    syn = Distilled(clf, data, method(init="real"), 2, torch.Generator().manual_seed(0), torch.device("cpu"))
+    rows = torch.stack([torch.all(clf.embed(data.train.input_ids)[:, :syn.inputs_embeds.shape[1]] == e, dim=(1, 2))
+                        for e in syn.inputs_embeds.detach()])
+    picked = rows.float().argmax(1)
+    assert rows.any(1).all()  # every start is a real example's embeddings, cut
+    longest = int(data.train.attention_mask[picked].sum(1).max())
+    assert syn.inputs_embeds.shape[1] == longest < 32
+    assert Distilled(clf, data, method(init="real", length=20), 2, torch.Generator().manual_seed(0),
+                     torch.device("cpu")).inputs_embeds.shape[1] == 20
+    assert Distilled(clf, data, method(), 2, torch.Generator().manual_seed(0),
+                     torch.device("cpu")).inputs_embeds.shape[1] == 32  # N(0,1) starts: dataset.max_length

@@ -123,6 +123,8 @@ def test_resume_reaches_the_same_tensors(tmp_path, monkeypatch):
     (["ipc=0"], "ipc=0"),
     (["method.label_type=fuzzy"], "label_type 'fuzzy'"),
     (["method.batch_per_class=2", "ipc=3"], "must divide ipc=3"),
+    (["method.length=0"], "method.length=0"),
+    (["method.init=real", "method.length=9"], "at most dataset.max_length=8"),
     (["dataset=text_files", "dataset.train_file=/nonexistent/train.csv", "dataset.test_file=/nonexistent/t.csv"],
      "does not exist"),
     (["model=convnet"], "image model"),

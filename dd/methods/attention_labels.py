@@ -43,7 +43,7 @@ def softplus_inverse(x: float) -> float:
     return math.log(math.expm1(x))
 
 
-def check_method(m, ipc: int, engine: str) -> None:
+def check_method(m, ipc: int, engine: str, max_length: int) -> None:
     positive = {"inner_steps": m.inner_steps, "batch_per_class": m.batch_per_class, "lr_init": m.lr_init,
                 "real_batch_size": m.real_batch_size, "checkpoint_every": m.checkpoint_every,
                 "max_nonfinite": m.max_nonfinite, "epochs": m.epochs, "max_grad_norm": m.max_grad_norm}
@@ -60,6 +60,9 @@ def check_method(m, ipc: int, engine: str) -> None:
         raise DDError(f"method.warmup_ratio={m.warmup_ratio} is not allowed; it must be in [0, 1)")
     if ipc % m.batch_per_class:
         raise DDError(f"method.batch_per_class={m.batch_per_class} must divide ipc={ipc}")
+    if m.length is not None and (m.length <= 0 or (m.init == "real" and m.length > max_length)):
+        raise DDError(f"method.length={m.length} is not allowed; it must be positive, and at most "
+                      f"dataset.max_length={max_length} with method.init=real (the real examples' token count)")
     for key, allowed in (("init", INITS), ("label_type", LABEL_TYPES), ("attention_labels", ATTENTION_LABELS),
                          ("attention_init", ATTENTION_INITS), ("select", SELECT)):
         if m[key] not in allowed:
@@ -85,12 +88,14 @@ class Distilled:
         self.m, self.num_classes = m, c
         self.class_ids = torch.arange(n, device=device) % c  # interleaved: example j is of class j % c
         if m.init == "random":  # as the reference code: N(0, 1) at every position
+            length = m.length or length
             embeds = torch.randn(n, length, clf.hidden_size, generator=gen)
-        else:  # word embeddings of ipc real training examples per class, padding included
+        else:  # word embeddings of ipc real training examples per class, cut to `length` (padding past the text)
             picks = [data.indices_of_class(k)[torch.randperm(len(data.indices_of_class(k)), generator=gen)[:ipc]]
                      for k in range(c)]
             order = torch.stack(picks, dim=1).reshape(-1)  # class-interleaved
-            embeds = clf.embed(data.train.input_ids[order]).cpu()
+            length = m.length or int(data.train.attention_mask[order].sum(1).max())
+            embeds = clf.embed(data.train.input_ids[order, :length]).cpu()
         dtype = clf.body0.dtype
         self.inputs_embeds = embeds.to(device, dtype).requires_grad_(True)
         # every position of a distilled example is learnable, so all of them are attended to
@@ -223,7 +228,7 @@ def distill(ctx: TextRunContext) -> TextSynSet:
     require_text(ctx, "attention_labels")
     cfg, data, clf, device = ctx.cfg, ctx.data, ctx.classifier, ctx.device
     m = cfg.method
-    check_method(m, cfg.ipc, cfg.inner.engine)
+    check_method(m, cfg.ipc, cfg.inner.engine, data.max_length)
     if m.init == "real":
         check_ipc(data, cfg.ipc)
     elif cfg.ipc <= 0:

@@ -12,8 +12,9 @@ from dd import seeds
 from dd.cli.common import CONF_DIR
 from dd.config import register_configs
 from dd.data.text import load_text_dataset
+from dd.errors import DDError
 from dd.evaluate_text import macro_f1, majority_rate, score
-from dd.methods.text_baselines import prune_order
+from dd.methods.text_baselines import pick_lr, prune_order
 from dd.models.bert import TextClassifier, load_backbone
 from dd.pipeline import run
 
@@ -59,6 +60,17 @@ def test_prune_order_skips_likely_noise_and_keeps_the_most_informative():
     assert prune_order(members, nll, 0.2, 2)[:2].tolist() == [13, 17]
     assert prune_order(members, nll, 0.0, 1)[:1].tolist() == [11]
     assert len(prune_order(members[:2], nll[:2], 0.9, 2)) == 2  # never fewer than k left
+
+
+def test_the_baselines_lr_is_picked_by_held_out_macro_f1_not_accuracy():
+    nan = float("nan")
+    grid = {0.1: {"accuracy": 0.65, "macro_f1": 0.26},  # the constant predictor's corner: majority accuracy
+            1.0: {"accuracy": 0.55, "macro_f1": 0.48},
+            10.0: {"accuracy": nan, "macro_f1": nan}}  # diverged
+    assert pick_lr(grid) == 1.0
+    assert pick_lr({0.3: {"macro_f1": 0.5}, 0.1: {"macro_f1": 0.5}}) == 0.1
+    with pytest.raises(DDError, match="diverged"):
+        pick_lr({10.0: {"accuracy": nan, "macro_f1": nan}})
 
 
 @pytest.mark.parametrize("method", ["loss_prune", "herding_text"])

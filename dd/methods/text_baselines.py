@@ -2,8 +2,9 @@
 
 - random_text: ipc real training examples per class (seeded), fed as their word embeddings
   with their own attention masks and hard labels, trained on for the same number of SGD
-  steps as a distilled set. The one lr is picked on a grid by mean accuracy on a held-out
-  part of the train split (never used as examples), then the set is evaluated on the test split.
+  steps as a distilled set. The one lr is picked on a grid by mean macro-F1 on a held-out part of
+  the train split (never used as examples; macro-F1, because on imbalanced data accuracy rewards
+  an lr whose learners all predict the majority class), then the set is evaluated on the test split.
 - loss_prune: real examples chosen by a data-pruning score (after Kim & Baek 2024): the backbone
   fine-tuned on the pool (the train split less the held-out part) scores every pool example by
   the NLL of its label; per class, the top `skip_noisy` fraction (default 10%: the examples the
@@ -66,6 +67,15 @@ def per_class_picks(data, pool: torch.Tensor, ipc: int, rank) -> torch.Tensor:
     return torch.stack(picks, dim=1).reshape(-1)
 
 
+def pick_lr(grid: dict[float, dict]) -> float:
+    """The lr of the best held-out macro-F1 (ties: the smaller lr). Not accuracy: on imbalanced data it
+    prefers an lr whose learners all predict the majority class."""
+    finite = {lr: s["macro_f1"] for lr, s in grid.items() if np.isfinite(s["macro_f1"])}
+    if not finite:
+        raise DDError(f"every lr of method.lr_grid={sorted(grid)} diverged; give smaller lrs")
+    return max(sorted(finite), key=finite.get)
+
+
 def real_set(ctx: TextRunContext, name: str, idx: torch.Tensor, held: torch.Tensor, extra_meta: dict,
              timings: dict | None = None) -> TextSynSet:
     """Train on the real examples `idx` like on a distilled set: lr picked on the held-out part, then evaluated."""
@@ -83,18 +93,15 @@ def real_set(ctx: TextRunContext, name: str, idx: torch.Tensor, held: torch.Tens
 
     t0 = time.perf_counter()
     heldout = data.train.subset(held)
-    grid = {}
+    grid = {}  # lr -> held-out {accuracy, macro_f1}
     for lr in tqdm(list(m.lr_grid), desc=f"{name} lr grid", disable=not ctx.progress):
         try:
             result = evaluate_text_set(clf, text_set(lr), data, m.grid_runs, seed=cfg.seed, round=1, split=heldout,
                                        batch_size=cfg.eval.test_batch_size, progress=False)
-            grid[float(lr)] = result.mean
+            grid[float(lr)] = {"accuracy": result.mean, "macro_f1": result.macro_f1["mean"]}
         except DDError:  # this lr diverges: it is simply not chosen
-            grid[float(lr)] = float("nan")
-    finite = {lr: acc for lr, acc in grid.items() if np.isfinite(acc)}
-    if not finite:
-        raise DDError(f"every lr of method.lr_grid={list(m.lr_grid)} diverged; give smaller lrs")
-    best = max(finite, key=finite.get)
+            grid[float(lr)] = {"accuracy": float("nan"), "macro_f1": float("nan")}
+    best = pick_lr(grid)
     grid_s = time.perf_counter() - t0
     tset = text_set(best)
     evaluation = evaluate_text_set(clf, tset, data, cfg.eval.num_models, seed=cfg.seed,

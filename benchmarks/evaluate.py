@@ -1,8 +1,8 @@
 """Seconds to evaluate a distilled set with K models: batched (vmap) vs sequential training.
 
-The evaluation protocol (`dd.evaluate.evaluate_set`) trains K fresh ConvNets on a small set and
+The evaluation protocol (`dd.image.evaluate.evaluate_set`) trains K fresh ConvNets on a small set and
 tests each on the test split. With `eval.batched=true` the K models train together in one vmapped
-computation (`dd.batched.train_stack`, in chunks of `eval.model_batch`, on CUDA by default as many
+computation (`dd.image.batched.train_stack`, in chunks of `eval.model_batch`, on CUDA by default as many
 as free memory allows); with `false` one after another. Both follow the same per-model
 trajectories (same inits, data orders and DSA draws), so their accuracies should agree up to float
 rounding; this script times both and checks that.
@@ -113,7 +113,7 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
 
 
 class _Capture(logging.Handler):
-    """Keeps dd.batched's 'model batch: ...' lines (how many models CUDA fitted per chunk)."""
+    """Keeps dd.image.batched's 'model batch: ...' lines (how many models CUDA fitted per chunk)."""
 
     def __init__(self):
         super().__init__(logging.INFO)
@@ -157,12 +157,12 @@ def measure(args, data, images, labels, k: int, mode: str) -> dict:
     """One timed evaluate_set of K models in one mode; return its row."""
     import torch
 
-    from dd.evaluate import evaluate_set
+    from dd.image.evaluate import evaluate_set
 
     row = base_row(args, k, mode)
     model_cfg, eval_cfg = configs(args, k, mode)
     capture = _Capture()
-    logger = logging.getLogger("dd.batched")
+    logger = logging.getLogger("dd.image.batched")
     old_level = logger.level
     logger.setLevel(logging.INFO)
     logger.addHandler(capture)
@@ -203,7 +203,7 @@ def measure_safely(args, data, images, labels, k: int, mode: str) -> dict:
 
 def warm_up(args, data, images, labels) -> float:
     """One untimed evaluation per mode of a tiny configuration (kernels, vmap, allocator)."""
-    from dd.evaluate import evaluate_set
+    from dd.image.evaluate import evaluate_set
 
     t0 = time.perf_counter()
     for mode in args.modes:

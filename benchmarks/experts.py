@@ -2,8 +2,8 @@
 
 An expert is a fresh ConvNet trained on the whole training set with plain SGD (lr 0.01, no
 momentum, no weight decay), DSA on every minibatch of 256, its parameters recorded after every
-epoch (`dd.experts`). `buffer.parallel=E` trains E experts at once with
-`train_experts_batched` (one vmapped computation, `dd.batched.train_stack`); otherwise each is
+epoch (`dd.image.experts`). `buffer.parallel=E` trains E experts at once with
+`train_experts_batched` (one vmapped computation, `dd.image.batched.train_stack`); otherwise each is
 trained by `train_expert`. Both follow the same per-seed trajectories, so this script also checks
 that the two modes end at the same parameters (up to float rounding) and test accuracies.
 
@@ -20,7 +20,7 @@ whole test set) per mode, so the timed runs meet no new tensor shape.
 
 The training set is CIFAR-shaped by default (3x32x32, 10 classes) and random but learnable (each
 class a smooth random pattern plus N(0,1) pixel noise, `benchmarks/common.py`), seeded; no download.
-Seeds are dd-buffer's: `dd.experts.expert_seeds(seed, expert id)`.
+Seeds are dd-buffer's: `dd.image.experts.expert_seeds(seed, expert id)`.
 
 For each (E, mode) the script prints one JSON line
     {"e", "mode", "seconds", "images_per_s", "acc_mean", ...}
@@ -125,20 +125,20 @@ def model_config(args):
 
 
 def recipe(args, epochs: int | None = None) -> dict:
-    """What dd.experts.buffer_identity passes as the recipe."""
+    """What dd.image.experts.buffer_identity passes as the recipe."""
     return {"lr": float(args.lr), "batch_size": int(args.batch_size), "dsa": bool(args.dsa),
             "epochs": int(args.epochs if epochs is None else epochs)}
 
 
 def seeds_for(args, e: int):
-    from dd.experts import expert_seeds
+    from dd.image.experts import expert_seeds
 
     return [expert_seeds(args.seed, i) for i in range(e)]
 
 
 def train(args, data, e: int, mode: str, epochs: int | None = None) -> list:
     """[(trajectory, test accuracy)] of E experts, trained the way `mode` says."""
-    from dd.experts import train_expert, train_experts_batched
+    from dd.image.experts import train_expert, train_experts_batched
 
     model_cfg, rec, seeds = model_config(args), recipe(args, epochs), seeds_for(args, e)
     if mode == "batched" and e > 1:

@@ -1,6 +1,6 @@
 """Time and memory of trajectory-matching outer iterations for each meta-gradient engine.
 
-One outer iteration is the MTT module's own `dd.methods.mtt.outer_iteration` (the function
+One outer iteration is the MTT module's own `dd.image.methods.mtt.outer_iteration` (the function
 `distill` calls): the student-step plan (`plan_steps`), the meta-gradient of the matching loss
 through the configured engine, and the image/lr optimiser steps (`Synthetic`, with MTTConfig's
 defaults). The data are random `torch.randn` images with balanced hard labels, the
@@ -261,9 +261,9 @@ def measure(args, engine: str, syn_steps: int) -> dict:
     """Run warm-up + timed outer iterations of one configuration in this process; return its row."""
     import torch
 
-    from dd.config import InnerConfig, MTTConfig
+    from dd.config import InnerConfig
     from dd.data import DSA
-    from dd.methods.mtt import Segment, Synthetic, outer_iteration, plan_steps
+    from dd.image.methods.mtt import MTTConfig, Segment, Synthetic, outer_iteration, plan_steps
     from dd.models import FlatModel, build_model
 
     row = _base_row(args, engine, syn_steps)

@@ -1,6 +1,6 @@
 """Time and peak memory of attention-label outer steps, per meta-gradient engine and number of inner steps.
 
-One outer step is what `dd.methods.attention_labels` does: a fresh head on the pretrained body,
+One outer step is what `dd.text.methods.attention_labels` does: a fresh head on the pretrained body,
 `inner_steps` SGD steps on the distilled batches (CE + attention KL), CE on a real batch, the
 meta-gradient from `dd.inner.meta_gradient`. Data: the synthetic topic task; distilled set:
 random N(0,1) embeddings, unrestricted labels, [CLS] attention labels, 1 example per class
@@ -31,12 +31,12 @@ def child(args) -> dict:
     import torch
     from omegaconf import OmegaConf
 
-    from dd.config import AttentionLabelsConfig, TextDatasetConfig, TextModelConfig
+    from dd.config import TextDatasetConfig, TextModelConfig
     from dd.data.text import load_text_dataset
-    from dd.evaluate_text import batches
     from dd.inner import meta_gradient
-    from dd.methods.attention_labels import Distilled
     from dd.models.bert import TextClassifier, load_backbone
+    from dd.text.evaluate import batches
+    from dd.text.methods.attention_labels import AttentionLabelsConfig, Distilled
 
     torch.set_num_threads(args.threads)
     backbone = load_backbone(OmegaConf.structured(TextModelConfig(name=args.model)))

@@ -5,8 +5,8 @@ import torch
 from omegaconf import OmegaConf
 
 from dd.config import BufferConfig, EvalConfig, ModelConfig
-from dd.evaluate import evaluate_set
-from dd.experts import expert_seeds, train_expert, train_experts_batched
+from dd.image.evaluate import evaluate_set
+from dd.image.experts import expert_seeds, train_expert, train_experts_batched
 
 MODEL = OmegaConf.structured(ModelConfig(name="convnet", width=8, norm="instance", act="relu", pool="avg"))
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from dd.config import CoresetConfig, EvalConfig, ModelConfig
+from dd.config import EvalConfig, ModelConfig
 from dd.errors import DDError
-from dd.methods.coreset import check_ipc, herding, kcenter_greedy, random_indices, select
+from dd.image.methods.coreset import CoresetConfig, check_ipc, herding, kcenter_greedy, random_indices, select
 
 
 def brute_herding(f: np.ndarray, k: int) -> list[int]:

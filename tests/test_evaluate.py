@@ -8,8 +8,8 @@ from omegaconf import OmegaConf
 
 from dd.config import EvalConfig, ModelConfig
 from dd.errors import DDError
-from dd.evaluate import EvalResult, evaluate_set, lr_schedule, set_loss, train_on_set
-from dd.methods.coreset import random_indices
+from dd.image.evaluate import EvalResult, evaluate_set, lr_schedule, set_loss, train_on_set
+from dd.image.methods.coreset import random_indices
 
 MODEL = OmegaConf.structured(ModelConfig(name="convnet", width=8, norm="instance", act="relu", pool="avg"))
 
@@ -42,17 +42,17 @@ def test_evaluate_learns_and_reports_numpy_stats(digits_data, subset):
 
 
 def test_evaluate_is_seeded(digits_data, subset, monkeypatch):
-    import dd.evaluate
+    import dd.image.evaluate
 
     inits = []
-    real_new_model = dd.evaluate.new_model
+    real_new_model = dd.image.evaluate.new_model
 
     def recording_new_model(*a, **kw):
         model = real_new_model(*a, **kw)
         inits.append(torch.cat([p.detach().flatten().clone() for p in model.parameters()]))
         return model
 
-    monkeypatch.setattr(dd.evaluate, "new_model", recording_new_model)
+    monkeypatch.setattr(dd.image.evaluate, "new_model", recording_new_model)
     x, y = subset
     cfg = eval_cfg(num_models=2, epochs=2)
     a = evaluate_set(x, y, digits_data, MODEL, cfg, seed=5, progress=False)
@@ -96,16 +96,16 @@ def test_bad_counts_refused(digits_data, subset, kw):
 
 @pytest.mark.parametrize("mode", ["one", "color_then_one", "all"])
 def test_eval_dsa_mode_reaches_dsa(digits_data, subset, monkeypatch, mode):
-    import dd.evaluate
+    import dd.image.evaluate
 
     built = []
-    real_dsa = dd.evaluate.DSA
+    real_dsa = dd.image.evaluate.DSA
 
     def spy(*a, **kw):
         built.append(real_dsa(*a, **kw))
         return built[-1]
 
-    monkeypatch.setattr(dd.evaluate, "DSA", spy)
+    monkeypatch.setattr(dd.image.evaluate, "DSA", spy)
     x, y = subset
     evaluate_set(x, y, digits_data, MODEL, eval_cfg(num_models=1, epochs=1, dsa_mode=mode), progress=False)
     assert [d.mode for d in built] == [mode]

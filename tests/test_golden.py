@@ -13,11 +13,11 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from dd.batched import ModelStack, train_stack
-from dd.config import InnerConfig, MTTConfig
-from dd.evaluate import accuracy, lr_schedule, set_loss, train_on_set
+from dd.config import InnerConfig
+from dd.image.batched import ModelStack, train_stack
+from dd.image.evaluate import accuracy, lr_schedule, set_loss, train_on_set
+from dd.image.methods.mtt import MTTConfig, Segment, Synthetic, outer_iteration
 from dd.inner import budget
-from dd.methods.mtt import Segment, Synthetic, outer_iteration
 from dd.models import FlatModel, build_model
 
 REFERENCE = Path(__file__).parent / "data" / "reference"

@@ -5,9 +5,9 @@ import torch
 
 from dd.data import DSA
 from dd.errors import DDError
-from dd.evaluate import set_loss
+from dd.image.evaluate import set_loss
+from dd.image.methods.mtt import plan_steps
 from dd.inner import meta_gradient
-from dd.methods.mtt import plan_steps
 from dd.models import FlatModel, build_model
 
 

@@ -9,8 +9,8 @@ from hydra import compose, initialize_config_dir
 from dd.cli.common import CONF_DIR
 from dd.config import register_configs
 from dd.errors import DDError
-from dd.experts import Buffer
 from dd.export import load
+from dd.image.experts import Buffer
 from dd.pipeline import run
 
 register_configs()
@@ -45,7 +45,7 @@ def test_distillation_lowers_the_loss_and_exports(tmp_path):
 def test_resume_reaches_the_same_images(tmp_path, monkeypatch):
     whole = run(config(tmp_path), tmp_path / "whole")
     assert whole["method"] == "mtt"
-    import dd.methods.mtt as mtt
+    import dd.image.methods.mtt as mtt
 
     real = mtt.meta_gradient
     calls = {"n": 0}
@@ -74,8 +74,8 @@ def test_resume_without_checkpoint_is_refused(tmp_path):
 
 
 def test_buffer_skips_finished_experts_and_refuses_mismatch(tmp_path):
-    from dd.experts import build_buffer
-    from dd.pipeline import load_data
+    from dd.image.experts import build_buffer
+    from dd.image.pipeline import load_data
 
     cfg = config(tmp_path, "buffer.num_experts=2")
     data = load_data(cfg)
@@ -102,10 +102,10 @@ def test_buffer_skips_finished_experts_and_refuses_mismatch(tmp_path):
 
 def test_trajectory_matches_sequential_sgd(tmp_path):
     """Stored epochs are the expert's real parameters: epoch 0 is the seeded init."""
-    from dd.evaluate import new_model
-    from dd.experts import build_buffer
+    from dd.image.evaluate import new_model
+    from dd.image.experts import build_buffer
+    from dd.image.pipeline import load_data
     from dd.models import FlatModel
-    from dd.pipeline import load_data
 
     cfg = config(tmp_path)
     data = load_data(cfg)
@@ -120,8 +120,8 @@ def test_trajectory_matches_sequential_sgd(tmp_path):
 
 
 def test_corrupt_expert_file_is_reported(tmp_path):
-    from dd.experts import build_buffer
-    from dd.pipeline import load_data
+    from dd.image.experts import build_buffer
+    from dd.image.pipeline import load_data
 
     cfg = config(tmp_path)
     buf = build_buffer(cfg, load_data(cfg), "cpu", ids=[0], progress=False)
@@ -131,7 +131,7 @@ def test_corrupt_expert_file_is_reported(tmp_path):
 
 
 def test_nonfinite_losses_stop_the_run_without_export(tmp_path, monkeypatch):
-    import dd.methods.mtt as mtt
+    import dd.image.methods.mtt as mtt
     from dd.inner import MetaGrad
 
     def poisoned(engine, step_loss, outer, theta0, learnables, lr, n, **options):
@@ -146,7 +146,7 @@ def test_nonfinite_losses_stop_the_run_without_export(tmp_path, monkeypatch):
 
 
 def test_learned_lr_never_goes_below_its_floor(tmp_path, monkeypatch):
-    import dd.methods.mtt as mtt
+    import dd.image.methods.mtt as mtt
     from dd.inner import MetaGrad
 
     def pushes_lr_negative(engine, step_loss, outer, theta0, learnables, lr, n, **options):
@@ -181,12 +181,12 @@ def test_bad_method_settings(tmp_path, override, message):
 
 def test_distillation_uses_exactly_the_configured_experts(tmp_path, monkeypatch):
     """A buffer folder shared with a bigger run holds more experts; this run draws only from its own."""
-    from dd.experts import build_buffer
-    from dd.pipeline import load_data
+    from dd.image.experts import build_buffer
+    from dd.image.pipeline import load_data
 
     cfg = config(tmp_path)
     build_buffer(cfg, load_data(cfg), "cpu", ids=[0, 1, 2, 3], progress=False)  # a bigger run's experts
-    import dd.methods.mtt as mtt
+    import dd.image.methods.mtt as mtt
 
     drawn = []
     real = mtt.draw_segment

@@ -7,14 +7,14 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-import dd.evaluate as evaluate
+import dd.image.evaluate as evaluate
 from dd import seeds
 from dd.cli.common import CONF_DIR
 from dd.config import register_configs
 from dd.errors import DDError
-from dd.experts import build_buffer
+from dd.image.experts import build_buffer
+from dd.image.pipeline import load_data
 from dd.models import FlatModel
-from dd.pipeline import load_data
 
 register_configs()
 

@@ -13,10 +13,10 @@ from dd.cli.common import CONF_DIR
 from dd.config import register_configs
 from dd.data.text import load_text_dataset
 from dd.errors import DDError
-from dd.evaluate_text import macro_f1, majority_rate, score
-from dd.methods.text_baselines import pick_lr, prune_order
 from dd.models.bert import TextClassifier, load_backbone
 from dd.pipeline import run
+from dd.text.evaluate import macro_f1, majority_rate, score
+from dd.text.methods.baselines import pick_lr, prune_order
 
 register_configs()
 FIXTURE = Path(__file__).parent / "data" / "fortunes_small"
@@ -90,7 +90,7 @@ def test_real_subset_baselines_pick_from_the_pool_and_export(tmp_path, method):
 
 
 def test_select_best_val_scores_held_out_training_examples_only(tmp_path, monkeypatch):
-    import dd.methods.attention_labels as al
+    import dd.text.methods.attention_labels as al
 
     seen, batches = [], []
     real_split_loss, real_batch = al.split_loss, al.real_batch

@@ -5,13 +5,13 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from dd.config import AttentionLabelsConfig, TextDatasetConfig, TextModelConfig
+from dd.config import TextDatasetConfig, TextModelConfig
 from dd.data.text import load_text_dataset
-from dd.evaluate_text import evaluate_text_set
 from dd.inner import meta_gradient
-from dd.methods.attention_labels import Distilled
 from dd.models.bert import TextClassifier, load_backbone
-from dd.text_loss import attention_kl
+from dd.text.evaluate import evaluate_text_set
+from dd.text.loss import attention_kl
+from dd.text.methods.attention_labels import AttentionLabelsConfig, Distilled
 
 
 @pytest.fixture(autouse=True)
@@ -132,7 +132,7 @@ def test_attention_kl_zero_at_the_models_own_attention(backbone, data):
 
 
 def test_evaluation_resets_the_pretrained_weights_exactly(backbone, data, monkeypatch):
-    import dd.evaluate_text as ev
+    import dd.text.evaluate as ev
 
     clf = TextClassifier(backbone, data.num_classes)
     pretrained = {k: v.clone() for k, v in backbone.body.state_dict().items()}

@@ -62,6 +62,8 @@ def test_cli_writes_results_comparisons_and_a_loadable_set(tmp_path):
     assert results["model"] == "tiny_bert" and results["ipc"] == 1 and len(results["accuracy"]["per_model"]) == 2
     assert set(results["comparison"]) == {"random_text", "full_finetune"}
     assert results["timings"]["s_per_outer_step"] > 0 and results["timings"]["peak_rss_mb"] > 0
+    # a text run records the settings it reads: not the image evaluator's, nor the expert buffer
+    assert results["config"]["eval"] == {"num_models": 2, "test_batch_size": 200} and "buffer" not in results["config"]
     for name in ("random_text", "full_finetune"):  # each comparison is a row dd-table can read
         sub = json.loads((out / "compare" / name / "results.json").read_text())
         assert sub["method"] == name and 0 <= sub["accuracy"]["mean"] <= 1
@@ -80,8 +82,8 @@ def test_cli_writes_results_comparisons_and_a_loadable_set(tmp_path):
 
     # the exported set re-trains to the very accuracy reported (same backbone, seeds and protocol)
     from dd.data.text import load_text_dataset
-    from dd.evaluate_text import TextSet, evaluate_text_set
     from dd.models.bert import TextClassifier, load_backbone
+    from dd.text.evaluate import TextSet, evaluate_text_set
 
     cfg = config()
     backbone = load_backbone(cfg.model)
@@ -95,7 +97,7 @@ def test_cli_writes_results_comparisons_and_a_loadable_set(tmp_path):
 
 def test_resume_reaches_the_same_tensors(tmp_path, monkeypatch):
     run(bare(), tmp_path / "whole")
-    import dd.methods.attention_labels as al
+    import dd.text.methods.attention_labels as al
 
     real = al.meta_gradient
     calls = {"n": 0}
@@ -124,6 +126,7 @@ def test_resume_reaches_the_same_tensors(tmp_path, monkeypatch):
     (["method.label_type=fuzzy"], "label_type 'fuzzy'"),
     (["method.batch_per_class=2", "ipc=3"], "must divide ipc=3"),
     (["method.length=0"], "method.length=0"),
+    (["eval.epochs=10"], "eval.epochs=10 is an image-evaluator setting"),
     (["method.init=real", "method.length=9"], "at most dataset.max_length=8"),
     (["dataset=text_files", "dataset.train_file=/nonexistent/train.csv", "dataset.test_file=/nonexistent/t.csv"],
      "does not exist"),

@@ -18,8 +18,8 @@ register_configs()
 
 def build(cfg: DictConfig) -> None:
     from dd.device import resolve_device
-    from dd.experts import build_buffer, expert_ids
-    from dd.pipeline import load_data
+    from dd.image.experts import build_buffer, expert_ids
+    from dd.image.pipeline import load_data
 
     device = resolve_device(cfg.device)
     data = load_data(cfg)

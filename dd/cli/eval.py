@@ -18,7 +18,7 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="eval_set")
 def _app(cfg: DictConfig) -> float:
-    from dd.evaluate_set import evaluate_exported
+    from dd.image.pipeline import evaluate_exported
 
     out_dir, group = hydra_output_dir()
     results = guarded(PROG, lambda: evaluate_exported(cfg, out_dir, group=group))

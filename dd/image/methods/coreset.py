@@ -12,13 +12,38 @@ of one network of the run's model config trained on the full training set for
 augmentation).
 """
 
+from dataclasses import dataclass
+
 import torch
+from omegaconf import MISSING
 from tqdm.auto import tqdm
 
 from dd import seeds
 from dd.data import ImageDataset
 from dd.errors import DDError
-from dd.evaluate import fresh_model, lr_schedule, train_on_set
+from dd.image.base import SynSet
+from dd.image.evaluate import fresh_model, lr_schedule, train_on_set
+from dd.registry import RunContext, register
+
+
+@dataclass
+class CoresetConfig:
+    """random / herding / kcenter: pick real images per class."""
+
+    name: str = MISSING
+    # herding and kcenter select on the embedding of a ConvNet trained on the full train set
+    feature_epochs: int = 20
+    feature_batch_size: int = 256
+
+
+@register("kcenter", kind="image", schema=CoresetConfig, schema_name="coreset_schema")
+@register("herding", kind="image", schema=CoresetConfig, schema_name="coreset_schema")
+@register("random", kind="image", schema=CoresetConfig, schema_name="coreset_schema")
+def run_coreset(ctx: RunContext) -> SynSet:
+    cfg = ctx.cfg
+    idx = select(cfg.method.name, ctx.data, cfg.ipc, seed=cfg.seed, model_cfg=cfg.model, method_cfg=cfg.method,
+                 eval_cfg=cfg.eval, device=ctx.device, progress=ctx.progress)
+    return SynSet(ctx.data.train_x[idx], ctx.data.train_y[idx], extra_meta={"train_indices": idx.tolist()})
 
 
 def check_ipc(data: ImageDataset, ipc: int) -> None:

@@ -230,8 +230,8 @@ def _train_sequential(images, labels, data, model_cfg, eval_cfg, schedule, lr, s
 
 
 def _train_batched(images, labels, data, model_cfg, eval_cfg, schedule, lr, seeds, dsa, device, progress, desc):
-    """The same protocol, every model of a chunk in one vmapped computation (dd.batched)."""
-    from dd.batched import ModelStack, model_batch_size, train_stack
+    """The same protocol, every model of a chunk in one vmapped computation (dd.image.batched)."""
+    from dd.image.batched import ModelStack, model_batch_size, train_stack
 
     images, labels = images.detach().to(device), labels.detach().to(device)
     test_x, test_y = data.test_x.to(device), data.test_y

@@ -28,16 +28,42 @@ from dd import seeds
 from dd.checkpoint import CHECKPOINT, load_checkpoint, run_digest
 from dd.data import DSA
 from dd.errors import DDError
-from dd.evaluate import EvalResult, evaluate_set, new_model, set_loss
-from dd.experts import Buffer, build_buffer
 from dd.fsutil import write_file
+from dd.image.base import SynSet
+from dd.image.evaluate import EvalResult, evaluate_set, new_model, set_loss
+from dd.image.experts import Buffer, build_buffer
+from dd.image.methods.coreset import check_ipc
 from dd.inner import ENGINES, MetaGrad, meta_gradient
-from dd.methods.base import RunContext, SynSet
-from dd.methods.coreset import check_ipc
 from dd.models import FlatModel
+from dd.registry import RunContext, register
 from dd.viz import save_curves, save_grid
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class MTTConfig:
+    """Trajectory matching (Cazenavette et al. 2022); names as in the paper's code."""
+
+    name: str = "mtt"
+    iterations: int = 5000
+    syn_steps: int = 20  # N: student steps on the synthetic set per iteration
+    expert_epochs: int = 2  # M: the expert epochs the student must cover
+    min_start_epoch: int = 0
+    max_start_epoch: int = 20  # T+: start epochs are drawn from [min_start_epoch, max_start_epoch)
+    lr_img: float = 1000.0
+    lr_lr: float = 1e-5
+    lr_teacher: float = 0.01  # initial value of the learned student lr
+    lr_label: float = 2.0  # only with soft_labels
+    momentum: float = 0.5  # of the image, lr and label optimisers
+    batch_syn: int | None = None  # synthetic images per student step; null = the whole set
+    pix_init: str = "real"  # real | noise
+    soft_labels: bool = False  # learn label distributions, initialised from an expert's logits
+    dsa: bool = True
+    eval_every: int = 500
+    checkpoint_every: int = 100
+    max_nonfinite: int = 10  # consecutive non-finite losses that stop the run
+    min_lr: float = 1e-6  # floor of the learned lr: it can never reach zero or go negative
 
 
 def check_method(m, inner, buffer_epochs: int) -> None:
@@ -292,6 +318,7 @@ class Checkpointer:
         return state
 
 
+@register("mtt", kind="image", schema=MTTConfig)
 def distill(ctx: RunContext) -> SynSet:
     cfg, data, device, m = ctx.cfg, ctx.data, ctx.device, ctx.cfg.method
     check_ipc(data, cfg.ipc)

@@ -18,6 +18,7 @@
 """
 
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -27,10 +28,58 @@ from tqdm.auto import tqdm
 
 from dd import seeds
 from dd.errors import DDError
-from dd.evaluate_text import TextSet, batches, evaluate_text_set, score, summarise
-from dd.methods.attention_labels import linear_schedule
-from dd.methods.coreset import herding
-from dd.methods.text_base import TextRunContext, TextSynSet, check_ipc, require_text
+from dd.image.methods.coreset import herding
+from dd.registry import register
+from dd.text.base import TextRunContext, TextSynSet, check_ipc, require_text
+from dd.text.evaluate import TextSet, batches, evaluate_text_set, score, summarise
+from dd.text.methods.attention_labels import linear_schedule
+
+
+@dataclass
+class RandomTextConfig:
+    """Real examples per class, trained on like a distilled set; lr picked on a held-out train part."""
+
+    name: str = "random_text"
+    inner_steps: int = 1
+    batch_per_class: int = 1
+    lr_grid: list[float] = field(default_factory=lambda: [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0])
+    holdout: int = 200  # training examples held out to pick the lr (never selected as examples)
+    grid_runs: int = 3  # training runs per grid point
+
+
+@dataclass
+class FullFinetuneConfig:
+    """Ordinary fine-tuning on the whole train split (AdamW, linear warmup/decay).
+
+    The recipe for a small BERT on a few hundred to a few thousand labelled texts: 5 epochs at lr 1e-4
+    (with 3 epochs at 5e-5, a few dozen steps, MiniLM mostly learns the class prior; measured in the README).
+    """
+
+    name: str = "full_finetune"
+    epochs: int = 5
+    batch_size: int = 32
+    lr: float = 1.0e-4
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    num_runs: int = 3  # fine-tuning runs (fresh heads); mean ± std over them
+
+
+@dataclass
+class LossPruneConfig(RandomTextConfig):
+    """Per class, the highest label-NLL examples under a fine-tuned scorer, after skipping likely label noise."""
+
+    name: str = "loss_prune"
+    skip_noisy: float = 0.1  # per class, skip this top fraction by NLL (the scorer contradicts them most)
+    # the scorer's fine-tuning recipe: full_finetune's, on a short budget (2 epochs)
+    scorer: FullFinetuneConfig = field(default_factory=lambda: FullFinetuneConfig(epochs=2, num_runs=1))
+
+
+@dataclass
+class HerdingTextConfig(RandomTextConfig):
+    """Per class, herding on the pretrained backbone's [CLS] embeddings."""
+
+    name: str = "herding_text"
 
 
 def random_examples(data, ipc: int, pool: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -115,6 +164,7 @@ def real_set(ctx: TextRunContext, name: str, idx: torch.Tensor, held: torch.Tens
     )
 
 
+@register("random_text", kind="text", schema=RandomTextConfig)
 def run_random_text(ctx: TextRunContext) -> TextSynSet:
     require_text(ctx, "random_text")
     check_real_set(ctx.cfg.method, ctx.cfg.ipc, len(ctx.data.train))
@@ -142,6 +192,7 @@ def prune_order(members: torch.Tensor, nll: torch.Tensor, skip_noisy: float, k: 
     return order[skip:]
 
 
+@register("loss_prune", kind="text", schema=LossPruneConfig)
 def run_loss_prune(ctx: TextRunContext) -> TextSynSet:
     """Keep, per class, the ipc examples of highest label NLL under a fine-tuned scorer, after skipping
     the top `skip_noisy` fraction of the class (the examples the scorer contradicts most: likely label noise)."""
@@ -182,6 +233,7 @@ def cls_features(clf, split, batch_size: int, device) -> torch.Tensor:
     return torch.cat(out)
 
 
+@register("herding_text", kind="text", schema=HerdingTextConfig)
 def run_herding_text(ctx: TextRunContext) -> TextSynSet:
     """Herding (Welling 2009) per class on the backbone's [CLS] embeddings of the pool."""
     require_text(ctx, "herding_text")
@@ -220,6 +272,7 @@ def finetune(clf, train, m, seed: int, run: int, device, progress: bool, purpose
     return theta.detach()
 
 
+@register("full_finetune", kind="text", schema=FullFinetuneConfig)
 def run_full_finetune(ctx: TextRunContext) -> TextSynSet:
     require_text(ctx, "full_finetune")
     cfg, data, clf = ctx.cfg, ctx.data, ctx.classifier

@@ -72,7 +72,7 @@ def train_stack(
 ) -> None:
     """SGD (torch.optim.SGD's update rule) on every stacked model at once, in place.
 
-    schedule: a dd.evaluate.Schedule (epochs, when the lr drops, whether momentum restarts then);
+    schedule: a dd.image.evaluate.Schedule (epochs, when the lr drops, whether momentum restarts then);
     experts use one that never drops.
     on_epoch(epoch, stack) is called after each epoch (experts record their parameters there).
     """

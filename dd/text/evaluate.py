@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from dd import seeds
 from dd.data.text import TextDataset, TextSplit
 from dd.errors import DDError
-from dd.text_loss import learner_loss
+from dd.text.loss import learner_loss
 
 
 @dataclass

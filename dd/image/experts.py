@@ -28,8 +28,8 @@ from tqdm.auto import tqdm
 from dd import seeds
 from dd.data import DSA, ImageDataset
 from dd.errors import DDError
-from dd.evaluate import ModelSeeds, Schedule, accuracy, fresh_model, model_options, set_loss
 from dd.fsutil import write_file, write_json
+from dd.image.evaluate import ModelSeeds, Schedule, accuracy, fresh_model, model_options, set_loss
 from dd.models import FlatModel, model_has_state
 
 log = logging.getLogger(__name__)
@@ -180,8 +180,8 @@ def train_expert(data: ImageDataset, model_cfg, recipe: dict, seed: ModelSeeds, 
 
 def train_experts_batched(data: ImageDataset, model_cfg, recipe: dict, model_seeds: list[ModelSeeds], device,
                           progress: bool = True) -> list[tuple[torch.Tensor, float]]:
-    """Train len(model_seeds) experts at once (dd.batched); each follows train_expert's trajectory."""
-    from dd.batched import ModelStack, train_stack
+    """Train len(model_seeds) experts at once (dd.image.batched); each follows train_expert's trajectory."""
+    from dd.image.batched import ModelStack, train_stack
 
     models = [fresh_model(model_cfg, data, s.init, device) for s in model_seeds]
     if model_has_state(models[0]):

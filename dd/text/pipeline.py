@@ -17,20 +17,18 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from dd import seeds
-from dd.config import FullFinetuneConfig, HerdingTextConfig, LossPruneConfig, RandomTextConfig
 from dd.data.text import load_text_dataset
+from dd.config import EvalConfig
 from dd.device import resolve_device
 from dd.errors import DDError
 from dd.export import DistilledSet
 from dd.fsutil import write_file, write_json
-from dd.methods import METHODS
-from dd.methods.text_base import TEXT_METHODS, TextRunContext, TextSynSet
 from dd.models.bert import TextClassifier, load_backbone
+from dd.registry import get, methods
+from dd.text.base import TextRunContext, TextSynSet
 from dd.tracking import Tracker, make_tracker
 
 log = logging.getLogger(__name__)
-BASELINES = {"random_text": RandomTextConfig, "full_finetune": FullFinetuneConfig, "loss_prune": LossPruneConfig,
-             "herding_text": HerdingTextConfig}
 PREVIEW_TOKENS = 24  # decoded positions per example kept in meta.json
 
 
@@ -45,9 +43,10 @@ def compare_configs(cfg: DictConfig) -> dict[str, DictConfig]:
     wanted = cfg.method.get("compare") or {}
     out = {}
     for name, overrides in wanted.items():
-        if name not in BASELINES:
-            raise DDError(f"method.compare '{name}' is unknown; choose from: {', '.join(BASELINES)}")
-        base = OmegaConf.structured(BASELINES[name])
+        baselines = [n for n in methods("text") if n != cfg.method.name]
+        if name not in baselines:
+            raise DDError(f"method.compare '{name}' is unknown; choose from: {', '.join(baselines)}")
+        base = OmegaConf.structured(get(name).schema)
         if name in ("random_text", "loss_prune", "herding_text"):  # the same steps and batches as the distilled set
             base.inner_steps = cfg.method.inner_steps
             base.batch_per_class = cfg.method.batch_per_class
@@ -58,11 +57,26 @@ def compare_configs(cfg: DictConfig) -> dict[str, DictConfig]:
     return out
 
 
+# all that the text evaluator reads of the `eval` group; the other keys belong to the image evaluator
+TEXT_EVAL_KEYS = ("num_models", "test_batch_size")
+
+
+def text_settings(cfg: DictConfig) -> dict:
+    """The resolved config as a text run reads it: without the image evaluator's settings (DSA, epochs, ...)
+    and the expert buffer, which no text method uses; this is what results.json and meta.json record."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved.pop("buffer", None)
+    resolved["eval"] = {k: resolved["eval"][k] for k in TEXT_EVAL_KEYS}
+    return resolved
+
+
 def check_text_config(cfg: DictConfig) -> None:
     """Refuse bad values before anything is loaded or written."""
-    if cfg.method.name not in TEXT_METHODS:
-        raise DDError(f"method '{cfg.method.name}' works on image datasets; for text datasets choose one of: "
-                      f"{', '.join(TEXT_METHODS)}")
+    image_only = EvalConfig()
+    for key, value in cfg.eval.items():
+        if key not in TEXT_EVAL_KEYS and value != getattr(image_only, key):
+            raise DDError(f"eval.{key}={value} is an image-evaluator setting that a text run would ignore; the text "
+                          f"evaluator reads only {', '.join('eval.' + k for k in TEXT_EVAL_KEYS)}")
     if "name_or_path" not in cfg.model:
         raise DDError(f"model '{cfg.model.name}' is an image model; text datasets take a text backbone: "
                       "model=minilm, bert_base or tiny_bert")
@@ -137,7 +151,7 @@ def run_text(cfg: DictConfig, out_dir: str | Path, group: str | None = None) -> 
         raise DDError(f"dataset.max_length={data.max_length} is more than {backbone.name} takes ({limit} positions)")
     clf = TextClassifier(backbone, data.num_classes).to(device)
     timings = {"data_s": time.perf_counter() - t0}
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved = text_settings(cfg)
     model_name = cfg.model.name
     tracker = make_tracker(cfg.logger, resolved, out_dir, name=out_dir.name, group=group)
     ctx = TextRunContext(cfg=cfg, data=data, device=device, out_dir=out_dir, tracker=tracker, progress=cfg.progress,
@@ -145,7 +159,7 @@ def run_text(cfg: DictConfig, out_dir: str | Path, group: str | None = None) -> 
     try:
         seeds.seed_global("global", cfg.seed)
         t0 = time.perf_counter()
-        syn = METHODS[cfg.method.name](ctx)
+        syn = get(cfg.method.name).run(ctx)
         timings["method_s"] = time.perf_counter() - t0
         timings.update(syn.timings)
         evaluation = syn.evaluation
@@ -157,7 +171,7 @@ def run_text(cfg: DictConfig, out_dir: str | Path, group: str | None = None) -> 
             sub = OmegaConf.create({**resolved, "method": OmegaConf.to_container(method_cfg)})
             sub_dir = out_dir / "compare" / name
             t0 = time.perf_counter()
-            sub_syn = METHODS[name](TextRunContext(cfg=sub, data=data, device=device, out_dir=sub_dir,
+            sub_syn = get(name).run(TextRunContext(cfg=sub, data=data, device=device, out_dir=sub_dir,
                                                    tracker=Tracker(), progress=cfg.progress, classifier=clf))
             sub_res = results_of(name, sub_syn.evaluation, data, sub, model_name,
                                  {**sub_syn.timings, "total_s": time.perf_counter() - t0},

@@ -1,13 +1,11 @@
-"""What text methods receive and return (the image side has RunContext/SynSet in base.py)."""
+"""What text methods receive and return (the image side: dd.registry.RunContext, dd.image.base.SynSet)."""
 
 from dataclasses import dataclass, field
 
 from dd.data.text import TextDataset
 from dd.errors import DDError
-from dd.evaluate_text import TextEvalResult, TextSet
-from dd.methods.base import RunContext
-
-TEXT_METHODS = ("attention_labels", "random_text", "full_finetune", "loss_prune", "herding_text")
+from dd.registry import RunContext
+from dd.text.evaluate import TextEvalResult, TextSet
 
 
 @dataclass

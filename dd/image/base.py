@@ -1,22 +1,10 @@
-"""What every method receives and returns."""
+"""What an image method returns (every method receives a dd.registry.RunContext)."""
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
-from dd.evaluate import EvalResult
-from dd.tracking import Tracker
-
-
-@dataclass
-class RunContext:
-    cfg: object  # the resolved DictConfig
-    data: object  # ImageDataset (or a text dataset)
-    device: torch.device
-    out_dir: Path
-    tracker: Tracker
-    progress: bool = True
+from dd.image.evaluate import EvalResult
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""The image home: pipeline (dd-distill, dd-eval), evaluator, experts, batched trainer, methods."""

@@ -1,0 +1,1 @@
+"""Image methods; each module registers itself in dd.registry."""

@@ -1,0 +1,169 @@
+"""The image runs: dd-distill (data -> method -> evaluation -> export -> results.json) and dd-eval
+(an exported set -> fresh models of any architecture -> results.json).
+
+The CLIs are thin shells around `run` and `evaluate_exported`; a Python user can call them with
+a composed config and an output folder.
+"""
+
+import logging
+import shutil
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from dd import seeds
+from dd.data import load_image_dataset
+from dd.device import resolve_device
+from dd.errors import DDError
+from dd.export import META_FILE, image_set, load
+from dd.fsutil import write_json
+from dd.image.evaluate import evaluate_set, model_options
+from dd.registry import RunContext, get
+from dd.tracking import make_tracker
+from dd.viz import save_grid
+
+log = logging.getLogger(__name__)
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Refuse bad values before anything is written (the method's kind is checked by dd.pipeline)."""
+    if cfg.ipc <= 0:
+        raise DDError(f"ipc={cfg.ipc} is not allowed; it must be a positive integer")
+    if "name_or_path" in cfg.model:
+        raise DDError(f"model '{cfg.model.name}' is a text backbone; image datasets take an image model (e.g. model=convnet)")
+    if not (cfg.eval.lr > 0):
+        raise DDError(f"eval.lr={cfg.eval.lr} is not allowed; it must be positive")
+    if cfg.eval.num_models <= 0 or cfg.eval.epochs <= 0:
+        raise DDError(f"eval.num_models={cfg.eval.num_models}, eval.epochs={cfg.eval.epochs}: both must be positive")
+
+
+def load_data(cfg: DictConfig):
+    d = cfg.dataset
+    return load_image_dataset(
+        d.name, root=d.root, download=d.download, source=d.source, zca=d.zca, zca_eps=d.zca_eps,
+        image_size=d.image_size, train_limit=d.train_limit, stats=d.get("stats"),
+    )
+
+
+def export_set(syn, folder, aliases, evaluation, data, cfg, model, resolved, out_dir, tracker):
+    dset = image_set(
+        syn.images, syn.labels, data, lr=syn.lr, method=cfg.method.name, ipc=cfg.ipc, model=model, config=resolved,
+        evaluation=None if evaluation is None else evaluation.as_dict(), extra_meta=syn.extra_meta,
+    )
+    dset.save(out_dir / folder)
+    tracker.log_artifact(out_dir / folder, f"{data.name}-{cfg.method.name}-ipc{cfg.ipc}", "dataset", aliases=aliases)
+
+
+def run_image(cfg: DictConfig, out_dir: str | Path, group: str | None = None) -> dict:
+    out_dir = Path(out_dir)
+    check_config(cfg)
+    device = resolve_device(cfg.device)
+    timings = {}
+    start = t0 = time.perf_counter()
+    data = load_data(cfg)
+    timings["data_s"] = time.perf_counter() - t0
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    tracker = make_tracker(cfg.logger, resolved, out_dir, name=out_dir.name, group=group)
+    ctx = RunContext(cfg=cfg, data=data, device=device, out_dir=out_dir, tracker=tracker, progress=cfg.progress)
+    try:
+        seeds.seed_global("global", cfg.seed)
+        t0 = time.perf_counter()
+        syn = get(cfg.method.name).run(ctx)
+        timings["method_s"] = time.perf_counter() - t0
+        timings.update(syn.timings)
+        evaluation = syn.evaluation
+        if evaluation is None:
+            lr = None if syn.lr is None else float(syn.lr.reshape(-1)[-1])
+            evaluation = evaluate_set(
+                syn.images, syn.labels, data, cfg.model, cfg.eval, lr=lr, seed=cfg.seed, device=device,
+                progress=cfg.progress,
+            )
+        timings["evaluate_s"] = evaluation.seconds
+        model_name, model_opts = model_options(cfg.model)
+        if syn.export and cfg.export:
+            model = {"name": model_name, **model_opts}
+            export_set(syn, "distilled", ["best", "latest"], evaluation, data, cfg, model, resolved, out_dir, tracker)
+            if syn.last is not None:
+                export_set(syn.last, "distilled_last", ["last"], syn.last.evaluation, data, cfg, model, resolved,
+                           out_dir, tracker)
+            save_grid(data.to_pixels(syn.images.detach().cpu()), syn.labels.cpu(), data.class_names, out_dir / "grid.png",
+                      title=f"{cfg.method.name} {data.name} ipc={cfg.ipc}: {evaluation}")
+            tracker.log_image("grid", out_dir / "grid.png")
+        results = {
+            "accuracy": {"mean": evaluation.mean, "std": evaluation.std, "per_model": evaluation.per_model},
+            "method": cfg.method.name,
+            "dataset": data.name,
+            "ipc": cfg.ipc,
+            "model": model_name,
+            "seed": cfg.seed,
+            "eval": {"epochs": evaluation.epochs, "lr": evaluation.lr, "num_models": len(evaluation.per_model),
+                     "schedule": cfg.eval.schedule},
+            **({"paper_max": syn.extra_meta["paper_max"]} if "paper_max" in syn.extra_meta else {}),
+            "timings": {**timings, "total_s": time.perf_counter() - start},
+            "config": resolved,
+        }
+        tracker.summary({"test_acc_mean": evaluation.mean, "test_acc_std": evaluation.std})
+        write_json(out_dir / "results.json", results)
+        return results
+    finally:
+        tracker.finish()
+
+
+def dataset_of(meta: dict, root: str | None):
+    """Load the set's dataset with the preprocessing recorded in its meta (root may be overridden)."""
+    d = dict((meta.get("config") or {}).get("dataset") or {})
+    d["name"] = meta["dataset"]
+    if root is not None:
+        d["root"] = root
+    data = load_image_dataset(
+        d["name"], root=d.get("root"), download=bool(d.get("download", False)), source=d.get("source", "torchvision"),
+        zca=bool(meta.get("zca")), zca_eps=float(d.get("zca_eps", 0.1)), image_size=d.get("image_size"),
+        train_limit=d.get("train_limit"), stats=d.get("stats"),
+    )
+    if [round(v, 4) for v in data.mean] != [round(float(v), 4) for v in meta["mean"]]:
+        old_zca = " (ZCA is now fitted on raw pixels, so ZCA sets exported before that cannot be re-evaluated)"
+        raise DDError(f"the set was normalised with mean {meta['mean']} but {data.name} loads with {data.mean}; "
+                      f"the preprocessing differs{old_zca if meta.get('zca') else ''}")
+    return data
+
+
+def evaluate_exported(cfg: DictConfig, out_dir: str | Path, group: str | None = None) -> dict:
+    out_dir = Path(out_dir)
+    start = time.perf_counter()
+    ds = load(cfg.path)
+    if ds.kind != "image":
+        raise DDError(f"{cfg.path} is a text set; dd-eval evaluates image sets (text sets are scored by dd-distill)")
+    model_cfg = cfg.model if cfg.model is not None else OmegaConf.create(ds.meta.get("model") or {"name": "convnet"})
+    if model_cfg.get("name") in (None, "unknown"):
+        raise DDError(f"{cfg.path} does not record its model; choose one with model=<name>")
+    device = resolve_device(cfg.device)
+    data = dataset_of(ds.meta, cfg.dataset_root)
+    lr = float(ds.lr.reshape(-1)[-1]) if ds.lr is not None and cfg.use_set_lr else None
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    tracker = make_tracker(cfg.logger, resolved, out_dir, name=out_dir.name, group=group)
+    try:
+        result = evaluate_set(ds.images, ds.labels, data, model_cfg, cfg.eval, lr=lr, seed=cfg.seed, device=device,
+                              progress=cfg.progress)
+        tracker.summary({"test_acc_mean": result.mean, "test_acc_std": result.std})
+    finally:
+        tracker.finish()
+    name, options = model_options(model_cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(Path(cfg.path) / META_FILE, out_dir / "set_meta.json")
+    results = {
+        "accuracy": {"mean": result.mean, "std": result.std, "per_model": result.per_model},
+        "method": ds.meta.get("method"),
+        "dataset": ds.meta.get("dataset"),
+        "ipc": ds.meta.get("ipc"),
+        "model": name,
+        "model_options": options,
+        "distilled_with": (ds.meta.get("model") or {}).get("name"),
+        "seed": cfg.seed,
+        "set": str(Path(cfg.path).resolve()),
+        "eval": {"epochs": result.epochs, "lr": result.lr, "num_models": len(result.per_model)},
+        "timings": {"evaluate_s": result.seconds, "total_s": time.perf_counter() - start},
+        "config": resolved,
+    }
+    write_json(out_dir / "results.json", results)
+    return results

@@ -1,0 +1,89 @@
+"""The method registry: every method module registers itself here, with its kind and config schema.
+
+Adding a method is one module under dd/image/methods/ or dd/text/methods/ plus one YAML under
+conf/method/. The module decorates its entry point:
+
+    @register("dm", kind="image", schema=DMConfig)
+    def distill(ctx: RunContext) -> SynSet: ...
+
+and the YAML extends the schema (`defaults: [dm_schema, _self_]`). The method packages are
+imported on first lookup, so the registry needs no list of them.
+"""
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from dd.errors import DDError
+from dd.tracking import Tracker
+
+KINDS = ("image", "text")
+_PACKAGES = ("dd.image.methods", "dd.text.methods")
+
+
+@dataclass
+class RunContext:
+    """What every method receives (text methods get dd.text.base.TextRunContext, which adds the classifier)."""
+
+    cfg: object  # the resolved DictConfig
+    data: object  # ImageDataset or TextDataset
+    device: torch.device
+    out_dir: Path
+    tracker: Tracker
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    kind: str  # image | text: which pipeline runs it, and which datasets it takes
+    run: Callable  # (RunContext) -> SynSet (image) or TextSynSet (text)
+    schema: type | None  # the config dataclass; stored for Hydra as method/<schema_name>
+    schema_name: str
+
+
+_METHODS: dict[str, Method] = {}
+_discovered = False
+
+
+def register(name: str, *, kind: str, schema: type | None = None, schema_name: str | None = None):
+    """Decorator: register `fn` as method `name`. Methods sharing one schema pass the same schema_name."""
+    if kind not in KINDS:
+        raise ValueError(f"kind '{kind}' is unknown; choose one of: {', '.join(KINDS)}")
+
+    def add(fn: Callable) -> Callable:
+        if name in _METHODS and _METHODS[name].run is not fn:
+            raise ValueError(f"method '{name}' is registered twice ({_METHODS[name].run.__module__}, {fn.__module__})")
+        _METHODS[name] = Method(name, kind, fn, schema, schema_name or f"{name}_schema")
+        return fn
+
+    return add
+
+
+def discover() -> None:
+    """Import every module of the method packages once, so each registers itself."""
+    global _discovered
+    if _discovered:
+        return
+    for package in _PACKAGES:
+        pkg = importlib.import_module(package)
+        for info in pkgutil.iter_modules(pkg.__path__):
+            importlib.import_module(f"{package}.{info.name}")
+    _discovered = True
+
+
+def methods(kind: str | None = None) -> dict[str, Method]:
+    """{name: Method} of every method (of one kind), in registration order."""
+    discover()
+    return {n: m for n, m in _METHODS.items() if kind is None or m.kind == kind}
+
+
+def get(name: str) -> Method:
+    found = methods().get(name)
+    if found is None:
+        raise DDError(f"method '{name}' is unknown; choose one of: {', '.join(methods())}")
+    return found

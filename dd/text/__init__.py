@@ -1,0 +1,1 @@
+"""The text home: pipeline, evaluator, learner loss, methods (attention labels and baselines)."""

@@ -1,0 +1,1 @@
+"""Text methods; each module registers itself in dd.registry."""

@@ -15,7 +15,7 @@ from dd.data.text import load_text_dataset
 from dd.errors import DDError
 from dd.models.bert import TextClassifier, load_backbone
 from dd.pipeline import run
-from dd.text.evaluate import macro_f1, majority_rate, score
+from dd.text.evaluate import TextSet, evaluate_text_set, macro_f1, majority_rate, predict, score, train_steps
 from dd.text.methods.baselines import pick_lr, prune_order
 
 register_configs()
@@ -51,6 +51,36 @@ def test_a_constant_predictor_scores_the_majority_rate_and_is_flagged():
     s = score(clf, theta, data.test)
     assert s["single_class"] and s["accuracy"] == pytest.approx(majority_rate(data.test))
     assert s["macro_f1"] < s["accuracy"]
+
+
+def test_one_step_from_a_zero_head_is_the_nearest_class_mean_classifier():
+    """The diagnostic head of the real-set baselines, against its closed form: from W=0, b=0 one SGD step on one
+    example per class (hard labels) leaves the body untouched and sets W_c ~ h_c - mean(h), b = 0."""
+    cfg = config(*TINY)
+    backbone = load_backbone(cfg.model)
+    data = load_text_dataset(cfg.dataset, backbone.tokenizer)
+    clf = TextClassifier(backbone, data.num_classes)
+    idx = torch.stack([torch.nonzero(data.train.labels == c)[0, 0] for c in range(data.num_classes)])
+    real = data.train.subset(idx)
+    tset = TextSet(inputs_embeds=clf.embed(real.input_ids), attention_mask=real.attention_mask,
+                   token_type_ids=real.token_type_ids, targets=real.labels, lr=torch.tensor([0.7]),
+                   num_classes=data.num_classes)
+    pooled = []
+    hook = clf.module.head.register_forward_hook(lambda mod, args, out: pooled.append(args[0].detach()))
+    theta0 = clf.new_theta(torch.Generator().manual_seed(0))
+    theta0[clf.numel - clf.head_numel:] = 0
+    clf(theta0, tset.inputs_embeds, tset.attention_mask, tset.token_type_ids)
+    predict(clf, theta0, data.test)
+    hook.remove()
+    protos, test_feats = pooled[0], torch.cat(pooled[1:])
+    want = (test_feats @ (protos - protos.mean(0)).T).argmax(1)
+    theta1 = train_steps(clf, theta0, tset)
+    assert torch.equal(clf.body_part(theta1), clf.body_part(theta0))  # a zero head passes no gradient to the body
+    assert torch.equal(predict(clf, theta1, data.test), want)
+    res = evaluate_text_set(clf, tset, data, 2, head="zero", progress=False)
+    assert res.mean == pytest.approx(float((want == data.test.labels).float().mean())) and res.std == 0
+    with pytest.raises(DDError, match="head 'none'"):
+        evaluate_text_set(clf, tset, data, 1, head="none", progress=False)
 
 
 def test_prune_order_skips_likely_noise_and_keeps_the_most_informative():

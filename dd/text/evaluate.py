@@ -21,6 +21,9 @@ from dd.errors import DDError
 from dd.text.loss import learner_loss
 
 
+HEADS = ("random", "zero")
+
+
 @dataclass
 class TextSet:
     """What a learner trains on. Example j is of class j % num_classes (classes interleaved)."""
@@ -159,8 +162,13 @@ def summarise(scores: list[dict], model: str, seconds: float, steps: int | None,
 
 def evaluate_text_set(clf, tset: TextSet, data: TextDataset, num_models: int, *, seed: int = 0, round: int = 0,
                       split: TextSplit | None = None, batch_size: int = 256, progress: bool = True,
-                      desc: str = "evaluate") -> TextEvalResult:
-    """Train `num_models` learners on `tset` (fresh head, pretrained body each), score each on the test split."""
+                      desc: str = "evaluate", head: str = "random") -> TextEvalResult:
+    """Train `num_models` learners on `tset` (fresh head, pretrained body each), score each on the test split.
+
+    head: random (the protocol: N(0, 0.02) weights, as the reference) | zero (an all-zero head: the body gets
+    no gradient at the first step, whose head update makes a nearest-class-mean classifier of the examples)."""
+    if head not in HEADS:
+        raise DDError(f"head '{head}' is unknown; choose one of: {', '.join(HEADS)}")
     if num_models <= 0:
         raise DDError(f"eval.num_models={num_models} is not allowed; it must be a positive integer")
     if not (torch.isfinite(tset.lr).all() and (tset.lr > 0).all()):
@@ -171,6 +179,8 @@ def evaluate_text_set(clf, tset: TextSet, data: TextDataset, num_models: int, *,
     bar = tqdm(range(num_models), desc=desc, disable=not progress)
     for k in bar:
         theta = clf.new_theta(seeds.generator("text_eval_head", seed, round, k))
+        if head == "zero":
+            theta[clf.numel - clf.head_numel :] = 0
         theta = train_steps(clf, theta, tset)
         scores.append(score(clf, theta, split, batch_size))
         bar.set_postfix(acc=f"{100 * np.mean([s['accuracy'] for s in scores]):.1f}%")

@@ -31,7 +31,7 @@ from dd.errors import DDError
 from dd.image.methods.coreset import herding
 from dd.registry import register
 from dd.text.base import TextRunContext, TextSynSet, check_ipc, require_text
-from dd.text.evaluate import TextSet, batches, evaluate_text_set, score, summarise
+from dd.text.evaluate import HEADS, TextSet, batches, evaluate_text_set, score, summarise
 from dd.text.methods.attention_labels import linear_schedule
 
 
@@ -45,6 +45,9 @@ class RandomTextConfig:
     lr_grid: list[float] = field(default_factory=lambda: [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0])
     holdout: int = 200  # training examples held out to pick the lr (never selected as examples)
     grid_runs: int = 3  # training runs per grid point
+    # the learners' head: random (the protocol every set is scored under, as the reference) | zero (a
+    # diagnostic: one step from a zero head is a nearest-class-mean classifier, untouched by head noise)
+    head: str = "random"
 
 
 @dataclass
@@ -99,6 +102,8 @@ def check_real_set(m, ipc: int, n: int) -> None:
         raise DDError(f"method.lr_grid={list(m.lr_grid)} is not allowed; give one or more positive lrs")
     if ipc % m.batch_per_class:
         raise DDError(f"method.batch_per_class={m.batch_per_class} must divide ipc={ipc}")
+    if m.head not in HEADS:
+        raise DDError(f"method.head '{m.head}' is unknown; choose one of: {', '.join(HEADS)}")
     if not 0 < m.holdout < n:
         raise DDError(f"method.holdout={m.holdout} is not allowed; it must be between 1 and {n - 1} (the train split has {n})")
 
@@ -146,7 +151,7 @@ def real_set(ctx: TextRunContext, name: str, idx: torch.Tensor, held: torch.Tens
     for lr in tqdm(list(m.lr_grid), desc=f"{name} lr grid", disable=not ctx.progress):
         try:
             result = evaluate_text_set(clf, text_set(lr), data, m.grid_runs, seed=cfg.seed, round=1, split=heldout,
-                                       batch_size=cfg.eval.test_batch_size, progress=False)
+                                       batch_size=cfg.eval.test_batch_size, progress=False, head=m.head)
             grid[float(lr)] = {"accuracy": result.mean, "macro_f1": result.macro_f1["mean"]}
         except DDError:  # this lr diverges: it is simply not chosen
             grid[float(lr)] = {"accuracy": float("nan"), "macro_f1": float("nan")}
@@ -154,11 +159,11 @@ def real_set(ctx: TextRunContext, name: str, idx: torch.Tensor, held: torch.Tens
     grid_s = time.perf_counter() - t0
     tset = text_set(best)
     evaluation = evaluate_text_set(clf, tset, data, cfg.eval.num_models, seed=cfg.seed,
-                                   batch_size=cfg.eval.test_batch_size, progress=ctx.progress)
+                                   batch_size=cfg.eval.test_batch_size, progress=ctx.progress, head=m.head)
     return TextSynSet(
         tset=tset, evaluation=evaluation, label_type="hard", labels=real.labels.clone(),
         extra_meta={"train_indices": idx.tolist(), "texts": real.texts, "lr_grid": grid, "chosen_lr": best,
-                    "holdout": m.holdout, "inner_steps": m.inner_steps, "batch_per_class": m.batch_per_class,
+                    "holdout": m.holdout, "head": m.head, "inner_steps": m.inner_steps, "batch_per_class": m.batch_per_class,
                     "label_type": "hard", "attention_labels": "none", **extra_meta},
         timings={"lr_grid_s": grid_s, **(timings or {})},
     )

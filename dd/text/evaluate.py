@@ -20,7 +20,6 @@ from dd.data.text import TextDataset, TextSplit
 from dd.errors import DDError
 from dd.text.loss import learner_loss
 
-
 HEADS = ("random", "zero")
 
 

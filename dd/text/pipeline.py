@@ -17,8 +17,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from dd import seeds
-from dd.data.text import load_text_dataset
 from dd.config import EvalConfig
+from dd.data.text import load_text_dataset
 from dd.device import resolve_device
 from dd.errors import DDError
 from dd.export import DistilledSet

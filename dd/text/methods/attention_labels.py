@@ -235,6 +235,26 @@ def real_batch(pool: torch.Tensor, step: int, batch_size: int, seed: int):
     return pool[perm[k * batch_size : (k + 1) * batch_size]]
 
 
+def outer_loss(clf, batch):
+    """The outer score of a learner: CE of the model theta on a real batch (ids, mask, types, labels)."""
+    ids, mask, types, labels = batch
+
+    def outer(theta):
+        logits, _ = clf(theta, clf.embed(ids).to(theta.dtype), mask, types)
+        return F.cross_entropy(logits, labels)
+
+    return outer
+
+
+def outer_step(clf, syn: "Distilled", batch, theta0: torch.Tensor, engine: str, inner_steps: int,
+               optimizer: str = "sgd"):
+    """One outer step's meta-gradient: `inner_steps` learner steps on the distilled set from the
+    head theta0, scored by `outer_loss` on the real `batch`, differentiated by the dd.inner `engine`."""
+    lr = syn.lr().detach().requires_grad_(True)
+    return meta_gradient(engine, lambda theta, learn, i: syn.step_loss(clf, learn, theta, i),
+                         outer_loss(clf, batch), theta0, syn.learnables(), lr, inner_steps, optimizer=optimizer)
+
+
 def total_steps(m, n_train: int) -> int:
     return m.max_steps if m.max_steps is not None else m.epochs * max(1, n_train // m.real_batch_size)
 
@@ -329,15 +349,6 @@ def distill(ctx: TextRunContext) -> TextSynSet:
                 "opt": opt.state_dict(), "sched": sched.state_dict(), "state": state, "best_tensors": best_tensors}
         write_file(ckpt_path, lambda p: torch.save(blob, p))
 
-    def outer_loss(batch):
-        ids, mask, types, labels = batch
-
-        def outer(theta):
-            logits, _ = clf(theta, clf.embed(ids).to(theta.dtype), mask, types)
-            return F.cross_entropy(logits, labels)
-
-        return outer
-
     tensors = list(syn.named().values())
     bar = tqdm(range(state["next_step"], steps), desc=f"attention_labels {data.name} ipc={cfg.ipc}",
                disable=not ctx.progress, initial=state["next_step"], total=steps)
@@ -347,10 +358,7 @@ def distill(ctx: TextRunContext) -> TextSynSet:
         idx = real_batch(pool, step, m.real_batch_size, cfg.seed)
         batch = next(batches(data.train, len(idx), device, order=idx))
         theta0 = clf.new_theta(seeds.generator("text_train_head", cfg.seed, step))
-        lr = syn.lr().detach().requires_grad_(True)
-        res = meta_gradient(cfg.inner.engine, lambda theta, learn, i: syn.step_loss(clf, learn, theta, i),
-                            outer_loss(batch), theta0, syn.learnables(), lr, m.inner_steps,
-                            optimizer=cfg.inner.optimizer)
+        res = outer_step(clf, syn, batch, theta0, cfg.inner.engine, m.inner_steps, optimizer=cfg.inner.optimizer)
         if not res.is_finite():
             state["nonfinite_total"] += 1
             state["nonfinite_run"] += 1

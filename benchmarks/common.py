@@ -1,9 +1,11 @@
-"""Helpers shared by the training-speed benchmarks (`evaluate.py`, `experts.py`).
+"""Helpers shared by the benchmark scripts (`evaluate.py`, `experts.py`, `meta_grad.py`, `text_meta_grad.py`).
 
-Argument parsers, seeded random CIFAR-shape data (an `ImageDataset` built from tensors, no
-download), device set-up and synchronisation, error rows, the run's metadata (versions, load
-average) and plain-text tables. Importing this module has no side effects; torch and dd are
-imported inside the functions that need them.
+Argument types and the options every script has, seeded random CIFAR-shape data (an `ImageDataset`
+built from tensors, no download), the benchmark ConvNet's config, device set-up, synchronisation
+and timing, CPU memory readings (RSS), child processes, error rows, the run's metadata (versions,
+load average), plain-text tables, plots and the common end of a run (table, JSON, PNG, exit
+status). Importing this module has no side effects; torch and dd are imported inside the
+functions that need them.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import sys
 import time
 import traceback
@@ -65,6 +68,38 @@ def fill_defaults(args: argparse.Namespace, table: dict) -> None:
             setattr(args, key, list(value) if isinstance(value, list) else value)
 
 
+def add_device_args(p: argparse.ArgumentParser, seed_help: str = "default 0") -> None:
+    """--device, --seed and --threads, as every image benchmark takes them."""
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default cpu")
+    p.add_argument("--seed", type=int, default=0, help=seed_help)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default 0: torch's default)")
+
+
+def add_output_args(p: argparse.ArgumentParser, name: str) -> None:
+    """--json and --plot, defaulting (in `output_paths`) to benchmarks/results/<name>_<device>[_quick]."""
+    p.add_argument("--json", type=Path, default=None,
+                   help=f"results file (default benchmarks/results/{name}_<device>[_quick].json)")
+    p.add_argument("--plot", type=Path, default=None, help="PNG (default: the json path with .png)")
+
+
+def output_paths(args: argparse.Namespace, name: str) -> None:
+    """Fill --json and --plot when they were not given."""
+    if args.json is None:
+        args.json = RESULTS / f"{name}_{args.device}{'_quick' if args.quick else ''}.json"
+    if args.plot is None:
+        args.plot = args.json.with_suffix(".png")
+
+
+def require_positive(args: argparse.Namespace, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> None:
+    """Exit with a message unless every option in `required` (and each of `optional` that is set) is >= 1."""
+    for key in required:
+        if getattr(args, key) < 1:
+            raise SystemExit(f"--{key.replace('_', '-')}={getattr(args, key)}: must be >= 1")
+    for key in optional:
+        if getattr(args, key) is not None and getattr(args, key) < 1:
+            raise SystemExit(f"--{key.replace('_', '-')}={getattr(args, key)}: must be >= 1")
+
+
 def ensure_root_on_path() -> None:
     """Let `python benchmarks/<script>.py` import dd without the package being installed."""
     if str(ROOT) not in sys.path:
@@ -87,11 +122,18 @@ def fmt_load(load: list[float] | None) -> str:
 
 
 def setup_torch(device: str, threads: int):
-    """Check the device, set the CPU thread count (0: torch's default); return the torch module."""
+    """Check the device (`dd.device.resolve_device`), set the CPU thread count (0: torch's default);
+    return the torch module."""
     import torch
 
-    if device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: torch sees no CUDA device on this machine")
+    ensure_root_on_path()
+    from dd.device import resolve_device
+    from dd.errors import DDError
+
+    try:
+        resolve_device(device)
+    except DDError:
+        raise SystemExit(f"--device {device}: torch sees no CUDA device on this machine") from None
     if threads > 0:
         torch.set_num_threads(threads)
     return torch
@@ -128,6 +170,115 @@ def release(device: str) -> None:
         import torch
 
         torch.cuda.empty_cache()
+
+
+def begin(args: argparse.Namespace):
+    """Start a run: dd importable, the device checked, --threads set; return (load average, start time)."""
+    ensure_root_on_path()
+    setup_torch(args.device, args.threads)
+    return loadavg(), time.perf_counter()
+
+
+def warm_up(name: str, run) -> float:
+    """Announce and time the untimed warm-up `run()` (seconds)."""
+    print(f"[{name}] warm-up ...", file=sys.stderr, flush=True)
+    return run()
+
+
+def timing_note(device: str) -> str:
+    """How to read the wall times on this device (a table note's suffix)."""
+    return "; CUDA-synchronised" if device == "cuda" else "; CPU timings are noisy on a loaded machine"
+
+
+def timed(device: str, fn):
+    """(fn(), seconds): wall time of one call from a clean, synchronised device (the peak memory
+    counter reset, so `peak_mem_mb` afterwards is this call's)."""
+    release(device)
+    reset_peak(device)
+    sync(device)
+    t0 = time.perf_counter()
+    result = fn()
+    sync(device)
+    return result, time.perf_counter() - t0
+
+
+# ----------------------------------------------------------------------------- CPU memory (RSS)
+
+
+def meminfo_mb(key: str) -> float | None:
+    """A /proc/meminfo field in MB (None where there is no procfs)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def rss_mb() -> float:
+    """Current resident set size of this process."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError):  # no procfs: the peak so far is the best we have
+        return peak_rss_mb()
+
+
+def peak_rss_mb() -> float:
+    """The process's RSS high-water mark (getrusage ru_maxrss)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's RSS high-water mark (Linux >= 4.0), so ru_maxrss restarts from now."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _vm_size_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return None
+
+
+def limit_address_space(extra_mb: int) -> None:
+    """Let this process map at most `extra_mb` more: allocations past it raise instead of OOM-killing."""
+    size = _vm_size_bytes()
+    if extra_mb <= 0 or size is None:
+        return
+    limit = size + extra_mb * 2**20
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+
+
+# ----------------------------------------------------------------------------- child processes
+
+
+def run_child(argv: list[str], timeout: float | None = None, **env):
+    """Run `python <script> ...` in a fresh interpreter (the repository root on PYTHONPATH, `env`
+    added); return (its last JSON line as a dict or None, the CompletedProcess). Raises
+    subprocess.TimeoutExpired past `timeout`."""
+    import subprocess
+
+    full_env = dict(os.environ, **env)
+    full_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    proc = subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=timeout, env=full_env,
+                          cwd=ROOT)
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith("{"):
+            return json.loads(line), proc
+    return None, proc
 
 
 # ----------------------------------------------------------------------------- data
@@ -180,6 +331,28 @@ def random_image_dataset(n_train: int, n_test: int, shape: tuple[int, int, int],
     return data, protos
 
 
+def shape_dataset(shape: tuple[int, int, int], classes: int):
+    """An empty `ImageDataset` that only says the shape and the number of classes (for building models)."""
+    return random_image_dataset(0, 0, shape, classes)[0]
+
+
+def convnet_config(args: argparse.Namespace):
+    """The benchmark ConvNet as a `dd.config.ModelConfig` (--width, --depth, instance norm; ReLU and
+    average pooling are the ConvNet's defaults), for `dd.image.evaluate.new_model` / `fresh_model`."""
+    from omegaconf import OmegaConf
+
+    from dd.config import ModelConfig
+
+    return OmegaConf.structured(ModelConfig(name="convnet", width=args.width, depth=args.depth, norm="instance"))
+
+
+def convnet_depth(args: argparse.Namespace) -> int:
+    """--depth, or the depth the ConvNet chooses for --shape (`dd.models.convnet.auto_depth`)."""
+    from dd.models.convnet import auto_depth
+
+    return args.depth if args.depth is not None else auto_depth(tuple(args.shape[1:]))
+
+
 def subset(data, n_train: int | None = None, n_test: int | None = None):
     """The same dataset cut to its first n_train / n_test images (for warm-up runs)."""
     from dataclasses import replace
@@ -189,6 +362,10 @@ def subset(data, n_train: int | None = None, n_test: int | None = None):
 
 
 # ----------------------------------------------------------------------------- failures
+
+
+class Timeout(Exception):
+    """A measurement ran past its time limit (recorded as error_kind "timeout")."""
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -206,9 +383,11 @@ def is_oom(exc: BaseException) -> bool:
 
 
 def record_error(row: dict, exc: BaseException) -> dict:
-    """Turn a failed measurement into an error row (oom, or error with its traceback printed)."""
+    """Turn a failed measurement into an error row (timeout, oom, or error with its traceback printed)."""
     first = str(exc).splitlines()[0][:300] if str(exc) else ""
-    if is_oom(exc):
+    if isinstance(exc, Timeout):
+        row.update(error=str(exc), error_kind="timeout")
+    elif is_oom(exc):
         row.update(error=f"out of memory: {type(exc).__name__}: {first}", error_kind="oom")
     else:
         traceback.print_exc()
@@ -216,8 +395,24 @@ def record_error(row: dict, exc: BaseException) -> dict:
     return row
 
 
-def ok(row: dict | None) -> bool:
-    return row is not None and "error" not in row and row.get("seconds") is not None
+def measure_or_error(device: str, base_row: dict, measure, *args):
+    """measure(*args), or base_row turned into an error row when it raises; memory released either way."""
+    try:
+        return measure(*args)
+    except Exception as exc:  # noqa: BLE001 - a benchmark row records any failure
+        return record_error(base_row, exc)
+    finally:
+        release(device)
+
+
+def error_cell(row: dict) -> str:
+    """What a table cell says for a failed row."""
+    return {"oom": "OOM", "timeout": "timeout", "skipped": "skipped"}.get(row.get("error_kind"), "error")
+
+
+def ok(row: dict | None, key: str = "seconds") -> bool:
+    """Whether a row is a completed measurement (no error, its number `key` present)."""
+    return row is not None and "error" not in row and row.get(key) is not None
 
 
 # ----------------------------------------------------------------------------- report
@@ -246,11 +441,12 @@ def _threads() -> int | None:
     return torch.get_num_threads() if torch is not None else None
 
 
-def render_table(title: str, header: list[str], body: list[list[str]], notes: list[str]) -> str:
+def render_table(title: str, header: list[str], body: list[list[str]], notes: list[str], left: int = 2) -> str:
+    """A plain-text table: the first `left` columns left-aligned, the others right-aligned."""
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
 
     def fmt(line):
-        return " | ".join(s.ljust(wd) if i < 2 else s.rjust(wd) for i, (s, wd) in enumerate(zip(line, widths)))
+        return " | ".join(s.ljust(wd) if i < left else s.rjust(wd) for i, (s, wd) in enumerate(zip(line, widths)))
 
     rule = "-+-".join("-" * wd for wd in widths)
     return "\n".join([title, fmt(header), rule, *map(fmt, body), *notes])
@@ -269,3 +465,78 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def shape_text(shape) -> str:
+    return "x".join(map(str, shape))
+
+
+def style_x_axes(axes, xs: list[int], xlabel: str, log_base: int = 10, minor: bool = False) -> None:
+    """The shared x axis of a sweep plot: the measured values as ticks, log scale over a range >= 4x."""
+    for ax in axes:
+        ax.set_xlabel(xlabel)
+        if len(xs) > 1 and xs[-1] / xs[0] >= 4:
+            ax.set_xscale("log", base=log_base)
+        ax.set_xticks(xs, [str(x) for x in xs])
+        if not minor:
+            ax.minorticks_off()
+        ax.grid(True, alpha=0.3)
+
+
+def save_figure(fig, path: Path, title: str, failed: list[str]) -> None:
+    """Title (with the failed configurations, if any), layout, PNG, close."""
+    plt = pyplot()
+    if failed:
+        title += "\nfailed: " + ", ".join(failed)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def save_mode_plot(rows: list[dict], args: argparse.Namespace, path: Path, count: str, count_label: str,
+                   metric: str, metric_label: str, title: str) -> None:
+    """Two panels against the count `count` (K models, E experts): `metric` per mode, and the speed-up
+    (sequential / batched) of the rows that have one."""
+    plt = pyplot()
+    fig, (ax_metric, ax_speed) = plt.subplots(1, 2, figsize=(11, 4.2))
+    xs = sorted({r[count] for r in rows})
+    for mode in args.modes:
+        done = sorted((r for r in rows if r["mode"] == mode and ok(r)), key=lambda r: r[count])
+        if done:
+            ax_metric.plot([r[count] for r in done], [r[metric] for r in done], marker="o", label=mode)
+    sp = sorted((r for r in rows if "speedup" in r), key=lambda r: r[count])
+    if sp:
+        ax_speed.plot([r[count] for r in sp], [r["speedup"] for r in sp], marker="o", color="C2")
+        ax_speed.axhline(1.0, color="grey", lw=0.8, ls="--")
+    ax_metric.set_ylabel(metric_label)
+    ax_speed.set_ylabel("speed-up (sequential / batched)")
+    style_x_axes((ax_metric, ax_speed), xs, count_label)
+    if ax_metric.get_lines():
+        ax_metric.legend()
+    failed = [f"{count.upper()}={r[count]} {r['mode']}:{r.get('error_kind')}" for r in rows if "error" in r]
+    save_figure(fig, path, title, failed)
+
+
+# ----------------------------------------------------------------------------- end of a run
+
+
+def finish(args: argparse.Namespace, rows: list[dict], table: str, wall_line: str, meta: dict, plot) -> int:
+    """Print the table and the wall-time line, write the JSON and the PNG (`plot(rows, args, path)`; a
+    failed plot is reported, the numbers are already saved); return the exit status (1 if any
+    configuration failed for a reason other than memory or time, i.e. a bug)."""
+    print()
+    print(table)
+    print(wall_line)
+    write_json(args.json, meta, rows)
+    try:
+        plot(rows, args, args.plot)
+        print(f"results: {args.json}  plot: {args.plot}")
+    except Exception as exc:  # noqa: BLE001 - the numbers are already saved
+        print(f"results: {args.json}  (plot failed: {type(exc).__name__}: {exc})")
+    return 1 if any(r.get("error_kind") == "error" for r in rows) else 0
+
+
+def wall_line(wall: float, warm: float | None) -> str:
+    return f"wall time: {wall:.1f} s (warm-up {warm or 0:.1f} s); load avg at end: {fmt_load(loadavg())}"

@@ -77,14 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dsa", action=argparse.BooleanOptionalAction, default=True, help="DSA augmentation (default on)")
     p.add_argument("--acc-tol", type=float, default=0.01,
                    help="largest |mean accuracy difference| between the modes still called agreement (default 0.01)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default cpu")
-    p.add_argument("--seed", type=int, default=0, help="data and model seeds (default 0)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default 0: torch's default)")
+    common.add_device_args(p, seed_help="data and model seeds (default 0)")
     p.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
                    help="one untimed tiny evaluation per mode first (default on)")
-    p.add_argument("--json", type=Path, default=None,
-                   help="results file (default benchmarks/results/evaluate_<device>[_quick].json)")
-    p.add_argument("--plot", type=Path, default=None, help="PNG (default: the json path with .png)")
+    common.add_output_args(p, "evaluate")
     p.add_argument("--quick", action="store_true",
                    help="small CPU run: shape 1,16,16, width 32, K 5,20, 5 epochs")
     return p
@@ -94,18 +90,10 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     """Fill the options left unset from --quick or the defaults; explicit options always win."""
     common.fill_defaults(args, QUICK if args.quick else {**DEFAULTS, "epochs": EPOCHS[args.device]})
     args.k = sorted(args.k)
-    for key in ("ipc", "classes", "width", "epochs", "test_size"):
-        if getattr(args, key) < 1:
-            raise SystemExit(f"--{key.replace('_', '-')}={getattr(args, key)}: must be >= 1")
-    for key in ("depth", "model_batch"):
-        if getattr(args, key) is not None and getattr(args, key) < 1:
-            raise SystemExit(f"--{key.replace('_', '-')}={getattr(args, key)}: must be >= 1")
+    common.require_positive(args, ("ipc", "classes", "width", "epochs", "test_size"), ("depth", "model_batch"))
     if not args.lr > 0:
         raise SystemExit(f"--lr={args.lr}: must be > 0")
-    if args.json is None:
-        args.json = common.RESULTS / f"evaluate_{args.device}{'_quick' if args.quick else ''}.json"
-    if args.plot is None:
-        args.plot = args.json.with_suffix(".png")
+    common.output_paths(args, "evaluate")
     return args
 
 
@@ -124,15 +112,15 @@ class _Capture(logging.Handler):
 
 
 def configs(args, k: int, mode: str, epochs: int | None = None):
+    """(model config, `dd.config.EvalConfig`) of an evaluation of K models in one mode."""
     from omegaconf import OmegaConf
 
-    from dd.config import EvalConfig, ModelConfig
+    from dd.config import EvalConfig
 
-    model_cfg = OmegaConf.structured(ModelConfig(name="convnet", width=args.width, depth=args.depth, norm="instance"))
     eval_cfg = OmegaConf.structured(EvalConfig(
         num_models=k, epochs=args.epochs if epochs is None else epochs, lr=args.lr, dsa=args.dsa,
         batched=mode == "batched", model_batch=args.model_batch))
-    return model_cfg, eval_cfg
+    return common.convnet_config(args), eval_cfg
 
 
 def make_data(args):
@@ -153,14 +141,20 @@ def base_row(args, k: int, mode: str) -> dict:
             "lr": args.lr, "dsa": args.dsa, "model_batch": args.model_batch if mode == "batched" else None}
 
 
+def evaluate(args, data, images, labels, k: int, mode: str, seed: int, epochs: int | None = None, desc: str = ""):
+    """`dd.image.evaluate.evaluate_set` of the set with K models in one mode (what is timed)."""
+    from dd.image.evaluate import evaluate_set
+
+    model_cfg, eval_cfg = configs(args, k, mode, epochs)
+    return evaluate_set(images, labels, data, model_cfg, eval_cfg, lr=args.lr, seed=seed, device=args.device,
+                        progress=False, desc=desc)
+
+
 def measure(args, data, images, labels, k: int, mode: str) -> dict:
     """One timed evaluate_set of K models in one mode; return its row."""
     import torch
 
-    from dd.image.evaluate import evaluate_set
-
     row = base_row(args, k, mode)
-    model_cfg, eval_cfg = configs(args, k, mode)
     capture = _Capture()
     logger = logging.getLogger("dd.image.batched")
     old_level = logger.level
@@ -168,48 +162,26 @@ def measure(args, data, images, labels, k: int, mode: str) -> dict:
     logger.addHandler(capture)
     try:
         row["loadavg"] = common.loadavg()
-        common.release(args.device)
-        common.reset_peak(args.device)
-        common.sync(args.device)
-        t0 = time.perf_counter()
-        result = evaluate_set(images, labels, data, model_cfg, eval_cfg, lr=args.lr, seed=args.seed,
-                              device=args.device, progress=False, desc=f"{mode} K={k}")
-        common.sync(args.device)
-        seconds = time.perf_counter() - t0
+        result, seconds = common.timed(args.device, lambda: evaluate(args, data, images, labels, k, mode, args.seed,
+                                                                      desc=f"{mode} K={k}"))
     finally:
         logger.removeHandler(capture)
         logger.setLevel(old_level)
     row.update(seconds=round(seconds, 4), models_per_s=round(k / seconds, 4),
                acc_mean=round(result.mean, 6), acc_std=round(result.std, 6),
                per_model=[round(a, 6) for a in result.per_model], eval_seconds=round(result.seconds, 4),
-               peak_mem_mb=common.peak_mem_mb(args.device), threads=torch.get_num_threads())
-    if row["depth"] is None:
-        from dd.models.convnet import auto_depth
-
-        row["depth"] = auto_depth(tuple(args.shape[1:]))
+               peak_mem_mb=common.peak_mem_mb(args.device), threads=torch.get_num_threads(),
+               depth=common.convnet_depth(args))
     if capture.messages:
         row["model_batch_log"] = capture.messages
     return row
 
 
-def measure_safely(args, data, images, labels, k: int, mode: str) -> dict:
-    try:
-        return measure(args, data, images, labels, k, mode)
-    except Exception as exc:  # noqa: BLE001 - a benchmark row records any failure
-        return common.record_error(base_row(args, k, mode), exc)
-    finally:
-        common.release(args.device)
-
-
 def warm_up(args, data, images, labels) -> float:
     """One untimed evaluation per mode of a tiny configuration (kernels, vmap, allocator)."""
-    from dd.image.evaluate import evaluate_set
-
     t0 = time.perf_counter()
     for mode in args.modes:
-        model_cfg, eval_cfg = configs(args, WARMUP["k"], mode, epochs=WARMUP["epochs"])
-        evaluate_set(images, labels, data, model_cfg, eval_cfg, lr=args.lr, seed=args.seed + 1,
-                     device=args.device, progress=False, desc="warm-up")
+        evaluate(args, data, images, labels, WARMUP["k"], mode, args.seed + 1, epochs=WARMUP["epochs"], desc="warm-up")
     common.sync(args.device)
     return time.perf_counter() - t0
 
@@ -233,13 +205,10 @@ def compare_modes(rows: list[dict], tol: float) -> None:
 
 
 def format_table(rows: list[dict], args, load_start) -> str:
-    def cell_error(r):
-        return {"oom": "OOM"}.get(r.get("error_kind"), "error")
-
     body = []
     for r in rows:
         if not common.ok(r):
-            body.append([str(r["k"]), r["mode"], cell_error(r), "-", "-", "-", "-"])
+            body.append([str(r["k"]), r["mode"], common.error_cell(r), "-", "-", "-", "-"])
             continue
         speed = f"{r['speedup']:.2f}x" if "speedup" in r else "-"
         if "acc_agree" in r:
@@ -251,13 +220,12 @@ def format_table(rows: list[dict], args, load_start) -> str:
                      f"{100 * r['acc_mean']:.2f} ± {100 * r['acc_std']:.2f}", check])
     header = ["K", "mode", "seconds", "models/s", "speed-up", "acc % (mean ± std)", "batched vs sequential acc"]
     depth = next((r["depth"] for r in rows if r.get("depth")), args.depth) or "auto"
-    title = (f"evaluate benchmark: device={args.device} shape={'x'.join(map(str, args.shape))} width={args.width} "
+    title = (f"evaluate benchmark: device={args.device} shape={common.shape_text(args.shape)} width={args.width} "
              f"depth={depth} set={args.ipc * args.classes} images (ipc {args.ipc} x {args.classes} classes) "
              f"epochs={args.epochs} test={args.test_size} dsa={'on' if args.dsa else 'off'} "
              f"model_batch={args.model_batch or 'auto'} threads={rows[0].get('threads', '?') if rows else '?'} "
              f"load avg (1/5/15 min)={common.fmt_load(load_start)}")
-    notes = ["seconds: wall time of evaluate_set (init + train + test)"
-             + ("; CUDA-synchronised" if args.device == "cuda" else "; CPU timings are noisy on a loaded machine"),
+    notes = ["seconds: wall time of evaluate_set (init + train + test)" + common.timing_note(args.device),
              "speed-up: sequential seconds / batched seconds at the same K",
              f"acc check: |mean batched - mean sequential| <= {100 * args.acc_tol:g} pp; per-model accuracies "
              "may differ slightly (float rounding in vmap changes a few test predictions)"]
@@ -265,38 +233,10 @@ def format_table(rows: list[dict], args, load_start) -> str:
 
 
 def save_plot(rows: list[dict], args, path: Path) -> None:
-    plt = common.pyplot()
-    fig, (ax_time, ax_speed) = plt.subplots(1, 2, figsize=(11, 4.2))
-    ks = sorted({r["k"] for r in rows})
-    for mode in args.modes:
-        done = sorted((r for r in rows if r["mode"] == mode and common.ok(r)), key=lambda r: r["k"])
-        if done:
-            ax_time.plot([r["k"] for r in done], [r["seconds"] for r in done], marker="o", label=mode)
-    sp = sorted((r for r in rows if "speedup" in r), key=lambda r: r["k"])
-    if sp:
-        ax_speed.plot([r["k"] for r in sp], [r["speedup"] for r in sp], marker="o", color="C2")
-        ax_speed.axhline(1.0, color="grey", lw=0.8, ls="--")
-    ax_time.set_ylabel("seconds per evaluation")
-    ax_speed.set_ylabel("speed-up (sequential / batched)")
-    for ax in (ax_time, ax_speed):
-        ax.set_xlabel("K (models)")
-        if len(ks) > 1 and ks[-1] / ks[0] >= 4:
-            ax.set_xscale("log")
-        ax.set_xticks(ks, [str(k) for k in ks])
-        ax.minorticks_off()
-        ax.grid(True, alpha=0.3)
-    if ax_time.get_lines():
-        ax_time.legend()
-    failed = [f"K={r['k']} {r['mode']}:{r.get('error_kind')}" for r in rows if "error" in r]
-    title = (f"evaluate_set, {args.device}, shape {'x'.join(map(str, args.shape))}, width {args.width}, "
-             f"{args.ipc * args.classes} images, {args.epochs} epochs, test {args.test_size}")
-    if failed:
-        title += "\nfailed: " + ", ".join(failed)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    """Seconds per evaluation against K per mode, and the speed-up against K."""
+    common.save_mode_plot(rows, args, path, "k", "K (models)", "seconds", "seconds per evaluation",
+                          f"evaluate_set, {args.device}, shape {common.shape_text(args.shape)}, width {args.width}, "
+                          f"{args.ipc * args.classes} images, {args.epochs} epochs, test {args.test_size}")
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -304,43 +244,32 @@ def save_plot(rows: list[dict], args, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = resolve(build_parser().parse_args(argv))
-    common.ensure_root_on_path()
-    torch = common.setup_torch(args.device, args.threads)
-    load_start = common.loadavg()
-    t_start = time.perf_counter()
-    torch.manual_seed(args.seed)
+    load_start, t_start = common.begin(args)
+    from dd import seeds
+
+    seeds.seed_global("global", args.seed)
     data, images, labels = make_data(args)
-    warm = None
-    if args.warmup:
-        print("[evaluate] warm-up ...", file=sys.stderr, flush=True)
-        warm = warm_up(args, data, images, labels)
+    warm = common.warm_up("evaluate", lambda: warm_up(args, data, images, labels)) if args.warmup else None
     rows = []
     for k in args.k:
         for mode in args.modes:
             print(f"[evaluate] K={k} {mode} ...", file=sys.stderr, flush=True)
-            row = measure_safely(args, data, images, labels, k, mode)
+            row = common.measure_or_error(args.device, base_row(args, k, mode), measure, args, data, images, labels, k,
+                                          mode)
             print(json.dumps({key: v for key, v in row.items() if key != "per_model"}), flush=True)
             rows.append(row)
     compare_modes(rows, args.acc_tol)
     wall = time.perf_counter() - t_start
 
-    print()
-    print(format_table(rows, args, load_start))
-    print(f"wall time: {wall:.1f} s (warm-up {warm or 0:.1f} s); load avg at end: {common.fmt_load(common.loadavg())}")
     meta = common.run_meta(args, wall, load_start, k=args.k, modes=args.modes, warmup_s=None if warm is None
                            else round(warm, 2), acc_tol=args.acc_tol)
-    common.write_json(args.json, meta, rows)
-    try:
-        save_plot(rows, args, args.plot)
-        print(f"results: {args.json}  plot: {args.plot}")
-    except Exception as exc:  # noqa: BLE001 - the numbers are already saved
-        print(f"results: {args.json}  (plot failed: {type(exc).__name__}: {exc})")
+    status = common.finish(args, rows, format_table(rows, args, load_start), common.wall_line(wall, warm), meta,
+                           save_plot)
     mismatched = [r for r in rows if r.get("acc_agree") is False]
     if mismatched:
         print(f"WARNING: batched and sequential accuracies disagree at K={[r['k'] for r in mismatched]} "
               f"(beyond {100 * args.acc_tol:g} pp)", file=sys.stderr)
-    bugs = [r for r in rows if r.get("error_kind") == "error"]
-    return 1 if bugs else 0
+    return status
 
 
 if __name__ == "__main__":

@@ -82,14 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--param-tol", type=float, default=1e-3,
                    help="largest relative final-parameter difference between the modes still called agreement: "
                         "||theta_b - theta_s|| / ||theta_s - theta_0|| (default 1e-3)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default cpu")
-    p.add_argument("--seed", type=int, default=0, help="data and expert seeds (default 0)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default 0: torch's default)")
+    common.add_device_args(p, seed_help="data and expert seeds (default 0)")
     p.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
                    help="one untimed tiny run per mode first (default on)")
-    p.add_argument("--json", type=Path, default=None,
-                   help="results file (default benchmarks/results/experts_<device>[_quick].json)")
-    p.add_argument("--plot", type=Path, default=None, help="PNG (default: the json path with .png)")
+    common.add_output_args(p, "experts")
     p.add_argument("--quick", action="store_true",
                    help="small CPU run: shape 1,16,16, width 32, 1500 training images, E 1,4,16")
     return p
@@ -99,29 +95,14 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     """Fill the options left unset from --quick or the defaults; explicit options always win."""
     common.fill_defaults(args, QUICK if args.quick else {**DEFAULTS, "train_size": TRAIN_SIZE[args.device]})
     args.e = sorted(args.e)
-    for key in ("classes", "width", "train_size", "test_size", "epochs", "batch_size"):
-        if getattr(args, key) < 1:
-            raise SystemExit(f"--{key.replace('_', '-')}={getattr(args, key)}: must be >= 1")
-    if args.depth is not None and args.depth < 1:
-        raise SystemExit(f"--depth={args.depth}: must be >= 1")
+    common.require_positive(args, ("classes", "width", "train_size", "test_size", "epochs", "batch_size"), ("depth",))
     if not args.lr > 0:
         raise SystemExit(f"--lr={args.lr}: must be > 0")
-    if args.json is None:
-        args.json = common.RESULTS / f"experts_{args.device}{'_quick' if args.quick else ''}.json"
-    if args.plot is None:
-        args.plot = args.json.with_suffix(".png")
+    common.output_paths(args, "experts")
     return args
 
 
 # ----------------------------------------------------------------------------- measuring
-
-
-def model_config(args):
-    from omegaconf import OmegaConf
-
-    from dd.config import ModelConfig
-
-    return OmegaConf.structured(ModelConfig(name="convnet", width=args.width, depth=args.depth, norm="instance"))
 
 
 def recipe(args, epochs: int | None = None) -> dict:
@@ -140,7 +121,7 @@ def train(args, data, e: int, mode: str, epochs: int | None = None) -> list:
     """[(trajectory, test accuracy)] of E experts, trained the way `mode` says."""
     from dd.image.experts import train_expert, train_experts_batched
 
-    model_cfg, rec, seeds = model_config(args), recipe(args, epochs), seeds_for(args, e)
+    model_cfg, rec, seeds = common.convnet_config(args), recipe(args, epochs), seeds_for(args, e)
     if mode == "batched" and e > 1:
         return train_experts_batched(data, model_cfg, rec, seeds, args.device, progress=False)
     return [train_expert(data, model_cfg, rec, s, args.device, progress=False, desc=f"expert {i}")
@@ -161,32 +142,19 @@ def measure(args, data, e: int, mode: str) -> tuple[dict, list]:
 
     row = base_row(args, e, mode)
     row["loadavg"] = common.loadavg()
-    common.release(args.device)
-    common.reset_peak(args.device)
-    common.sync(args.device)
-    t0 = time.perf_counter()
-    experts = train(args, data, e, mode)
-    common.sync(args.device)
-    seconds = time.perf_counter() - t0
+    experts, seconds = common.timed(args.device, lambda: train(args, data, e, mode))
     accs = [acc for _, acc in experts]
     row.update(seconds=round(seconds, 4), images_per_s=round(e * args.train_size * args.epochs / seconds, 2),
                acc_mean=round(sum(accs) / len(accs), 6), per_expert_acc=[round(a, 6) for a in accs],
                peak_mem_mb=common.peak_mem_mb(args.device), threads=torch.get_num_threads(),
-               num_params=int(experts[0][0].shape[1]))
-    if row["depth"] is None:
-        from dd.models.convnet import auto_depth
-
-        row["depth"] = auto_depth(tuple(args.shape[1:]))
+               num_params=int(experts[0][0].shape[1]), depth=common.convnet_depth(args))
     return row, experts
 
 
 def measure_safely(args, data, e: int, mode: str) -> tuple[dict, list | None]:
-    try:
-        return measure(args, data, e, mode)
-    except Exception as exc:  # noqa: BLE001 - a benchmark row records any failure
-        return common.record_error(base_row(args, e, mode), exc), None
-    finally:
-        common.release(args.device)
+    """measure(), or an error row and no experts."""
+    result = common.measure_or_error(args.device, base_row(args, e, mode), measure, args, data, e, mode)
+    return result if isinstance(result, tuple) else (result, None)
 
 
 def compare(row: dict, experts_b: list, experts_s: list, row_s: dict, tol: float) -> None:
@@ -225,7 +193,7 @@ def format_table(rows: list[dict], args, load_start) -> str:
     for r in rows:
         name = r["mode"] + (" (=train_expert)" if r["mode"] == "batched" and r["e"] == 1 else "")
         if not common.ok(r):
-            body.append([str(r["e"]), name, {"oom": "OOM"}.get(r.get("error_kind"), "error"), "-", "-", "-", "-"])
+            body.append([str(r["e"]), name, common.error_cell(r), "-", "-", "-", "-"])
             continue
         speed = f"{r['speedup']:.2f}x" if "speedup" in r else "-"
         check = "-"
@@ -237,13 +205,12 @@ def format_table(rows: list[dict], args, load_start) -> str:
     header = ["E", "mode", "seconds", "images/s", "speed-up", "acc %", "batched vs sequential"]
     depth = next((r["depth"] for r in rows if r.get("depth")), args.depth) or "auto"
     threads = next((r["threads"] for r in rows if r.get("threads")), "?")
-    title = (f"experts benchmark: device={args.device} shape={'x'.join(map(str, args.shape))} width={args.width} "
+    title = (f"experts benchmark: device={args.device} shape={common.shape_text(args.shape)} width={args.width} "
              f"depth={depth} train={args.train_size} test={args.test_size} epochs={args.epochs} "
              f"batch={args.batch_size} dsa={'on' if args.dsa else 'off'} threads={threads} "
              f"load avg (1/5/15 min)={common.fmt_load(load_start)}")
     notes = ["images/s = E * train_size * epochs / seconds; seconds: wall time of the E experts (init, training, "
-             "trajectory copies, final test)" + ("; CUDA-synchronised" if args.device == "cuda"
-                                                  else "; CPU timings are noisy on a loaded machine"),
+             "trajectory copies, final test)" + common.timing_note(args.device),
              "speed-up: sequential seconds / batched seconds at the same E (E=1: the same code twice, i.e. noise)",
              f"check: max over experts of ||theta_b - theta_s|| / ||theta_s - theta_0|| at the last epoch "
              f"(ok if <= {args.param_tol:g} and the inits are equal), and max test-accuracy difference"]
@@ -251,38 +218,10 @@ def format_table(rows: list[dict], args, load_start) -> str:
 
 
 def save_plot(rows: list[dict], args, path: Path) -> None:
-    plt = common.pyplot()
-    fig, (ax_rate, ax_speed) = plt.subplots(1, 2, figsize=(11, 4.2))
-    es = sorted({r["e"] for r in rows})
-    for mode in args.modes:
-        done = sorted((r for r in rows if r["mode"] == mode and common.ok(r)), key=lambda r: r["e"])
-        if done:
-            ax_rate.plot([r["e"] for r in done], [r["images_per_s"] for r in done], marker="o", label=mode)
-    sp = sorted((r for r in rows if "speedup" in r), key=lambda r: r["e"])
-    if sp:
-        ax_speed.plot([r["e"] for r in sp], [r["speedup"] for r in sp], marker="o", color="C2")
-        ax_speed.axhline(1.0, color="grey", lw=0.8, ls="--")
-    ax_rate.set_ylabel("training images / s (all experts)")
-    ax_speed.set_ylabel("speed-up (sequential / batched)")
-    for ax in (ax_rate, ax_speed):
-        ax.set_xlabel("E (experts)")
-        if len(es) > 1 and es[-1] / es[0] >= 4:
-            ax.set_xscale("log")
-        ax.set_xticks(es, [str(e) for e in es])
-        ax.minorticks_off()
-        ax.grid(True, alpha=0.3)
-    if ax_rate.get_lines():
-        ax_rate.legend()
-    failed = [f"E={r['e']} {r['mode']}:{r.get('error_kind')}" for r in rows if "error" in r]
-    title = (f"expert training, {args.device}, shape {'x'.join(map(str, args.shape))}, width {args.width}, "
-             f"{args.train_size} images x {args.epochs} epoch(s), batch {args.batch_size}")
-    if failed:
-        title += "\nfailed: " + ", ".join(failed)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    """Training images/s against E per mode, and the speed-up against E."""
+    common.save_mode_plot(rows, args, path, "e", "E (experts)", "images_per_s", "training images / s (all experts)",
+                          f"expert training, {args.device}, shape {common.shape_text(args.shape)}, width {args.width}, "
+                          f"{args.train_size} images x {args.epochs} epoch(s), batch {args.batch_size}")
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -290,15 +229,9 @@ def save_plot(rows: list[dict], args, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = resolve(build_parser().parse_args(argv))
-    common.ensure_root_on_path()
-    common.setup_torch(args.device, args.threads)
-    load_start = common.loadavg()
-    t_start = time.perf_counter()
+    load_start, t_start = common.begin(args)
     data, _ = common.random_image_dataset(args.train_size, args.test_size, args.shape, args.classes, args.seed)
-    warm = None
-    if args.warmup:
-        print("[experts] warm-up ...", file=sys.stderr, flush=True)
-        warm = warm_up(args, data)
+    warm = common.warm_up("experts", lambda: warm_up(args, data)) if args.warmup else None
     rows = []
     for e in args.e:
         done = {}
@@ -315,22 +248,14 @@ def main(argv: list[str] | None = None) -> int:
         del done
     wall = time.perf_counter() - t_start
 
-    print()
-    print(format_table(rows, args, load_start))
-    print(f"wall time: {wall:.1f} s (warm-up {warm or 0:.1f} s); load avg at end: {common.fmt_load(common.loadavg())}")
     meta = common.run_meta(args, wall, load_start, e=args.e, modes=args.modes,
                            warmup_s=None if warm is None else round(warm, 2), param_tol=args.param_tol)
-    common.write_json(args.json, meta, rows)
-    try:
-        save_plot(rows, args, args.plot)
-        print(f"results: {args.json}  plot: {args.plot}")
-    except Exception as exc:  # noqa: BLE001 - the numbers are already saved
-        print(f"results: {args.json}  (plot failed: {type(exc).__name__}: {exc})")
+    status = common.finish(args, rows, format_table(rows, args, load_start), common.wall_line(wall, warm), meta,
+                           save_plot)
     mismatched = [r for r in rows if r.get("agree") is False]
     if mismatched:
         print(f"WARNING: batched and sequential experts disagree at E={[r['e'] for r in mismatched]}", file=sys.stderr)
-    bugs = [r for r in rows if r.get("error_kind") == "error"]
-    return 1 if bugs else 0
+    return status
 
 
 if __name__ == "__main__":

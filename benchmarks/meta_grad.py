@@ -43,27 +43,27 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
-import platform
-import resource
 import signal
 import subprocess
 import sys
 import time
-import traceback
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
+if __package__:
+    from . import common
+else:  # run as a script: benchmarks/ is sys.path[0]
+    import common
+
 TARGET_NOISE = 0.01  # expert target = start + TARGET_NOISE * N(0, 1)
 
 
 def engines() -> tuple[str, ...]:
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
+    """dd.inner.ENGINES, the engines `--engine` chooses from."""
+    common.ensure_root_on_path()
     from dd.inner import ENGINES
 
     return ENGINES
+
 
 QUICK = {"shape": (1, 16, 16), "width": 32, "ipc": 10, "syn_steps": [10, 20, 40], "iters": 2}
 DEFAULTS = {"shape": (3, 32, 32), "width": 128, "ipc": 10, "syn_steps": [10, 20, 40, 80], "iters": 3}
@@ -71,62 +71,29 @@ DEFAULTS = {"shape": (3, 32, 32), "width": 128, "ipc": 10, "syn_steps": [10, 20,
 MEM_KIND = {"cuda": "cuda_max_allocated", "cpu": "cpu_peak_rss_delta"}
 
 
-class _Timeout(Exception):
-    pass
-
-
 # ----------------------------------------------------------------------------- arguments
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma list of integers") from None
-    if not values or any(v <= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"{text!r}: give one or more positive integers")
-    return values
-
-
-def _engines(text: str) -> list[str]:
-    names = [s.strip() for s in text.split(",") if s.strip()]
-    bad = [n for n in names if n not in engines()]
-    if not names or bad:
-        raise argparse.ArgumentTypeError(f"unknown engine(s) {bad or text!r}; choose from: {', '.join(engines())}")
-    return list(dict.fromkeys(names))
-
-
-def _shape(text: str) -> tuple[int, int, int]:
-    values = _int_list(text)
-    if len(values) != 3:
-        raise argparse.ArgumentTypeError(f"--shape {text!r}: expected C,H,W")
-    return tuple(values)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Time trajectory-matching outer iterations per meta-gradient engine (see module docstring).",
     )
-    p.add_argument("--engine", type=_engines, default=None, help="one engine or a comma list (default: all of dd.inner.ENGINES)")
+    p.add_argument("--engine", type=common.choice_list(engines()), default=None, help="one engine or a comma list (default: all of dd.inner.ENGINES)")
     p.add_argument("--memory-budget-mb", type=float, default=None,
                    help="the auto engine's memory budget in MB (default: none, i.e. half the free memory)")
-    p.add_argument("--syn-steps", type=_int_list, default=None,
+    p.add_argument("--syn-steps", type=common.int_list, default=None,
                    help="one or a comma list of inner steps (default 10,20,40,80; --quick: 10,20,40)")
     p.add_argument("--ipc", type=int, default=None, help="synthetic images per class (default 10)")
     p.add_argument("--classes", type=int, default=10, help="classes (default 10)")
-    p.add_argument("--shape", type=_shape, default=None, help="C,H,W (default 3,32,32; --quick: 1,16,16)")
+    p.add_argument("--shape", type=common.shape, default=None, help="C,H,W (default 3,32,32; --quick: 1,16,16)")
     p.add_argument("--width", type=int, default=None, help="ConvNet width (default 128; --quick: 32)")
     p.add_argument("--depth", type=int, default=None, help="ConvNet depth (default: auto from the image size)")
     p.add_argument("--batch-syn", type=int, default=None, help="images per student step (default: all)")
     p.add_argument("--iters", type=int, default=None, help="timed iterations (default 3; --quick: 2)")
     p.add_argument("--warmup", type=int, default=1, help="untimed iterations before the timed ones (default 1)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default cpu")
     p.add_argument("--dsa", action=argparse.BooleanOptionalAction, default=True, help="DSA augmentation per step, as MTT (default on)")
-    p.add_argument("--seed", type=int, default=0, help="default 0")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default 0: torch's default)")
-    p.add_argument("--json", type=Path, default=None,
-                   help="results file (default benchmarks/results/meta_grad_<device>[_quick].json)")
-    p.add_argument("--plot", type=Path, default=None, help="PNG (default: the json path with .png)")
+    common.add_device_args(p)
+    common.add_output_args(p, "meta_grad")
     p.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=None,
                    help="one fresh subprocess per configuration (default: on for cpu, off for cuda)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per configuration, child start-up included (default 600)")
@@ -140,106 +107,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve(args: argparse.Namespace) -> argparse.Namespace:
     """Fill the options left unset from --quick or the defaults; explicit options always win."""
-    base = QUICK if args.quick else DEFAULTS
     if args.engine is None:
         args.engine = list(engines())
-    for key, value in base.items():
-        if getattr(args, key) is None:
-            setattr(args, key, list(value) if isinstance(value, list) else value)
+    common.fill_defaults(args, QUICK if args.quick else DEFAULTS)
     args.syn_steps = sorted(set(args.syn_steps))
-    for key in ("ipc", "classes", "width", "iters"):
-        if getattr(args, key) < 1:
-            raise SystemExit(f"--{key.replace('_', '-')}={getattr(args, key)}: must be >= 1")
+    common.require_positive(args, ("ipc", "classes", "width", "iters"), ("depth", "batch_syn"))
     if args.warmup < 0:
         raise SystemExit(f"--warmup={args.warmup}: must be >= 0")
-    if args.depth is not None and args.depth < 1:
-        raise SystemExit(f"--depth={args.depth}: must be >= 1")
-    if args.batch_syn is not None and args.batch_syn < 1:
-        raise SystemExit(f"--batch-syn={args.batch_syn}: must be >= 1")
     if args.isolate is None:
         args.isolate = args.device == "cpu"
     if args.mem_limit_mb is None:
-        available = _meminfo_mb("MemAvailable")
+        available = common.meminfo_mb("MemAvailable")
         args.mem_limit_mb = int(0.8 * available) if (args.device == "cpu" and available) else 0
-    if args.json is None:
-        args.json = RESULTS / f"meta_grad_{args.device}{'_quick' if args.quick else ''}.json"
-    if args.plot is None:
-        args.plot = args.json.with_suffix(".png")
+    common.output_paths(args, "meta_grad")
     return args
-
-
-# ----------------------------------------------------------------------------- memory readings
-
-
-def _meminfo_mb(key: str) -> float | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def _rss_mb() -> float:
-    """Current resident set size of this process."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError):  # no procfs: the peak so far is the best we have
-        return _peak_rss_mb()
-
-
-def _peak_rss_mb() -> float:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
-
-
-def _reset_peak_rss() -> bool:
-    """Reset the kernel's RSS high-water mark (Linux >= 4.0), so ru_maxrss restarts from now."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _vm_size_bytes() -> int | None:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError):
-        return None
-
-
-def _limit_address_space(extra_mb: int) -> None:
-    """Let this process map at most `extra_mb` more: allocations past it raise instead of OOM-killing."""
-    size = _vm_size_bytes()
-    if extra_mb <= 0 or size is None:
-        return
-    limit = size + extra_mb * 2**20
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    if hard != resource.RLIM_INFINITY:
-        limit = min(limit, hard)
-    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
-
-
-def _is_oom(exc: BaseException) -> bool:
-    if isinstance(exc, MemoryError):
-        return True
-    torch = sys.modules.get("torch")
-    if torch is None:
-        return False
-
-    kinds = tuple(k for k in (getattr(torch, "OutOfMemoryError", None),
-                              getattr(torch.cuda, "OutOfMemoryError", None)) if k is not None)
-    if kinds and isinstance(exc, kinds):
-        return True
-    msg = str(exc).lower()
-    return isinstance(exc, RuntimeError) and any(
-        s in msg for s in ("out of memory", "can't allocate memory", "cannot allocate memory", "not enough memory"))
 
 
 # ----------------------------------------------------------------------------- one configuration
@@ -259,28 +140,22 @@ def _base_row(args, engine: str, syn_steps: int) -> dict:
 
 def measure(args, engine: str, syn_steps: int) -> dict:
     """Run warm-up + timed outer iterations of one configuration in this process; return its row."""
-    import torch
-
+    torch = common.setup_torch(args.device, args.threads)
     from dd.config import InnerConfig
     from dd.data import DSA
+    from dd.image.evaluate import fresh_model
     from dd.image.methods.mtt import MTTConfig, Segment, Synthetic, outer_iteration, plan_steps
-    from dd.models import FlatModel, build_model
+    from dd.models import FlatModel
 
     row = _base_row(args, engine, syn_steps)
     cuda = args.device == "cuda"
-    if cuda and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: torch sees no CUDA device on this machine")
     device = torch.device(args.device)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
     deadline = time.perf_counter() + args.timeout
 
     # ---- setup (seeded): random ConvNet, random images, expert start/target
-    torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     c, h, w = args.shape
-    module = build_model("convnet", c, args.classes, (h, w), width=args.width, depth=args.depth,
-                         norm="instance", act="relu", pool="avg").to(device)
+    module = fresh_model(common.convnet_config(args), common.shape_dataset(args.shape, args.classes), args.seed, device)
     row["depth"] = sum(isinstance(m, torch.nn.Conv2d) for m in module.modules())
     student = FlatModel(module)
     n = args.ipc * args.classes
@@ -300,22 +175,21 @@ def measure(args, engine: str, syn_steps: int) -> dict:
         return float(outer_iteration(syn, student, segment, plan, dsa, inner, m.min_lr).loss)
 
     def sync():
-        if cuda:
-            torch.cuda.synchronize()
+        common.sync(args.device)
 
     def check_deadline():
         if time.perf_counter() > deadline:
-            raise _Timeout(f"timeout: over {args.timeout:g} s")
+            raise common.Timeout(f"timeout: over {args.timeout:g} s")
 
     # ---- baseline after setup, then warm-up, then timed iterations
     gc.collect()
     if args.child and not cuda:  # only now: imports and setup need their address space
-        _limit_address_space(args.mem_limit_mb)
+        common.limit_address_space(args.mem_limit_mb)
     sync()
     if cuda:
         baseline = torch.cuda.memory_allocated() / 2**20
     else:
-        baseline = _rss_mb()
+        baseline = common.rss_mb()
     for _ in range(args.warmup):
         one_iteration()
         check_deadline()
@@ -323,7 +197,7 @@ def measure(args, engine: str, syn_steps: int) -> dict:
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     else:
-        row["peak_reset"] = _reset_peak_rss()
+        row["peak_reset"] = common.reset_peak_rss()
     times, losses = [], []
     for _ in range(args.iters):
         sync()
@@ -336,7 +210,7 @@ def measure(args, engine: str, syn_steps: int) -> dict:
         row["peak_mem_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 2)
         row["baseline_mem_mb"] = round(baseline, 2)
     else:
-        row["peak_mem_mb"] = round(_peak_rss_mb() - baseline, 2)
+        row["peak_mem_mb"] = round(common.peak_rss_mb() - baseline, 2)
         row["baseline_rss_mb"] = round(baseline, 2)
     row["s_per_iter"] = round(sum(times) / len(times), 4)
     row["s_iters"] = [round(t, 4) for t in times]
@@ -347,29 +221,11 @@ def measure(args, engine: str, syn_steps: int) -> dict:
 
 def measure_safely(args, engine: str, syn_steps: int) -> dict:
     """measure(), with out-of-memory, timeout and other failures turned into an error row."""
-    try:
-        return measure(args, engine, syn_steps)
-    except _Timeout as exc:
-        row, kind, msg = _base_row(args, engine, syn_steps), "timeout", str(exc)
-    except Exception as exc:  # noqa: BLE001 - a benchmark row records any failure
-        row = _base_row(args, engine, syn_steps)
-        if _is_oom(exc):
-            kind, msg = "oom", f"out of memory: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
-        else:
-            traceback.print_exc()
-            kind, msg = "error", f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
-    finally:
-        gc.collect()
-        if args.device == "cuda":
-            import torch
-
-            torch.cuda.empty_cache()
-    row.update(error=msg, error_kind=kind)
-    return row
+    return common.measure_or_error(args.device, _base_row(args, engine, syn_steps), measure, args, engine, syn_steps)
 
 
 def _child_argv(args, engine: str, syn_steps: int) -> list[str]:
-    argv = [sys.executable, str(Path(__file__).resolve()), "--child",
+    argv = [str(Path(__file__).resolve()), "--child",
             "--engine", engine, "--syn-steps", str(syn_steps), "--ipc", str(args.ipc),
             "--classes", str(args.classes), "--shape", ",".join(map(str, args.shape)),
             "--width", str(args.width), "--iters", str(args.iters), "--warmup", str(args.warmup),
@@ -386,18 +242,14 @@ def _child_argv(args, engine: str, syn_steps: int) -> list[str]:
 
 def measure_isolated(args, engine: str, syn_steps: int) -> dict:
     """Run one configuration in a fresh interpreter and read back its JSON line."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     row = _base_row(args, engine, syn_steps)
     try:
-        proc = subprocess.run(_child_argv(args, engine, syn_steps), capture_output=True, text=True,
-                              timeout=args.timeout, env=env, cwd=ROOT)
+        child_row, proc = common.run_child(_child_argv(args, engine, syn_steps), timeout=args.timeout)
     except subprocess.TimeoutExpired:
         row.update(error=f"timeout: over {args.timeout:g} s (child killed)", error_kind="timeout")
         return row
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith("{"):
-            return json.loads(line)
+    if child_row is not None:
+        return child_row
     if proc.stderr:
         sys.stderr.write(proc.stderr[-4000:])
     if proc.returncode == -signal.SIGKILL:
@@ -421,14 +273,14 @@ def format_table(rows: list[dict], args) -> str:
     by = {(r["engine"], r["syn_steps"]): r for r in rows}
 
     def ok(r):
-        return r is not None and "error" not in r and r.get("s_per_iter") is not None
+        return common.ok(r, "s_per_iter")
 
     def cell(e, n):
         r = by.get((e, n))
         if r is None:
             return "-"
         if not ok(r):
-            return {"oom": "OOM", "timeout": "timeout", "skipped": "skipped"}.get(r.get("error_kind"), "error")
+            return common.error_cell(r)
         text = f"{r['s_per_iter']:.3g} s  {_fmt_mem(r['peak_mem_mb'])}"
         u = by.get(("unroll", n))
         if ok(u) and u["s_per_iter"] > 0 and e != "unroll":
@@ -445,14 +297,10 @@ def format_table(rows: list[dict], args) -> str:
 
     header = ["engine", *[f"syn_steps={n}" for n in steps], "mem max/min"]
     body = [[e, *[cell(e, n) for n in steps], mem_ratio(e)] for e in engines]
-    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
-
-    def fmt(line):
-        return " | ".join(s.ljust(wd) if i == 0 else s.rjust(wd) for i, (s, wd) in enumerate(zip(line, widths)))
 
     depth = next((r["depth"] for r in rows if r.get("depth")), args.depth) or "auto"
     first = rows[0]
-    title = (f"meta-gradient benchmark: device={args.device} shape={'x'.join(map(str, args.shape))} "
+    title = (f"meta-gradient benchmark: device={args.device} shape={common.shape_text(args.shape)} "
              f"width={args.width} depth={depth} ipc={args.ipc} classes={args.classes} "
              f"batch_syn={first['batch_syn']} dsa={'on' if args.dsa else 'off'} "
              f"iters={args.iters} (+{args.warmup} warm-up)")
@@ -463,16 +311,12 @@ def format_table(rows: list[dict], args) -> str:
     notes = ["cell: s/iter  peak memory  (time and peak memory relative to unroll at the same syn_steps)",
              f"auto's memory budget: {budget}", mem_note,
              "mem max/min: an engine's peak memory at its largest / smallest completed syn_steps"]
-    rule = "-+-".join("-" * wd for wd in widths)
-    return "\n".join([title, fmt(header), rule, *map(fmt, body), *notes])
+    return common.render_table(title, header, body, notes, left=1)
 
 
 def save_plot(rows: list[dict], args, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Peak memory and seconds per outer iteration against syn_steps, one line per engine."""
+    plt = common.pyplot()
     fig, (ax_mem, ax_time) = plt.subplots(1, 2, figsize=(11, 4.2))
     steps = sorted({r["syn_steps"] for r in rows})
     for engine in dict.fromkeys(r["engine"] for r in rows):
@@ -482,46 +326,16 @@ def save_plot(rows: list[dict], args, path: Path) -> None:
         xs = [r["syn_steps"] for r in done]
         ax_mem.plot(xs, [r["peak_mem_mb"] for r in done], marker="o", label=engine)
         ax_time.plot(xs, [r["s_per_iter"] for r in done], marker="o", label=engine)
-    kind = MEM_KIND[args.device]
-    ax_mem.set_ylabel(f"peak memory (MB, {kind})")
+    ax_mem.set_ylabel(f"peak memory (MB, {MEM_KIND[args.device]})")
     ax_time.set_ylabel("seconds per outer iteration")
+    common.style_x_axes((ax_mem, ax_time), steps, "syn_steps", log_base=2, minor=True)
     for ax in (ax_mem, ax_time):
-        ax.set_xlabel("syn_steps")
-        if len(steps) > 1 and steps[-1] / steps[0] >= 4:
-            ax.set_xscale("log", base=2)
-        ax.set_xticks(steps, [str(s) for s in steps])
-        ax.grid(True, alpha=0.3)
         if ax.get_lines():
             ax.legend()
     failed = [f"{r['engine']}@{r['syn_steps']}:{r.get('error_kind', 'error')}" for r in rows if "error" in r]
-    title = (f"meta-gradient engines, {args.device}, shape {'x'.join(map(str, args.shape))}, width {args.width}, "
-             f"ipc {args.ipc}, classes {args.classes}, batch_syn {rows[0]['batch_syn']}")
-    if failed:
-        title += "\nfailed: " + ", ".join(failed)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def _meta(args, wall_s: float) -> dict:
-    from importlib import metadata
-
-    try:
-        torch_version = metadata.version("torch")
-    except metadata.PackageNotFoundError:
-        torch_version = None
-    meta = {"argv": sys.argv[1:], "engines": args.engine, "syn_steps": args.syn_steps, "quick": args.quick,
-            "torch": torch_version, "python": platform.python_version(), "platform": platform.platform(),
-            "cpu_count": os.cpu_count(), "isolated": bool(args.isolate), "seed": args.seed,
-            "timeout_s": args.timeout, "mem_limit_mb": args.mem_limit_mb, "wall_s": round(wall_s, 1),
-            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    if args.device == "cuda":
-        import torch
-
-        meta["gpu"] = torch.cuda.get_device_name() if torch.cuda.is_available() else None
-    return meta
+    common.save_figure(fig, path, f"meta-gradient engines, {args.device}, shape {common.shape_text(args.shape)}, "
+                       f"width {args.width}, ipc {args.ipc}, classes {args.classes}, batch_syn {rows[0]['batch_syn']}",
+                       failed)
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -529,23 +343,15 @@ def _meta(args, wall_s: float) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = resolve(build_parser().parse_args(argv))
-    if str(ROOT) not in sys.path:  # run as `python benchmarks/meta_grad.py` without the package installed
-        sys.path.insert(0, str(ROOT))
-
     if args.child:  # one configuration, one JSON line, nothing written
         row = measure_safely(args, args.engine[0], args.syn_steps[0])
         print(json.dumps(row), flush=True)
         return 0
 
-    if args.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise SystemExit("--device cuda: torch sees no CUDA device on this machine")
+    load_start, t_start = common.begin(args)
     if args.device == "cpu" and not args.isolate:
         print("warning: --no-isolate on cpu: peak RSS of later configurations can be hidden by memory the "
               "allocator kept from earlier ones", file=sys.stderr)
-    t_start = time.perf_counter()
     rows = []
     for engine in args.engine:
         failed_at = None
@@ -563,18 +369,9 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
     wall = time.perf_counter() - t_start
 
-    print()
-    print(format_table(rows, args))
-    print(f"wall time: {wall:.1f} s")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"meta": _meta(args, wall), "rows": rows}, indent=1) + "\n")
-    try:
-        save_plot(rows, args, args.plot)
-        print(f"results: {args.json}  plot: {args.plot}")
-    except Exception as exc:  # noqa: BLE001 - the numbers are already saved
-        print(f"results: {args.json}  (plot failed: {type(exc).__name__}: {exc})")
-    bugs = [r for r in rows if r.get("error_kind") == "error"]
-    return 1 if bugs else 0
+    meta = common.run_meta(args, wall, load_start, engines=args.engine, syn_steps=args.syn_steps,
+                           isolated=bool(args.isolate), timeout_s=args.timeout, mem_limit_mb=args.mem_limit_mb)
+    return common.finish(args, rows, format_table(rows, args), f"wall time: {wall:.1f} s", meta, save_plot)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """Time and peak memory of attention-label outer steps, per meta-gradient engine and number of inner steps.
 
-One outer step is what `dd.text.methods.attention_labels` does: a fresh head on the pretrained body,
-`inner_steps` SGD steps on the distilled batches (CE + attention KL), CE on a real batch, the
-meta-gradient from `dd.inner.meta_gradient`. Data: the synthetic topic task; distilled set:
+One outer step is the attention-labels method's own `dd.text.methods.attention_labels.outer_step`
+(what `distill` calls): a fresh head on the pretrained body, `inner_steps` SGD steps on the
+distilled batches (CE + attention KL), CE on a real batch, the meta-gradient from
+`dd.inner.meta_gradient`. The distilled set and the head come from the method's seeded streams
+(`dd.seeds`: "distill", "text_train_head", seed 0). Data: the synthetic topic task; distilled set:
 random N(0,1) embeddings, unrestricted labels, [CLS] attention labels, 1 example per class
 per inner step (ipc = inner_steps, so each step sees new examples).
 
@@ -16,61 +18,57 @@ flat in inner_steps while `unroll` grows.
 
 import argparse
 import json
-import os
-import resource
-import subprocess
 import sys
 import time
 
-
-def rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+if __package__:
+    from . import common
+else:  # run as a script: benchmarks/ is sys.path[0]
+    import common
 
 
 def child(args) -> dict:
-    import torch
+    torch = common.setup_torch("cpu", args.threads)
     from omegaconf import OmegaConf
 
+    from dd import seeds
     from dd.config import TextDatasetConfig, TextModelConfig
     from dd.data.text import load_text_dataset
-    from dd.inner import meta_gradient
     from dd.models.bert import TextClassifier, load_backbone
     from dd.text.evaluate import batches
-    from dd.text.methods.attention_labels import AttentionLabelsConfig, Distilled
+    from dd.text.methods.attention_labels import AttentionLabelsConfig, Distilled, outer_step
 
-    torch.set_num_threads(args.threads)
+    engine = args.engine[0]
     backbone = load_backbone(OmegaConf.structured(TextModelConfig(name=args.model)))
     data = load_text_dataset(OmegaConf.structured(TextDatasetConfig(name="synthetic_topics", max_length=args.length)),
                              backbone.tokenizer)
     clf = TextClassifier(backbone, data.num_classes)
     m = OmegaConf.structured(AttentionLabelsConfig(inner_steps=args.inner_steps))
-    syn = Distilled(clf, data, m, args.inner_steps, torch.Generator().manual_seed(0), torch.device("cpu"))
-    ids, mask, types, labels = next(batches(data.train, args.real_batch, "cpu"))
-
-    def outer(theta):
-        logits, _ = clf(theta, clf.embed(ids), mask, types)
-        return torch.nn.functional.cross_entropy(logits, labels)
+    syn = Distilled(clf, data, m, args.inner_steps, seeds.generator("distill", 0), torch.device("cpu"))
+    batch = next(batches(data.train, args.real_batch, "cpu"))
 
     def one():
-        theta0 = clf.new_theta(torch.Generator().manual_seed(0))
-        return meta_gradient(args.engine, lambda th, learn, i: syn.step_loss(clf, learn, th, i), outer, theta0,
-                             syn.learnables(), syn.lr().detach().requires_grad_(True), args.inner_steps)
+        theta0 = clf.new_theta(seeds.generator("text_train_head", 0, 0))
+        return outer_step(clf, syn, batch, theta0, engine, args.inner_steps)
 
-    base = rss_mb()
+    base = common.peak_rss_mb()
     one()  # warm-up
     t0 = time.perf_counter()
     for _ in range(args.iters):
         one()
-    return {"model": args.model, "engine": args.engine, "inner_steps": args.inner_steps,
-            "s_per_outer_step": (time.perf_counter() - t0) / args.iters, "peak_rss_mb": rss_mb(),
-            "peak_rss_delta_mb": rss_mb() - base, "threads": args.threads}
+    return {"model": args.model, "engine": engine, "inner_steps": args.inner_steps,
+            "s_per_outer_step": (time.perf_counter() - t0) / args.iters, "peak_rss_mb": common.peak_rss_mb(),
+            "peak_rss_delta_mb": common.peak_rss_mb() - base, "threads": args.threads}
 
 
 def main() -> None:
+    common.ensure_root_on_path()
+    from dd.inner import ENGINES
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="minilm")
-    p.add_argument("--engine", default="unroll,reverse")
-    p.add_argument("--steps", default="1,2,4")
+    p.add_argument("--engine", type=common.choice_list(ENGINES), default="unroll,reverse")
+    p.add_argument("--steps", type=common.int_list, default="1,2,4")
     p.add_argument("--iters", type=int, default=2)
     p.add_argument("--length", type=int, default=32)
     p.add_argument("--real-batch", type=int, default=16)
@@ -82,14 +80,14 @@ def main() -> None:
         print(json.dumps(child(args)))
         return
     rows = []
-    for engine in args.engine.split(","):
-        for steps in map(int, args.steps.split(",")):
-            cmd = [sys.executable, __file__, "--child", "--engine", engine, "--inner-steps", str(steps),
-                   "--model", args.model, "--iters", str(args.iters), "--length", str(args.length),
-                   "--real-batch", str(args.real_batch), "--threads", str(args.threads)]
-            out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
-            row = json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else {
-                "engine": engine, "inner_steps": steps, "error": out.stderr.strip().splitlines()[-1:]}
+    for engine in args.engine:
+        for steps in args.steps:
+            argv = [__file__, "--child", "--engine", engine, "--inner-steps", str(steps),
+                    "--model", args.model, "--iters", str(args.iters), "--length", str(args.length),
+                    "--real-batch", str(args.real_batch), "--threads", str(args.threads)]
+            row, proc = common.run_child(argv, HF_HUB_OFFLINE="1")
+            if proc.returncode != 0 or row is None:
+                row = {"engine": engine, "inner_steps": steps, "error": proc.stderr.strip().splitlines()[-1:]}
             print(json.dumps(row), flush=True)
             rows.append(row)
     print(f"\n{'engine':8} {'steps':>5} {'s/step':>8} {'peak RSS MB':>12} {'delta MB':>9}")
@@ -100,4 +98,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,0 +1,286 @@
+"""Distribution matching (DM; Zhao & Bilen, WACV 2023).
+
+Each iteration builds a fresh, never-trained network psi (the run's model, ConvNet by default) and,
+for every class c, compares the mean embedding of a batch of real images with the mean embedding of
+the class's synthetic images, both under the same DSA transform A_w (Siamese: one seed w for both
+batches, one parameter set for the whole batch, as the reference code does):
+
+    L = sum_c || mean_i psi(A_w(x_i^c)) - mean_j psi(A_w(s_j^c)) ||^2
+
+The embedding is the flattened feature map before the classifier (`model.embed`). One SGD step
+(lr_img, momentum 0.5) on the images per iteration: there is no inner loop and no network training,
+so an iteration costs one forward pass of the real batches and one forward and backward pass of the
+synthetic set.
+
+Random streams (dd.seeds): the network of iteration t starts from ("dm_net", seed, t); the initial
+images, the real batches and the augmentation seeds come from one generator, ("distill", seed), whose
+state is checkpointed, so a resumed run reaches exactly the images of an uninterrupted one (on CPU).
+
+The set handed back is the final one, as the reference code reports it (the accuracy after the last
+iteration); the rounds evaluated every `eval_every` iterations are for watching the run, and the
+best of them is only recorded in the set's meta.
+"""
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from dd import seeds
+from dd.checkpoint import CHECKPOINT, load_checkpoint, run_digest
+from dd.data import DSA
+from dd.errors import DDError
+from dd.fsutil import write_file
+from dd.image.base import SynSet
+from dd.image.evaluate import evaluate_set, fresh_model
+from dd.image.methods.coreset import check_ipc
+from dd.image.methods.mtt import initial_images
+from dd.models import model_has_state
+from dd.registry import RunContext, register
+from dd.viz import save_curves, save_grid
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DMConfig:
+    """Distribution matching (Zhao & Bilen 2023); defaults are the reference code's (main_DM.py)."""
+
+    name: str = "dm"
+    iterations: int = 20000
+    lr_img: float = 1.0  # SGD on the images; the DM README: 1 for CIFAR-10 IPC <= 50 and CIFAR-100
+    momentum: float = 0.5
+    batch_real: int = 256  # real images per class and iteration (a smaller class gives all it has)
+    init: str = "real"  # real | noise
+    dsa: bool = True  # Siamese augmentation of both batches (false: the raw images are embedded)
+    dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
+    eval_every: int = 2000  # the reference evaluates every 2000 iterations (and at 0)
+    checkpoint_every: int = 500
+
+
+INITS = ("real", "noise")
+
+
+def check_method(m, data, ipc: int) -> None:
+    """Refuse bad values before anything is written."""
+    check_ipc(data, ipc)
+    positive = {"iterations": m.iterations, "lr_img": m.lr_img, "batch_real": m.batch_real,
+                "eval_every": m.eval_every, "checkpoint_every": m.checkpoint_every}
+    for key, value in positive.items():
+        if not value > 0:
+            raise DDError(f"method.{key}={value} is not allowed; it must be positive")
+    if not 0 <= m.momentum < 1:
+        raise DDError(f"method.momentum={m.momentum} is not allowed; it must be in [0, 1)")
+    if m.init not in INITS:
+        raise DDError(f"method.init '{m.init}' is unknown; choose one of: {', '.join(INITS)}")
+    if m.dsa:
+        DSA(m.dsa_strategy)  # an unknown transform name is refused here, with DSA's message
+
+
+# --- the objective ---------------------------------------------------------------------------------
+
+
+def dm_loss(embed: Callable, reals: list[torch.Tensor], syns: list[torch.Tensor], dsa: DSA | None = None,
+            aug_seeds: list[int] | None = None, together: bool = False) -> torch.Tensor:
+    """sum_c ||mean psi(A(real_c)) - mean psi(A(syn_c))||^2 over the classes c of the two lists.
+
+    reals[c]: (n_c, C, H, W) real images of class c; syns[c]: (ipc, C, H, W) its synthetic images.
+    With `dsa`, class c's two batches are augmented with the same seed aug_seeds[c] (Siamese; a
+    batchwise DSA gives every image of both batches one transform). The real embeddings carry no
+    gradient. `together` embeds all classes' real images in one call and all synthetic images in
+    another, as the reference does for BatchNorm models, whose batch statistics then span the classes.
+    """
+    if dsa is not None:
+        reals = [dsa(x, seed=s) for x, s in zip(reals, aug_seeds, strict=True)]
+        syns = [dsa(x, seed=s) for x, s in zip(syns, aug_seeds, strict=True)]
+    with torch.no_grad():
+        real_emb = _embed_classes(embed, reals, together)
+    syn_emb = _embed_classes(embed, syns, together)
+    return sum(torch.sum((r.mean(0) - s.mean(0)) ** 2) for r, s in zip(real_emb, syn_emb, strict=True))
+
+
+def _embed_classes(embed: Callable, batches: list[torch.Tensor], together: bool) -> list[torch.Tensor]:
+    if not together:
+        return [embed(x) for x in batches]
+    return list(embed(torch.cat(batches)).split([len(x) for x in batches]))
+
+
+# --- one iteration ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Synthetic:
+    """The learned images (grouped by class, ipc each) and their optimiser."""
+
+    images: torch.Tensor  # (classes * ipc, C, H, W) leaf
+    labels: torch.Tensor  # (classes * ipc,)
+    opt: torch.optim.Optimizer
+
+    @classmethod
+    def create(cls, images: torch.Tensor, labels: torch.Tensor, m) -> "Synthetic":
+        images = images.detach().clone().requires_grad_(True)
+        return cls(images, labels, torch.optim.SGD([images], lr=m.lr_img, momentum=m.momentum))
+
+    def of_class(self, c: int, ipc: int) -> torch.Tensor:
+        return self.images[c * ipc : (c + 1) * ipc]
+
+
+@dataclass
+class ClassBatch:
+    """What iteration t draws for one class: which real images, and the shared augmentation seed."""
+
+    real_idx: torch.Tensor  # positions into that class's real images
+    aug_seed: int
+
+
+def iteration_network(model_cfg, data, seed: int, it: int, device) -> torch.nn.Module:
+    """The network of iteration `it`: fresh from the stream ("dm_net", seed, it), never trained.
+    Its parameters are frozen (only the images learn); train mode, as the reference embeds."""
+    net = fresh_model(model_cfg, data, seeds.derive("dm_net", seed, it), device)
+    net.requires_grad_(False)
+    return net.train()
+
+
+def draw_batches(class_sizes: list[int], batch_real: int, gen: torch.Generator) -> list[ClassBatch]:
+    """Per class, up to batch_real real images without replacement, and one augmentation seed."""
+    plan = []
+    for n in class_sizes:
+        idx = torch.randperm(n, generator=gen)[:batch_real]
+        plan.append(ClassBatch(idx, int(torch.randint(2**31 - 1, (1,), generator=gen))))
+    return plan
+
+
+def dm_iteration(syn: Synthetic, net: torch.nn.Module, real_by_class: list[torch.Tensor],
+                 plan: list[ClassBatch], dsa: DSA | None, ipc: int) -> float:
+    """The DM loss of one iteration and one optimiser step of the images; returns the loss."""
+    reals = [x[b.real_idx.to(x.device)] for x, b in zip(real_by_class, plan, strict=True)]
+    syns = [syn.of_class(c, ipc) for c in range(len(plan))]
+    loss = dm_loss(net.embed, reals, syns, dsa, [b.aug_seed for b in plan], together=model_has_state(net))
+    if not torch.isfinite(loss):
+        raise DDError(f"the distribution-matching loss is not finite ({float(loss)}); lower method.lr_img")
+    syn.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    syn.opt.step()
+    return loss.item()
+
+
+# --- the loop --------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoopState:
+    """Everything of the loop a resume needs besides the images, their optimiser and the generator."""
+
+    next_it: int = 0
+    history: list = field(default_factory=list)  # {"iteration", "loss"} and evaluation rows
+    best: dict | None = None  # {"iteration", "evaluation"} of the best round (recorded, not selected)
+    iter_s: float = 0.0
+
+
+@dataclass
+class Checkpointer:
+    """Saves and restores the images, their optimiser, the generator and the loop state (exact resume)."""
+
+    path: Path
+    digest: str
+    device: torch.device
+
+    def save(self, syn: Synthetic, gen: torch.Generator, state: LoopState, next_it: int) -> None:
+        state.next_it = next_it
+        blob = {"digest": self.digest, "images": syn.images.detach(), "opt_img": syn.opt.state_dict(),
+                "gen_state": gen.get_state(), "state": asdict(state)}
+        write_file(self.path, lambda p: torch.save(blob, p))
+
+    def restore(self, syn: Synthetic, gen: torch.Generator) -> LoopState:
+        saved = load_checkpoint(self.path, self.digest, self.device)
+        with torch.no_grad():
+            syn.images.copy_(saved["images"])
+        syn.opt.load_state_dict(saved["opt_img"])
+        gen.set_state(saved["gen_state"])
+        state = LoopState(**saved["state"])
+        log.info("resumed from %s at iteration %d", self.path, state.next_it)
+        return state
+
+
+@dataclass
+class Setup:
+    syn: Synthetic
+    real_by_class: list[torch.Tensor]  # on the device
+    dsa: DSA | None
+    gen: torch.Generator
+    state: LoopState
+    ckpt: Checkpointer
+
+
+def set_up(ctx: RunContext) -> Setup:
+    """Checks, the initial images (or the checkpoint's), the real images per class, the augmentation."""
+    cfg, data, m = ctx.cfg, ctx.data, ctx.cfg.method
+    check_method(m, data, cfg.ipc)
+    gen = seeds.generator("distill", cfg.seed)
+    images, labels = initial_images(data, cfg.ipc, m.init, gen)
+    syn = Synthetic.create(images.to(ctx.device), labels.to(ctx.device), m)
+    real_by_class = [data.train_x[data.indices_of_class(c)].to(ctx.device) for c in range(data.num_classes)]
+    dsa = DSA(m.dsa_strategy, flip=data.flip, batchwise=True) if m.dsa else None
+    state, ckpt = LoopState(), Checkpointer(ctx.out_dir / CHECKPOINT, run_digest(cfg), ctx.device)
+    if cfg.resume:
+        state = ckpt.restore(syn, gen)
+    return Setup(syn, real_by_class, dsa, gen, state, ckpt)
+
+
+def evaluate_round(ctx: RunContext, syn: Synthetic, state: LoopState, it: int) -> None:
+    """K fresh models on the images of iteration `it`: round it + 1 (never the final evaluation's round 0)."""
+    images, labels = syn.images.detach(), syn.labels
+    result = evaluate_set(images, labels, ctx.data, ctx.cfg.model, ctx.cfg.eval, seed=ctx.cfg.seed, round=it + 1,
+                          device=ctx.device, progress=False)
+    state.history.append({"iteration": it, "acc_mean": result.mean, "acc_std": result.std})
+    ctx.tracker.log({"eval/acc_mean": result.mean, "eval/acc_std": result.std}, step=it)
+    if state.best is None or result.mean > state.best["evaluation"]["mean"]:
+        state.best = {"iteration": it, "evaluation": result.as_dict()}
+    grid = ctx.out_dir / "progress" / f"iter_{it:06d}.png"
+    save_grid(ctx.data.to_pixels(images.cpu()), labels.cpu(), ctx.data.class_names, grid,
+              title=f"iteration {it}: {result}")
+    ctx.tracker.log_image("grid", grid, step=it)
+    log.info("iteration %d: %s", it, result)
+
+
+@register("dm", kind="image", schema=DMConfig)
+def distill(ctx: RunContext) -> SynSet:
+    cfg, m = ctx.cfg, ctx.cfg.method
+    run = set_up(ctx)
+    syn, state = run.syn, run.state
+    class_sizes = [len(x) for x in run.real_by_class]
+    bar = tqdm(range(state.next_it, m.iterations), desc=f"dm {ctx.data.name} ipc={cfg.ipc}",
+               disable=not ctx.progress, initial=state.next_it, total=m.iterations)
+    for it in bar:
+        if it > 0 and it % m.checkpoint_every == 0 and it != state.next_it:
+            run.ckpt.save(syn, run.gen, state, it)
+        if it % m.eval_every == 0:  # the final set is evaluated by the pipeline (round 0)
+            evaluate_round(ctx, syn, state, it)
+        t_it = time.perf_counter()
+        net = iteration_network(cfg.model, ctx.data, cfg.seed, it, ctx.device)
+        plan = draw_batches(class_sizes, m.batch_real, run.gen)
+        loss = dm_iteration(syn, net, run.real_by_class, plan, run.dsa, cfg.ipc)
+        state.iter_s += time.perf_counter() - t_it
+        state.history.append({"iteration": it, "loss": loss})
+        ctx.tracker.log({"matching_loss": loss}, step=it)
+        bar.set_postfix(loss=f"{loss:.4g}")
+    run.ckpt.save(syn, run.gen, state, m.iterations)
+    return finish(ctx, syn, state)
+
+
+def finish(ctx: RunContext, syn: Synthetic, state: LoopState) -> SynSet:
+    """The final images (the pipeline evaluates them on fresh models, round 0), curves and timings."""
+    cfg, m = ctx.cfg, ctx.cfg.method
+    save_curves(state.history, ctx.out_dir / "curves.png", title=f"dm {ctx.data.name} ipc={cfg.ipc}")
+    rounds = [h for h in state.history if "acc_mean" in h]
+    steps = sum(1 for h in state.history if "loss" in h)
+    meta = {"iteration": m.iterations, "rounds": rounds}
+    if state.best is not None:
+        meta["best_round"] = {"iteration": state.best["iteration"], "mean": state.best["evaluation"]["mean"],
+                              "note": "recorded only: the set is the final one, as the reference reports"}
+    return SynSet(images=syn.images.detach().cpu(), labels=syn.labels.cpu(), extra_meta=meta,
+                  timings={"distill_s": state.iter_s, "s_per_iteration": state.iter_s / max(1, steps)})

@@ -41,8 +41,9 @@ STATS: dict[str, tuple[list[float], list[float]]] = {
     "cifar100": ([0.5071, 0.4866, 0.4409], [0.2673, 0.2564, 0.2762]),
     "tiny_imagenet": ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
 }
-# Horizontal flips change the meaning of digits, so only natural images flip.
-FLIP = {"cifar10", "cifar100", "tiny_imagenet"}
+# Horizontal flips change the meaning of digits (MNIST, SVHN, digits), so those never flip; clothes
+# (FashionMNIST) keep flip, as in the Dataset Condensation reference code.
+FLIP = {"cifar10", "cifar100", "tiny_imagenet", "fashion_mnist"}
 
 # Same names torchvision reports, so both sources of a dataset agree.
 MNIST_CLASSES = [

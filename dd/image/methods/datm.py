@@ -27,7 +27,7 @@ from dd.errors import DDError
 from dd.image.base import SynSet
 from dd.image.experts import Buffer
 from dd.image.methods.coreset import check_ipc
-from dd.image.methods.mtt import MatchingConfig, Matching, Synthetic, check_matching, match_trajectories
+from dd.image.methods.mtt import Matching, MatchingConfig, Synthetic, check_matching, match_trajectories
 from dd.models import FlatModel
 from dd.registry import RunContext, register
 

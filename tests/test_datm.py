@@ -179,7 +179,7 @@ def test_a_loss_above_the_threshold_leaves_images_lr_and_labels_unchanged():
 
 TINY = [
     "method=datm", "dataset=digits", "ipc=1", "model.width=6", "eval.epochs=5", "eval.num_models=1",
-    "buffer.num_experts=2", "buffer.epochs=3", "buffer.batch_size=32", "method.expert_epochs=1",
+    "buffer.num_experts=2", "buffer.epochs=2", "buffer.batch_size=32", "method.expert_epochs=1",
     "method.min_start_epoch=0", "method.initial_max_start_epoch=1", "method.max_start_epoch=2",
     "method.window_iterations=4", "method.syn_steps=3", "method.iterations=8", "method.eval_every=100",
     "progress=false", "logger=none",
@@ -199,7 +199,7 @@ def config(tmp_path, *extra):
     ("method.lr_y=-1", "lr_y=-1"),
     ("method.momentum_y=1.0", "momentum_y=1.0"),
     ("method.skip_loss_above=0", "skip_loss_above=0"),
-    ("method.max_start_epoch=4", "buffer.epochs=3"),
+    ("method.max_start_epoch=4", "buffer.epochs=2"),
     ("method.syn_steps=0", "syn_steps=0"),
 ])
 def test_bad_datm_settings_are_refused_before_any_output(tmp_path, override, message):

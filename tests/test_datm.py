@@ -232,3 +232,30 @@ def test_dd_distill_datm_end_to_end(tmp_path):
     assert sorted(starts) == list(range(8))
     # bound 1 + floor(1 * it / 4): 1 for iterations 0-3 (only s = 0), 2 from iteration 4 on (s in {0, 1})
     assert all(starts[it] == 0 for it in range(4)) and all(starts[it] in (0, 1) for it in range(4, 8))
+
+
+def test_resume_reaches_the_same_images_and_labels(tmp_path, monkeypatch):
+    import dd.image.methods.mtt as mtt
+
+    run(config(tmp_path, "method.checkpoint_every=3"), tmp_path / "whole")
+    real = mtt.meta_gradient
+    calls = {"n": 0}
+
+    def dies_at_fifth(*a, **k):  # a kill after the checkpoint at iteration 3
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(mtt, "meta_gradient", dies_at_fifth)
+    with pytest.raises(KeyboardInterrupt):
+        run(config(tmp_path, "method.checkpoint_every=3"), tmp_path / "killed")
+    monkeypatch.setattr(mtt, "meta_gradient", real)
+    run(config(tmp_path, "method.checkpoint_every=3", "resume=true"), tmp_path / "killed")
+    a = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=True)
+    assert torch.equal(a["images"], b["images"]) and torch.equal(a["syn_lr"], b["syn_lr"])
+    assert torch.equal(a["label_logits"], b["label_logits"])
+    steps = [[(h["iteration"], h["start_epoch"], h.get("skipped", False)) for h in c["state"]["history"] if "loss" in h]
+             for c in (a, b)]
+    assert steps[0] == steps[1] and a["state"]["skipped_above"] == b["state"]["skipped_above"]

@@ -405,7 +405,11 @@ def match_trajectories(ctx: RunContext, how: Matching) -> SynSet:
         bar.set_postfix(loss=f"{float(res.loss):.4f}", lr=f"{syn.lr_value():.4g}",
                         best=f"{100 * state.best['evaluation']['mean']:.1f}%")
     ckpt.save(syn, gen, state, m.iterations)
-    skipped = {} if how.skip_loss_above is None else {"skipped_above_threshold": state.skipped_above}
+    skipped = {}
+    if how.skip_loss_above is not None:
+        skipped = {"skipped_above_threshold": state.skipped_above}
+        log.info("%d of %d updates skipped: matching loss above %g", state.skipped_above, m.iterations,
+                 how.skip_loss_above)
     return finish(ctx, syn, state, {"buffer": str(buffer.folder), "experts": len(experts),
                                     "expert_test_accuracy": expert_acc, **skipped}, expert_s)
 

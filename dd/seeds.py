@@ -10,7 +10,7 @@ well-mixed 63-bit seeds.
 Purposes used across ddlab (a name is just a label; these are the ones in use):
     expert_init, expert_data          dd-buffer: expert e's weights; its order and augmentation
     eval_init, eval_data              evaluation model k of round r; its order and augmentation
-    distill                           a method's own draws (initial images, expert, plan)
+    distill                           a method's own draws (MTT, DATM: initial images, expert, plan)
     coreset_select, coreset_features  random picks; the feature network of herding / k-center
     dm_net                            distribution matching: the fresh network of iteration t
     text_eval_head                    text: the head of evaluation run k of round r

@@ -17,6 +17,7 @@ tests call with an explicit plan.
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -42,8 +43,8 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class MTTConfig:
-    """Trajectory matching (Cazenavette et al. 2022); names as in the paper's code."""
+class MatchingConfig:
+    """The keys every trajectory-matching method shares (MTT, DATM); names as in the paper's code."""
 
     name: str = "mtt"
     iterations: int = 5000
@@ -54,11 +55,8 @@ class MTTConfig:
     lr_img: float = 1000.0
     lr_lr: float = 1e-5
     lr_teacher: float = 0.01  # initial value of the learned student lr
-    lr_label: float = 2.0  # only with soft_labels
-    momentum: float = 0.5  # of the image, lr and label optimisers
+    momentum: float = 0.5  # of the image and lr optimisers (MTT: and of the label optimiser)
     batch_syn: int | None = None  # synthetic images per student step; null = the whole set
-    pix_init: str = "real"  # real | noise
-    soft_labels: bool = False  # learn label distributions, initialised from an expert's logits
     dsa: bool = True
     eval_every: int = 500
     checkpoint_every: int = 100
@@ -66,27 +64,43 @@ class MTTConfig:
     min_lr: float = 1e-6  # floor of the learned lr: it can never reach zero or go negative
 
 
-def check_method(m, inner, buffer_epochs: int) -> None:
+@dataclass
+class MTTConfig(MatchingConfig):
+    """Trajectory matching (Cazenavette et al. 2022)."""
+
+    lr_label: float = 2.0  # only with soft_labels
+    pix_init: str = "real"  # real | noise
+    soft_labels: bool = False  # learn label distributions, initialised from an expert's logits
+
+
+def check_matching(m, inner, buffer_epochs: int, rates: tuple[str, ...] = ("lr_lr",)) -> None:
+    """Range checks of the keys every trajectory-matching method shares (MatchingConfig); `rates` are the
+    optimiser lrs that may be 0 (a frozen tensor) but not negative."""
     positive = {"iterations": m.iterations + 1, "syn_steps": m.syn_steps, "expert_epochs": m.expert_epochs,
                 "lr_img": m.lr_img, "lr_teacher": m.lr_teacher, "eval_every": m.eval_every,
                 "checkpoint_every": m.checkpoint_every, "max_nonfinite": m.max_nonfinite, "min_lr": m.min_lr}
     for key, value in positive.items():
         if not value > 0:
             raise DDError(f"method.{key}={value} is not allowed; it must be positive")
-    if m.lr_lr < 0 or m.lr_label < 0:
-        raise DDError(f"method.lr_lr={m.lr_lr}, method.lr_label={m.lr_label}: they must be >= 0 (0 freezes that tensor)")
+    if any(getattr(m, key) < 0 for key in rates):
+        named = ", ".join(f"method.{key}={getattr(m, key)}" for key in rates)
+        raise DDError(f"{named}: {'they' if len(rates) > 1 else 'it'} must be >= 0 (0 freezes that tensor)")
     if not 0 <= m.min_start_epoch < m.max_start_epoch:
         raise DDError(f"method.min_start_epoch={m.min_start_epoch}, max_start_epoch={m.max_start_epoch}: "
                       "need 0 <= min_start_epoch < max_start_epoch")
     if m.max_start_epoch - 1 + m.expert_epochs > buffer_epochs:
         raise DDError(f"max_start_epoch={m.max_start_epoch} + expert_epochs={m.expert_epochs} needs experts of at least "
                       f"{m.max_start_epoch - 1 + m.expert_epochs} epochs, but buffer.epochs={buffer_epochs}")
-    if m.pix_init not in ("real", "noise"):
-        raise DDError(f"method.pix_init '{m.pix_init}' is unknown; choose one of: real, noise")
     if m.batch_syn is not None and m.batch_syn <= 0:
         raise DDError(f"method.batch_syn={m.batch_syn} is not allowed; give a positive number or null (the whole set)")
     if inner.engine not in ENGINES:
         raise DDError(f"inner.engine '{inner.engine}' is unknown; choose one of: {', '.join(ENGINES)}")
+
+
+def check_method(m, inner, buffer_epochs: int) -> None:
+    check_matching(m, inner, buffer_epochs, rates=("lr_lr", "lr_label"))
+    if m.pix_init not in ("real", "noise"):
+        raise DDError(f"method.pix_init '{m.pix_init}' is unknown; choose one of: real, noise")
 
 
 def initial_images(data, ipc: int, how: str, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,13 +141,17 @@ class Synthetic:
     opt_label: torch.optim.Optimizer | None = None
 
     @classmethod
-    def create(cls, images, labels, syn_lr: float, m, label_logits=None) -> "Synthetic":
+    def create(cls, images, labels, syn_lr: float, m, label_logits=None, label_lr: float | None = None,
+               label_momentum: float | None = None) -> "Synthetic":
+        """Leaves and optimisers: SGD(lr_img, momentum) on the images, SGD(lr_lr, momentum) on the lr, and with
+        label_logits SGD(label_lr, label_momentum) on them (default: MTT's lr_label and momentum)."""
         images = images.detach().clone().requires_grad_(True)
         lr = torch.tensor(float(syn_lr), dtype=images.dtype, device=images.device, requires_grad=True)
         logits, opt_label = None, None
         if label_logits is not None:
             logits = label_logits.detach().clone().requires_grad_(True)
-            opt_label = torch.optim.SGD([logits], lr=m.lr_label, momentum=m.momentum)
+            opt_label = torch.optim.SGD([logits], lr=m.lr_label if label_lr is None else label_lr,
+                                        momentum=m.momentum if label_momentum is None else label_momentum)
         return cls(images, labels, lr, torch.optim.SGD([images], lr=m.lr_img, momentum=m.momentum),
                    torch.optim.SGD([lr], lr=m.lr_lr, momentum=m.momentum), logits, opt_label)
 
@@ -189,10 +207,13 @@ class Segment:
     target: torch.Tensor  # theta*_{s+M}, flat
 
 
-def draw_segment(buffer: Buffer, experts: list[int], m, gen: torch.Generator, device) -> Segment:
-    """An expert uniformly, and a start epoch s uniformly in [min_start_epoch, max_start_epoch)."""
+def draw_segment(buffer: Buffer, experts: list[int], m, gen: torch.Generator, device,
+                 max_start_epoch: int | None = None) -> Segment:
+    """An expert uniformly, and a start epoch s uniformly in [min_start_epoch, max_start_epoch); a method whose
+    window moves passes this iteration's bound as max_start_epoch (default: the config's)."""
+    upper = m.max_start_epoch if max_start_epoch is None else max_start_epoch
     eid = experts[int(torch.randint(len(experts), (1,), generator=gen))]
-    s = int(torch.randint(m.min_start_epoch, m.max_start_epoch, (1,), generator=gen))
+    s = int(torch.randint(m.min_start_epoch, upper, (1,), generator=gen))
     start, target = (t.to(device) for t in buffer.epochs(eid, s, s + m.expert_epochs))
     return Segment(eid, s, start, target)
 
@@ -202,11 +223,17 @@ def matching_loss(theta_n: torch.Tensor, segment: Segment) -> torch.Tensor:
     return torch.sum((theta_n - segment.target) ** 2) / torch.sum((segment.start - segment.target) ** 2)
 
 
+def updates(res: MetaGrad, skip_loss_above: float | None = None) -> bool:
+    """Whether an iteration's result updates the learned tensors: it must be finite and, with a threshold
+    (DATM), its matching loss must not exceed it."""
+    return res.is_finite() and (skip_loss_above is None or float(res.loss) <= skip_loss_above)
+
+
 def outer_iteration(syn: Synthetic, student: FlatModel, segment: Segment, plan, dsa: DSA | None,
-                    inner, min_lr: float) -> MetaGrad:
+                    inner, min_lr: float, skip_loss_above: float | None = None) -> MetaGrad:
     """Student steps from segment.start on the plan's batches, matching loss, meta-gradient, and the
-    optimiser steps of the learned tensors; a non-finite result is returned without updating anything.
-    `inner` is the inner-loop config (engine, optimizer, memory_budget_mb)."""
+    optimiser steps of the learned tensors; a non-finite result (or, given skip_loss_above, a loss above it)
+    is returned without updating anything. `inner` is the inner-loop config (engine, optimizer, memory_budget_mb)."""
 
     def step_loss(theta, learn, i):
         idx, aug_seed = plan[i]
@@ -218,7 +245,7 @@ def outer_iteration(syn: Synthetic, student: FlatModel, segment: Segment, plan, 
     res = meta_gradient(inner.engine, step_loss, lambda theta_n: matching_loss(theta_n, segment), segment.start,
                         syn.learnables(), syn.syn_lr, len(plan), optimizer=inner.optimizer,
                         memory_budget_mb=inner.memory_budget_mb)
-    if res.is_finite():
+    if updates(res, skip_loss_above):
         syn.apply(res, min_lr)
     return res
 
@@ -233,6 +260,7 @@ class LoopState:
     last_evaluation: dict | None = None
     nonfinite_total: int = 0
     nonfinite_run: int = 0
+    skipped_above: int = 0  # finite iterations whose loss exceeded method.skip_loss_above (DATM)
     iter_s: float = 0.0
 
 
@@ -267,8 +295,9 @@ def evaluate_round(ctx: RunContext, syn: Synthetic, state: LoopState, it: int) -
 
 
 def record_step(ctx: RunContext, state: LoopState, res: MetaGrad, segment: Segment, syn: Synthetic, it: int,
-                seconds: float) -> None:
-    """Log a finished iteration, or count a skipped non-finite one (and stop after too many in a row)."""
+                seconds: float, skip_loss_above: float | None = None) -> None:
+    """Log a finished iteration, or count a skipped non-finite one (and stop after too many in a row); a
+    finite loss above skip_loss_above is logged and counted as skipped."""
     m = ctx.cfg.method
     if not res.is_finite():
         state.nonfinite_total += 1
@@ -281,8 +310,13 @@ def record_step(ctx: RunContext, state: LoopState, res: MetaGrad, segment: Segme
     state.nonfinite_run = 0
     loss, lr = float(res.loss), syn.lr_value()
     state.iter_s += seconds
-    state.history.append({"iteration": it, "loss": loss, "start_epoch": segment.start_epoch})
-    ctx.tracker.log({"matching_loss": loss, "syn_lr": lr, "start_epoch": segment.start_epoch}, step=it)
+    row = {"iteration": it, "loss": loss, "start_epoch": segment.start_epoch}
+    if not updates(res, skip_loss_above):
+        state.skipped_above += 1
+        row["skipped"] = True
+    state.history.append(row)
+    ctx.tracker.log({"matching_loss": loss, "syn_lr": lr, "start_epoch": segment.start_epoch,
+                     **({"skipped_above": state.skipped_above} if skip_loss_above is not None else {})}, step=it)
 
 
 def paper_max(state: LoopState) -> dict:
@@ -318,11 +352,26 @@ class Checkpointer:
         return state
 
 
+@dataclass
+class Matching:
+    """What a trajectory-matching method plugs into the shared loop, `match_trajectories`."""
+
+    initial_synthetic: Callable  # (ctx, buffer, experts, student, gen) -> Synthetic
+    start_epoch_bound: Callable[[int], int] | None = None  # iteration -> exclusive bound of s; None: max_start_epoch
+    skip_loss_above: float | None = None  # leave everything unchanged when the matching loss exceeds this
+
+
 @register("mtt", kind="image", schema=MTTConfig)
 def distill(ctx: RunContext) -> SynSet:
+    check_ipc(ctx.data, ctx.cfg.ipc)
+    check_method(ctx.cfg.method, ctx.cfg.inner, ctx.cfg.buffer.epochs)
+    return match_trajectories(ctx, Matching(initial_synthetic))
+
+
+def match_trajectories(ctx: RunContext, how: Matching) -> SynSet:
+    """The loop every trajectory-matching method runs: experts, the initial set (or a resume), iterations with
+    checkpoints and selection rounds, then `finish`. The method has checked its config before."""
     cfg, data, device, m = ctx.cfg, ctx.data, ctx.device, ctx.cfg.method
-    check_ipc(data, cfg.ipc)
-    check_method(m, cfg.inner, cfg.buffer.epochs)
     t0 = time.perf_counter()
     experts = list(range(cfg.buffer.num_experts))  # exactly these, whatever else the folder holds
     buffer = build_buffer(cfg, data, device, ids=experts, progress=ctx.progress)
@@ -333,12 +382,12 @@ def distill(ctx: RunContext) -> SynSet:
     student = FlatModel(new_model(cfg.model, data).to(device))
     dsa = DSA(flip=data.flip) if m.dsa else None
     gen = seeds.generator("distill", cfg.seed)
-    syn = initial_synthetic(ctx, buffer, experts, student, gen)
+    syn = how.initial_synthetic(ctx, buffer, experts, student, gen)
     state, ckpt = LoopState(), Checkpointer(ctx.out_dir / CHECKPOINT, run_digest(cfg), device)
     if cfg.resume:
         state = ckpt.restore(syn, gen)
 
-    bar = tqdm(range(state.next_it, m.iterations + 1), desc=f"mtt {data.name} ipc={cfg.ipc}",
+    bar = tqdm(range(state.next_it, m.iterations + 1), desc=f"{m.name} {data.name} ipc={cfg.ipc}",
                disable=not ctx.progress, initial=state.next_it, total=m.iterations + 1)
     for it in bar:
         if it > 0 and it % m.checkpoint_every == 0 and it != state.next_it:
@@ -348,21 +397,27 @@ def distill(ctx: RunContext) -> SynSet:
         if it == m.iterations:
             break
         t_it = time.perf_counter()
-        segment = draw_segment(buffer, experts, m, gen, device)
+        bound = None if how.start_epoch_bound is None else how.start_epoch_bound(it)
+        segment = draw_segment(buffer, experts, m, gen, device, bound)
         plan = plan_steps(len(syn.labels), m.batch_syn, m.syn_steps, gen)
-        res = outer_iteration(syn, student, segment, plan, dsa, cfg.inner, m.min_lr)
-        record_step(ctx, state, res, segment, syn, it, time.perf_counter() - t_it)
+        res = outer_iteration(syn, student, segment, plan, dsa, cfg.inner, m.min_lr, how.skip_loss_above)
+        record_step(ctx, state, res, segment, syn, it, time.perf_counter() - t_it, how.skip_loss_above)
         bar.set_postfix(loss=f"{float(res.loss):.4f}", lr=f"{syn.lr_value():.4g}",
                         best=f"{100 * state.best['evaluation']['mean']:.1f}%")
     ckpt.save(syn, gen, state, m.iterations)
+    skipped = {}
+    if how.skip_loss_above is not None:
+        skipped = {"skipped_above_threshold": state.skipped_above}
+        log.info("%d of %d updates skipped: matching loss above %g", state.skipped_above, m.iterations,
+                 how.skip_loss_above)
     return finish(ctx, syn, state, {"buffer": str(buffer.folder), "experts": len(experts),
-                                    "expert_test_accuracy": expert_acc}, expert_s)
+                                    "expert_test_accuracy": expert_acc, **skipped}, expert_s)
 
 
 def finish(ctx: RunContext, syn: Synthetic, state: LoopState, provenance: dict, expert_s: float) -> SynSet:
     """The best set re-evaluated on fresh models (round 0), the last state beside it, curves and timings."""
     cfg, m, best = ctx.cfg, ctx.cfg.method, state.best
-    save_curves(state.history, ctx.out_dir / "curves.png", title=f"mtt {ctx.data.name} ipc={cfg.ipc}")
+    save_curves(state.history, ctx.out_dir / "curves.png", title=f"{m.name} {ctx.data.name} ipc={cfg.ipc}")
     # Best is picked on the test split (as the reference code does); the reported figure comes from
     # fresh models of round 0, which no selection round used.
     final = evaluate_set(best["images"], best["labels"], ctx.data, cfg.model, cfg.eval, lr=float(best["lr"]),

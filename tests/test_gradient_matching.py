@@ -191,3 +191,17 @@ def test_dd_distill_runs_gradient_matching_end_to_end(tmp_path, method, init):
     assert ds.meta["outer_loop"] == 1 and ds.meta["inner_loop"] == 1  # the paper's loops at IPC 1
     assert sorted(p.name for p in (run_dir / "progress").glob("iter_*.png")) == ["iter_000000.png", "iter_000002.png"]
     assert (run_dir / "curves.png").is_file() and (run_dir / "grid.png").is_file()
+
+
+@pytest.mark.parametrize("method", ["dc", "dsa"])
+def test_paper_presets_use_the_per_ipc_loops_and_the_method_defaults(method):
+    names = sorted(p.stem for p in CONF_DIR.glob(f"experiment/*_{method}_ipc*.yaml") if not p.stem.startswith("digits"))
+    assert len(names) == 12  # cifar10, cifar100, mnist, fashion_mnist x IPC 1, 10, 50
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        configs = {name: compose("config", overrides=[f"experiment={name}"]) for name in names}
+    for name, cfg in configs.items():
+        m = cfg.method
+        assert m.name == method and m.iterations == 1000 and m.lr_img == 0.1 and m.lr_net == 0.01
+        assert dc.loops(m, cfg.ipc) == {1: (1, 1), 10: (10, 50), 50: (50, 10)}[cfg.ipc], name
+        assert (m.init, m.dsa, cfg.eval.dsa) == (("noise", False, False) if method == "dc" else ("real", True, True))
+        assert cfg.eval.epochs == (300 if method == "dc" else 1000) and cfg.eval.schedule == "reference"

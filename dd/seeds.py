@@ -13,6 +13,8 @@ Purposes used across ddlab (a name is just a label; these are the ones in use):
     distill                           a method's own draws (MTT, DATM: initial images, expert, plan)
     coreset_select, coreset_features  random picks; the feature network of herding / k-center
     dm_net                            distribution matching: the fresh network of iteration t
+    dc_init, dc_net, dc_data          gradient matching (dc, dsa): the initial images; iteration i's fresh
+                                      network; iteration i's real batches, augmentation seeds, training order
     text_eval_head                    text: the head of evaluation run k of round r
     text_data, text_train_head        attention labels: real-batch order, the learner's head at step s
     finetune_head, finetune_data      full fine-tuning run k

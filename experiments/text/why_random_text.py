@@ -29,6 +29,7 @@ def main() -> None:
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. dataset=fortunes")
     p.add_argument("--draws", type=int, default=5)
     p.add_argument("--lrs", default="0.03,0.3,3,30")
+    p.add_argument("--batch-size", type=int, default=512, help="test batch size")
     args = p.parse_args()
     register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -42,7 +43,7 @@ def main() -> None:
         for lr in map(float, args.lrs.split(",")):
             accs, f1s, single = [], [], []
             for draw in range(args.draws):
-                real = data.train.subset(random_examples(data, 1, pool, seeds.generator("diagnostic", cfg.seed, draw)))
+                real = data.train.subset(random_examples(data, 1, pool, seeds.generator("diag", cfg.seed, draw)))
                 tset = TextSet(inputs_embeds=clf.embed(real.input_ids), attention_mask=real.attention_mask,
                                token_type_ids=real.token_type_ids, targets=real.labels, lr=torch.tensor([lr]),
                                num_classes=data.num_classes)
@@ -52,7 +53,7 @@ def main() -> None:
                 stepped = train_steps(clf, theta, tset)
                 if variant == "head_only":  # keep the pretrained body, take the stepped head
                     stepped = torch.cat([clf.body_part(theta), stepped[head]])
-                s = score(clf, stepped, data.test, cfg.eval.test_batch_size)
+                s = score(clf, stepped, data.test, args.batch_size)
                 accs.append(s["accuracy"])
                 f1s.append(s["macro_f1"])
                 single.append(s["single_class"])

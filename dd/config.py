@@ -60,6 +60,10 @@ class EvalConfig:
     # BatchNorm models always fall back to one at a time
     batched: bool | None = None
     model_batch: int | None = None  # models per batched chunk; null = all (CPU) or what free memory allows (CUDA)
+    # standard: train num_models models on the set, report their test accuracy. robust (dd-eval only):
+    # also DD-Ranking's label- and augmentation-robust scores (LRS, ARS) from eight conditions trained
+    # with this same recipe: the set, random real subsets and the full training set (dd.image.robust)
+    protocol: str = "standard"
 
 
 @dataclass

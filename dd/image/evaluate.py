@@ -42,7 +42,8 @@ class EvalResult:
     predictions: list[torch.Tensor] | None = field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "predictions"}
+        return {f.name: list(v) if isinstance(v := getattr(self, f.name), list) else v
+                for f in fields(self) if f.name != "predictions"}
 
     def __str__(self) -> str:
         return f"{100 * self.mean:.2f} ± {100 * self.std:.2f}% (K={len(self.per_model)}, {self.model})"

@@ -112,7 +112,7 @@ class Recorder:
         first = labels[0] if isinstance(labels, list) else labels
         label_kind = "soft" if first.dim() == 2 else "hard"
         self.calls.append({"name": desc.removeprefix("robust "), "kind": kind, "images": images, "labels": labels,
-                           "dsa": bool(eval_cfg.dsa), "lr": lr, "predict": predict})
+                           "dsa": bool(eval_cfg.dsa), "epochs": eval_cfg.epochs, "lr": lr, "predict": predict})
         k = eval_cfg.num_models
         acc = self.ACC[kind][label_kind] - (0.1 if not eval_cfg.dsa else 0.0)
         predictions = None
@@ -181,6 +181,19 @@ def test_conditions_train_on_the_labels_and_augmentation_they_name(digits_data, 
     assert out["conditions"]["rand_own"]["labels"] == ("soft (teacher: full-data model k)" if soft else "hard")
     assert out["soft_labels"] is soft
     assert ("syn_own = syn_hard" in out["notes"][0]) is (not soft)
+
+
+def test_robust_full_epochs_shortens_only_the_full_data_condition(digits_data, monkeypatch):
+    rec = Recorder(digits_data)
+    monkeypatch.setattr(robust, "evaluate_set", rec)
+    images, labels = _tiny_set(digits_data, soft=False)
+    cfg = OmegaConf.structured(EvalConfig(num_models=2, epochs=30, robust_full_epochs=4))
+    evaluate_robust(images, labels, digits_data, MODEL, cfg, progress=False)
+    assert {c["name"]: c["epochs"] for c in rec.calls} == {
+        "full": 4, "syn_hard": 30, "syn_noaug": 30, "rand_own": 30, "rand_noaug": 30}
+    with pytest.raises(DDError, match="robust_full_epochs=0"):
+        evaluate_robust(images, labels, digits_data, MODEL, OmegaConf.merge(cfg, {"robust_full_epochs": 0}),
+                        progress=False)
 
 
 def test_without_dsa_the_own_conditions_are_the_noaug_ones(digits_data, monkeypatch):
@@ -279,9 +292,17 @@ def test_an_unknown_protocol_is_refused_before_anything_is_written(digits_random
     assert not (out / "results.json").exists()
 
 
-def test_dd_distill_leaves_the_robust_protocol_to_dd_eval(tmp_path):
+def test_dd_distill_leaves_the_robust_protocol_to_dd_eval():
     from dd.image.pipeline import check_config
 
     cfg = OmegaConf.create({"ipc": 1, "model": {"name": "convnet"}, "eval": {**vars(EvalConfig()), "protocol": "robust"}})
     with pytest.raises(DDError, match="dd-eval"):
         check_config(cfg)
+
+
+def test_robust_full_epochs_without_the_robust_protocol_is_refused():
+    from dd.image.evaluate import check_protocol
+
+    with pytest.raises(DDError, match="robust_full_epochs=5 is read only with eval.protocol=robust"):
+        check_protocol(OmegaConf.structured(EvalConfig(robust_full_epochs=5)))
+    assert check_protocol(OmegaConf.structured(EvalConfig(protocol="robust", robust_full_epochs=5))) == "robust"

@@ -62,6 +62,8 @@ def check_protocol(eval_cfg, allowed: tuple[str, ...] = PROTOCOLS) -> str:
     if protocol not in allowed:
         raise DDError(f"eval.protocol={protocol} is dd-eval's; distill with eval.protocol=standard, then run "
                       f"dd-eval path=<run>/distilled eval.protocol={protocol}")
+    if protocol != "robust" and eval_cfg.get("robust_full_epochs") is not None:
+        raise DDError(f"eval.robust_full_epochs={eval_cfg.robust_full_epochs} is read only with eval.protocol=robust")
     return protocol
 
 

@@ -13,6 +13,7 @@ test split, where DD-Ranking's code picks the lr and the epoch by test accuracy)
     rand_aug    the random subset, the set's recipe                  DSA on
     rand_noaug  the random subset, the set's recipe                  DSA off
     full        the whole training set, hard labels                  DSA as eval.dsa
+                  (eval.robust_full_epochs epochs if set: full data takes many steps per epoch)
 
 The random subset holds as many real images of each class as the set does (class-balanced for a
 balanced set). Run k draws its own subset from the stream ("robust_random", seed, k): redrawn for
@@ -152,7 +153,7 @@ class RobustResult:
                 "random_subset": {"per_class": self.per_class, "stream": RANDOM_STREAM, "redrawn": "per run"}}
         out["conditions"] = {
             name: {**_stat(r.per_model), "data": self.plan[name].data, "labels": self.labels_of(name),
-                   "dsa": self.plan[name].dsa, "seconds": r.seconds,
+                   "dsa": self.plan[name].dsa, "epochs": r.epochs, "seconds": r.seconds,
                    **({"same_run_as": self.same_run_as[name]} if name in self.same_run_as else {})}
             for name, r in self.conditions.items()
         }
@@ -179,6 +180,10 @@ def evaluate_robust(
     """Train the eight conditions (the coinciding ones once) and return their accuracies.
 
     labels: (N,) hard or (N, classes) soft; lr: the set's learned lr, or None for eval_cfg.lr."""
+    full_epochs = eval_cfg.get("robust_full_epochs") or eval_cfg.epochs
+    if eval_cfg.get("robust_full_epochs") is not None and eval_cfg.robust_full_epochs <= 0:
+        raise DDError(f"eval.robust_full_epochs={eval_cfg.robust_full_epochs} is not allowed; give a positive "
+                      "number of epochs, or null for eval.epochs")
     soft = labels.dim() == 2
     hard = labels.argmax(1) if soft else labels
     lr = float(eval_cfg.lr if lr is None else lr)
@@ -196,7 +201,7 @@ def evaluate_robust(
         key = cond.training(soft)
         if key in trained:
             return trained[key][1]
-        cfg = OmegaConf.merge(eval_cfg, {"dsa": cond.dsa})
+        cfg = OmegaConf.merge(eval_cfg, {"dsa": cond.dsa, **({"epochs": full_epochs} if cond.data == "full" else {})})
         predict = None
         if cond.data == "set":
             x, y = images, labels if key[1] == "soft" else hard

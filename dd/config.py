@@ -60,6 +60,13 @@ class EvalConfig:
     # BatchNorm models always fall back to one at a time
     batched: bool | None = None
     model_batch: int | None = None  # models per batched chunk; null = all (CPU) or what free memory allows (CUDA)
+    # standard: train num_models models on the set, report their test accuracy. robust (dd-eval only):
+    # also DD-Ranking's label- and augmentation-robust scores (LRS, ARS) from eight conditions trained
+    # with this same recipe: the set, random real subsets and the full training set (dd.image.robust)
+    protocol: str = "standard"
+    # robust: epochs of the full-data condition (null = epochs). Full data takes many steps per epoch: on
+    # digits at epochs=300 it is ~28 of ~30 CPU-minutes; lr, schedule shape and DSA stay the run's
+    robust_full_epochs: int | None = None
 
 
 @dataclass

@@ -21,6 +21,7 @@ Purposes used across ddlab (a name is just a label; these are the ones in use):
     loss_prune_head, loss_prune_data  loss_prune: the scorer's fine-tuning run
     text_select_split                 attention labels, method.select=best_val: the held-out training examples
     text_select_head                  attention labels, method.select: learner k of the quick evaluation at step s
+    robust_random                     dd-eval eval.protocol=robust: the random real subset of run k
     global                            torch's global generator, for code that draws from it
 """
 

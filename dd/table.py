@@ -8,6 +8,9 @@ Runs of one method whose method settings differ (a Hydra sweep) get one row per 
 by the settings that differ; in each column the row with the best mean is marked *.
 That pick is made on the test split, as the reference READMEs pick their published figure from a
 sweep, and the table says so.
+
+When runs carry DD-Ranking's robust scores (dd-eval eval.protocol=robust), each dataset-IPC column
+gets two more, LRS and ARS: mean ± std over the runs' per-run scores, pooled like the accuracies.
 """
 
 import json
@@ -33,6 +36,11 @@ CAPTIONS = {
 }
 
 
+ROBUST_SCORES = ("lrs", "ars")
+ROBUST_CAPTION = ("LRS, ARS: DD-Ranking's label- and augmentation-robust scores (dd-eval eval.protocol=robust), "
+                  "from accuracies as fractions, so in [0, 1]; mean ± std over runs, n = robust runs. "
+                  "DD-Ranking's own code passes percentages: its published scores are not on this scale")
+
 SELECTED_MARK = "*"
 SELECTED_CAPTION = (f"{SELECTED_MARK} selected: the best row of its sweep in that column by mean test accuracy "
                     "(the reference's protocol for a published figure; this choice PEEKS AT THE TEST SPLIT)")
@@ -43,6 +51,9 @@ class Cell:
     accs: list[float] = field(default_factory=list)
     runs: int = 0
     sweep: str | None = None  # the method (row) this cell is one setting of, when its runs came from a sweep
+    # per-run robust scores (runs of dd-eval eval.protocol=robust only), pooled like accs
+    robust: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in ROBUST_SCORES})
+    robust_runs: int = 0
 
     @property
     def mean(self) -> float:
@@ -106,6 +117,10 @@ def collect(results: list[dict], by_model: bool = False, stat: str = "accuracy")
         figure = r.get("paper_max", r["accuracy"]) if stat == "paper_max" else r["accuracy"]
         cell.accs.extend(figure["per_model"])
         cell.runs += 1
+        if "robust" in r:
+            for score in ROBUST_SCORES:
+                cell.robust[score].extend(r["robust"][score]["per_model"])
+            cell.robust_runs += 1
     return dict(cells)
 
 
@@ -147,6 +162,13 @@ def selected(cells: dict[tuple, Cell]) -> set[tuple]:
     return set(best.values())
 
 
+def _robust_text(c: Cell | None, score: str) -> str:
+    if c is None or not c.robust[score]:
+        return ""
+    values = c.robust[score]
+    return f"{np.mean(values):.3f} ± {np.std(values):.3f} (n={c.robust_runs})"
+
+
 def render(cells: dict[tuple, Cell], fmt: str = "md", reference: dict | None = None) -> str:
     reference = reference or {}
     picked = selected(cells)
@@ -155,7 +177,11 @@ def render(cells: dict[tuple, Cell], fmt: str = "md", reference: dict | None = N
         columns = sorted({(d, 1) for _, d, _ in cells})
     rows = sorted({r for r, _, _ in cells})
     ref_rows = sorted({r for r, _, _ in reference} - set(rows))
-    header = ["method"] + [f"{d} ipc{i}" for d, i in columns]
+    # LRS and ARS columns beside an accuracy column when some run in it carries robust scores
+    robust_cols = {(d, i) for (_, d, i), c in cells.items() if c.robust_runs}
+    header = ["method"]
+    for d, i in columns:
+        header += [f"{d} ipc{i}"] + ([f"{d} ipc{i} {s.upper()}" for s in ROBUST_SCORES] if (d, i) in robust_cols else [])
     body = []
     for row in rows:
         line = [row]
@@ -169,11 +195,16 @@ def render(cells: dict[tuple, Cell], fmt: str = "md", reference: dict | None = N
             if pub and c is not None:
                 text += f" [paper {_fmt(*pub)}; {c.mean - pub[0]:+.1f}]"
             line.append(text)
+            if (d, i) in robust_cols:
+                line += [_robust_text(c, s) for s in ROBUST_SCORES]
         body.append(line)
     for row in ref_rows:  # published rows with no run of ours, for context
         cells_of = [reference.get((row, d, i), reference.get((row, d, None))) for d, i in columns]
         if any(c is not None for c in cells_of):  # only rows with a figure in our columns
-            body.append([f"{row} (paper)"] + ["" if c is None else _fmt(*c) for c in cells_of])
+            line = [f"{row} (paper)"]
+            for (d, i), c in zip(columns, cells_of):
+                line += ["" if c is None else _fmt(*c)] + (["", ""] if (d, i) in robust_cols else [])
+            body.append(line)
     if fmt == "csv":
         import csv
         import io
@@ -183,7 +214,7 @@ def render(cells: dict[tuple, Cell], fmt: str = "md", reference: dict | None = N
         return buf.getvalue()
     if fmt == "latex":
         esc = lambda s: s.replace("±", r"$\pm$").replace("_", r"\_")  # noqa: E731
-        lines = [r"\begin{tabular}{l" + "c" * len(columns) + "}", r"\toprule",
+        lines = [r"\begin{tabular}{l" + "c" * (len(header) - 1) + "}", r"\toprule",
                  " & ".join(map(esc, header)) + r" \\", r"\midrule"]
         lines += [" & ".join(map(esc, line)) + r" \\" for line in body]
         lines += [r"\bottomrule", r"\end{tabular}"]
@@ -194,6 +225,8 @@ def render(cells: dict[tuple, Cell], fmt: str = "md", reference: dict | None = N
     out = ["| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |",
            "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
     out += ["| " + " | ".join(str(x).ljust(w) for x, w in zip(line, widths)) + " |" for line in body]
+    if robust_cols:
+        out += ["", ROBUST_CAPTION]
     if picked:
         out += ["", SELECTED_CAPTION]
     return "\n".join(out) + "\n"

@@ -2,6 +2,7 @@
 
     dd-eval path=outputs/demo/mtt/distilled model=resnet18 eval.num_models=5
     dd-eval -m path=outputs/demo/mtt/distilled model=convnet,alexnet,vgg11,resnet18,resnet18_ap
+    dd-eval path=outputs/demo/mtt/distilled eval.protocol=robust    # DD-Ranking's LRS and ARS
 """
 
 import sys
@@ -25,6 +26,10 @@ def _app(cfg: DictConfig) -> float:
     acc = results["accuracy"]
     print(f"{results['method']} {results['dataset']} ipc={results['ipc']} on {results['model']}: test accuracy "
           f"{100 * acc['mean']:.2f} ± {100 * acc['std']:.2f}% over {len(acc['per_model'])} models -> {out_dir}")
+    if "robust" in results:
+        from dd.image.robust import format_robust
+
+        print(format_robust(results["robust"]))
     return acc["mean"]
 
 

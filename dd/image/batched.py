@@ -52,6 +52,18 @@ class ModelStack:
             correct += (logits.argmax(-1).cpu() == y[i : i + batch_size].cpu()).sum(1).float()
         return (correct / len(x)).tolist()
 
+    @torch.no_grad()
+    def probabilities(self, xs: list[torch.Tensor], batch_size: int = 1024) -> list[torch.Tensor]:
+        """Model i's class probabilities (softmax, temperature 1) on its own inputs xs[i], on the CPU."""
+        if len(xs) != self.k:
+            raise ValueError(f"need one input batch per model ({self.k}), got {len(xs)}")
+        device = next(iter(self.params.values())).device
+        x = torch.stack(list(xs)).to(device)  # (K, M, C, H, W)
+        logits_fn = vmap(self.forward, in_dims=(0, 0, 0))
+        probs = torch.cat([torch.softmax(logits_fn(self.params, self.buffers, x[:, i : i + batch_size]), dim=-1).cpu()
+                           for i in range(0, x.shape[1], batch_size)], dim=1)
+        return list(probs)
+
 
 def train_stack(
     stack: ModelStack,
@@ -69,8 +81,12 @@ def train_stack(
     on_epoch=None,
     progress: bool = False,
     desc: str = "train",
+    per_model: bool = False,
 ) -> None:
     """SGD (torch.optim.SGD's update rule) on every stacked model at once, in place.
+
+    images (N, C, H, W) and labels (N,) or (N, classes) are one set all models train on; with
+    per_model, images (K, N, C, H, W) and labels (K, N[, classes]) hold model k's own set at index k.
 
     schedule: a dd.image.evaluate.Schedule (epochs, when the lr drops, whether momentum restarts then);
     experts use one that never drops.
@@ -85,7 +101,10 @@ def train_stack(
 
     grads_and_losses = vmap(grad_and_value(step_loss))
     velocity = {k: torch.zeros_like(v) for k, v in stack.params.items()}
-    n = len(images)
+    if per_model and (len(images) != stack.k or len(labels) != stack.k):
+        raise ValueError(f"per_model: need one set per model ({stack.k}), got {len(images)} image and {len(labels)} label sets")
+    n = images.shape[1] if per_model else len(images)
+    rows = torch.arange(stack.k, device=device).unsqueeze(1)  # (K, 1): model k reads its own set
     for epoch in tqdm(range(schedule.epochs), desc=desc, leave=False, disable=not progress):
         step_lr = schedule.lr(lr, epoch)
         if schedule.restarts_at(epoch):
@@ -93,11 +112,11 @@ def train_stack(
         orders = [torch.randperm(n, generator=g).to(device) for g in generators]
         for start in range(0, n, batch_size):
             idx = torch.stack([o[start : start + batch_size] for o in orders])  # (K, b)
-            x = images[idx]
+            x, y = (images[rows, idx], labels[rows, idx]) if per_model else (images[idx], labels[idx])
             if dsa is not None:
                 x = torch.stack([dsa(x[k], seed=int(torch.randint(2**31 - 1, (1,), generator=g)))
                                  for k, g in enumerate(generators)])
-            grads, losses = grads_and_losses(stack.params, stack.buffers, x, labels[idx])
+            grads, losses = grads_and_losses(stack.params, stack.buffers, x, y)
             if not torch.isfinite(losses).all():
                 bad = int((~torch.isfinite(losses)).nonzero()[0])
                 raise DDError(f"training diverged (model {bad} of the batch: loss {losses[bad].item()}) at epoch "

@@ -14,7 +14,7 @@ never replay each other.
 
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
@@ -38,15 +38,33 @@ class EvalResult:
     lr: float
     model: str
     seconds: float
+    # with evaluate_set(predict=...): model k's class probabilities on predict[k] (not recorded)
+    predictions: list[torch.Tensor] | None = field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        return {f.name: list(v) if isinstance(v := getattr(self, f.name), list) else v
+                for f in fields(self) if f.name != "predictions"}
 
     def __str__(self) -> str:
         return f"{100 * self.mean:.2f} ± {100 * self.std:.2f}% (K={len(self.per_model)}, {self.model})"
 
 
 SCHEDULES = ("step", "reference")
+# standard: K models on the set; robust: DD-Ranking's LRS and ARS from eight conditions (dd.image.robust)
+PROTOCOLS = ("standard", "robust")
+
+
+def check_protocol(eval_cfg, allowed: tuple[str, ...] = PROTOCOLS) -> str:
+    """eval.protocol, refused unless one of `allowed` (dd-distill runs only the standard protocol)."""
+    protocol = eval_cfg.get("protocol", "standard")  # configs recorded before protocol existed: standard
+    if protocol not in PROTOCOLS:
+        raise DDError(f"eval.protocol '{protocol}' is unknown; choose one of: {', '.join(PROTOCOLS)}")
+    if protocol not in allowed:
+        raise DDError(f"eval.protocol={protocol} is dd-eval's; distill with eval.protocol=standard, then run "
+                      f"dd-eval path=<run>/distilled eval.protocol={protocol}")
+    if protocol != "robust" and eval_cfg.get("robust_full_epochs") is not None:
+        raise DDError(f"eval.robust_full_epochs={eval_cfg.robust_full_epochs} is read only with eval.protocol=robust")
+    return protocol
 
 
 @dataclass(frozen=True)
@@ -162,11 +180,15 @@ def evaluate_set(
     device: torch.device | str = "cpu",
     progress: bool = True,
     desc: str = "evaluate",
+    predict: list[torch.Tensor] | None = None,
 ) -> EvalResult:
     """Train eval_cfg.num_models fresh models on (images, labels); test each on data's test split.
 
     `round` names the evaluation (a method's selection rounds use their iteration + 1, the final
-    evaluation 0), so each round's K models are fresh draws that no other round or expert shares."""
+    evaluation 0), so each round's K models are fresh draws that no other round or expert shares.
+    `images` and `labels` may also be lists of K sets of one size: model k trains on set k (its own
+    random subset, say). `predict`: K input batches; model k's class probabilities on predict[k]
+    come back in the result's `predictions` (a teacher's soft labels)."""
     lr = float(eval_cfg.lr if lr is None else lr)
     if not (lr > 0 and np.isfinite(lr)):
         raise DDError(f"evaluation lr={lr} is not allowed; it must be a positive finite number")
@@ -181,6 +203,9 @@ def evaluate_set(
     schedule = lr_schedule(eval_cfg.epochs, eval_cfg.get("schedule", "step"))
     model_seeds = [ModelSeeds(seeds.derive("eval_init", seed, round, k), seeds.derive("eval_data", seed, round, k))
                    for k in range(eval_cfg.num_models)]
+    sets = per_model_sets(images, labels, len(model_seeds))
+    if predict is not None and len(predict) != len(model_seeds):
+        raise ValueError(f"predict needs one input batch per model ({len(model_seeds)}), got {len(predict)}")
     batched = eval_cfg.get("batched")
     if batched is None:  # auto: a GPU gains from batching; on CPU one model at a time was faster
         batched = torch.device(device).type == "cuda"
@@ -189,7 +214,8 @@ def evaluate_set(
                  model_options(model_cfg)[0], len(model_seeds))
         batched = False
     train = _train_batched if batched else _train_sequential
-    accs = train(images, labels, data, model_cfg, eval_cfg, schedule, lr, model_seeds, dsa, device, progress, desc)
+    accs, predictions = train(sets, data, model_cfg, eval_cfg, schedule, lr, model_seeds, dsa, device, progress, desc,
+                              predict)
     return EvalResult(
         per_model=accs,
         mean=float(np.mean(accs)),
@@ -198,7 +224,26 @@ def evaluate_set(
         lr=lr,
         model=model_options(model_cfg)[0],
         seconds=time.perf_counter() - start,
+        predictions=predictions,
     )
+
+
+def per_model_sets(images, labels, k: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """[(images, labels)] for each of k models: one shared set, or the K sets given as lists."""
+    if isinstance(images, torch.Tensor) and isinstance(labels, torch.Tensor):
+        return [(images, labels)] * k
+    if isinstance(images, torch.Tensor) or isinstance(labels, torch.Tensor) or not len(images) == len(labels) == k:
+        raise ValueError(f"give one set for all models or lists of {k} image and label tensors, one per model")
+    return list(zip(images, labels))
+
+
+@torch.no_grad()
+def probabilities(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """softmax(model(x)) (temperature 1) in eval mode, on the CPU."""
+    device = next(model.parameters()).device
+    model.eval()
+    return torch.cat([F.softmax(model(x[i : i + batch_size].to(device)), dim=1).cpu()
+                      for i in range(0, len(x), batch_size)])
 
 
 @dataclass(frozen=True)
@@ -212,12 +257,13 @@ def fresh_model(model_cfg, data, init_seed: int, device) -> torch.nn.Module:
     return new_model(model_cfg, data).to(device)
 
 
-def _train_sequential(images, labels, data, model_cfg, eval_cfg, schedule, lr, seeds, dsa, device, progress, desc):
+def _train_sequential(sets, data, model_cfg, eval_cfg, schedule, lr, seeds, dsa, device, progress, desc, predict):
     test_x, test_y = data.test_x.to(device), data.test_y
-    accs = []
+    accs, predictions = [], []
     bar = tqdm(seeds, desc=desc, disable=not progress)
     for k, model_seeds in enumerate(bar):
         model = fresh_model(model_cfg, data, model_seeds.init, device)
+        images, labels = sets[k]
         train_on_set(
             model, images, labels,
             schedule=schedule, lr=lr, batch_size=eval_cfg.batch_size,
@@ -225,21 +271,30 @@ def _train_sequential(images, labels, data, model_cfg, eval_cfg, schedule, lr, s
             dsa=dsa, generator=torch.Generator().manual_seed(model_seeds.data), progress=progress, desc=f"model {k}",
         )
         accs.append(accuracy(model, test_x, test_y, eval_cfg.test_batch_size))
+        if predict is not None:
+            predictions.append(probabilities(model, predict[k], eval_cfg.test_batch_size))
         bar.set_postfix(acc=f"{100 * np.mean(accs):.1f}%")
-    return accs
+    return accs, (predictions if predict is not None else None)
 
 
-def _train_batched(images, labels, data, model_cfg, eval_cfg, schedule, lr, seeds, dsa, device, progress, desc):
+def _train_batched(sets, data, model_cfg, eval_cfg, schedule, lr, seeds, dsa, device, progress, desc, predict):
     """The same protocol, every model of a chunk in one vmapped computation (dd.image.batched)."""
     from dd.image.batched import ModelStack, model_batch_size, train_stack
 
-    images, labels = images.detach().to(device), labels.detach().to(device)
+    shared = all(s is sets[0] for s in sets)  # one set for all models, or model k's own set k
+    if shared:
+        images, labels = (t.detach().to(device) for t in sets[0])
+    else:  # (K, N, ...): the K sets stacked (they have one size)
+        images = torch.stack([x for x, _ in sets]).detach().to(device)
+        labels = torch.stack([y for _, y in sets]).detach().to(device)
     test_x, test_y = data.test_x.to(device), data.test_y
 
-    def run_chunk(chunk_seeds, schedule=schedule, bar=False):
+    def run_chunk(first, chunk_seeds, schedule=schedule, bar=False):
         stack = ModelStack([fresh_model(model_cfg, data, s.init, device) for s in chunk_seeds])
+        chunk = slice(first, first + len(chunk_seeds))
         train_stack(
-            stack, images, labels, schedule=schedule, lr=lr, batch_size=eval_cfg.batch_size,
+            stack, images if shared else images[chunk], labels if shared else labels[chunk], per_model=not shared,
+            schedule=schedule, lr=lr, batch_size=eval_cfg.batch_size,
             momentum=eval_cfg.momentum, weight_decay=eval_cfg.weight_decay, dsa=dsa,
             generators=[torch.Generator().manual_seed(s.data) for s in chunk_seeds], loss_fn=set_loss,
             progress=bar, desc=f"{desc} x{len(chunk_seeds)}",
@@ -248,9 +303,11 @@ def _train_batched(images, labels, data, model_cfg, eval_cfg, schedule, lr, seed
 
     probe_schedule = Schedule(1, 0, restart=False)
     per_chunk = model_batch_size(eval_cfg.get("model_batch"), len(seeds), torch.device(device),
-                                 probe=lambda k: run_chunk(seeds[:k], schedule=probe_schedule))
-    accs = []
+                                 probe=lambda k: run_chunk(0, seeds[:k], schedule=probe_schedule))
+    accs, predictions = [], []
     for i in range(0, len(seeds), per_chunk):
-        stack = run_chunk(seeds[i : i + per_chunk], bar=progress)
+        stack = run_chunk(i, seeds[i : i + per_chunk], bar=progress)
         accs += stack.accuracy(test_x, test_y, eval_cfg.test_batch_size)
-    return accs
+        if predict is not None:
+            predictions += stack.probabilities(predict[i : i + per_chunk], eval_cfg.test_batch_size)
+    return accs, (predictions if predict is not None else None)

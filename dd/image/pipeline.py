@@ -18,7 +18,8 @@ from dd.device import resolve_device
 from dd.errors import DDError
 from dd.export import META_FILE, image_set, load
 from dd.fsutil import write_json
-from dd.image.evaluate import evaluate_set, model_options
+from dd.image.evaluate import check_protocol, evaluate_set, model_options
+from dd.image.robust import evaluate_robust
 from dd.registry import RunContext, get
 from dd.tracking import make_tracker
 from dd.viz import save_grid
@@ -36,6 +37,7 @@ def check_config(cfg: DictConfig) -> None:
         raise DDError(f"eval.lr={cfg.eval.lr} is not allowed; it must be positive")
     if cfg.eval.num_models <= 0 or cfg.eval.epochs <= 0:
         raise DDError(f"eval.num_models={cfg.eval.num_models}, eval.epochs={cfg.eval.epochs}: both must be positive")
+    check_protocol(cfg.eval, allowed=("standard",))
 
 
 def load_data(cfg: DictConfig):
@@ -131,6 +133,7 @@ def dataset_of(meta: dict, root: str | None):
 def evaluate_exported(cfg: DictConfig, out_dir: str | Path, group: str | None = None) -> dict:
     out_dir = Path(out_dir)
     start = time.perf_counter()
+    protocol = check_protocol(cfg.eval)
     ds = load(cfg.path)
     if ds.kind != "image":
         raise DDError(f"{cfg.path} is a text set; dd-eval evaluates image sets (text sets are scored by dd-distill)")
@@ -142,10 +145,19 @@ def evaluate_exported(cfg: DictConfig, out_dir: str | Path, group: str | None = 
     lr = float(ds.lr.reshape(-1)[-1]) if ds.lr is not None and cfg.use_set_lr else None
     resolved = OmegaConf.to_container(cfg, resolve=True)
     tracker = make_tracker(cfg.logger, resolved, out_dir, name=out_dir.name, group=group)
+    robust = None
     try:
-        result = evaluate_set(ds.images, ds.labels, data, model_cfg, cfg.eval, lr=lr, seed=cfg.seed, device=device,
-                              progress=cfg.progress)
+        if protocol == "robust":  # its syn_own condition is the standard evaluation (same models)
+            robust = evaluate_robust(ds.images, ds.labels, data, model_cfg, cfg.eval, lr=lr, seed=cfg.seed,
+                                     device=device, progress=cfg.progress)
+            result = robust.conditions["syn_own"]
+        else:
+            result = evaluate_set(ds.images, ds.labels, data, model_cfg, cfg.eval, lr=lr, seed=cfg.seed,
+                                  device=device, progress=cfg.progress)
         tracker.summary({"test_acc_mean": result.mean, "test_acc_std": result.std})
+        if robust is not None:
+            robust = robust.as_dict()
+            tracker.summary({"lrs_mean": robust["lrs"]["mean"], "ars_mean": robust["ars"]["mean"]})
     finally:
         tracker.finish()
     name, options = model_options(model_cfg)
@@ -161,9 +173,13 @@ def evaluate_exported(cfg: DictConfig, out_dir: str | Path, group: str | None = 
         "distilled_with": (ds.meta.get("model") or {}).get("name"),
         "seed": cfg.seed,
         "set": str(Path(cfg.path).resolve()),
-        "eval": {"epochs": result.epochs, "lr": result.lr, "num_models": len(result.per_model)},
+        "eval": {"epochs": result.epochs, "lr": result.lr, "num_models": len(result.per_model), "protocol": protocol},
+        **({"robust": robust} if robust is not None else {}),
         "timings": {"evaluate_s": result.seconds, "total_s": time.perf_counter() - start},
         "config": resolved,
     }
+    if robust is not None:
+        results["timings"]["robust_s"] = sum(c["seconds"] for c in robust["conditions"].values()
+                                             if "same_run_as" not in c)
     write_json(out_dir / "results.json", results)
     return results

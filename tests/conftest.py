@@ -27,3 +27,16 @@ def digits_zca_data():
     from dd.data import load_image_dataset
 
     return load_image_dataset("digits", zca=True, zca_eps=0.1)
+
+
+def dies_at_call(fn, n: int):
+    """`fn`, except that its n-th call raises KeyboardInterrupt (a kill mid-run, for resume tests)."""
+    calls = {"n": 0}
+
+    def wrapped(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return fn(*a, **k)
+
+    return wrapped

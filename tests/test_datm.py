@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import dies_at_call
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
@@ -239,15 +240,8 @@ def test_resume_reaches_the_same_images_and_labels(tmp_path, monkeypatch):
 
     run(config(tmp_path, "method.checkpoint_every=3"), tmp_path / "whole")
     real = mtt.meta_gradient
-    calls = {"n": 0}
-
-    def dies_at_fifth(*a, **k):  # a kill after the checkpoint at iteration 3
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(mtt, "meta_gradient", dies_at_fifth)
+    # a kill at the fifth call, after the checkpoint at iteration 3
+    monkeypatch.setattr(mtt, "meta_gradient", dies_at_call(real, 5))
     with pytest.raises(KeyboardInterrupt):
         run(config(tmp_path, "method.checkpoint_every=3"), tmp_path / "killed")
     monkeypatch.setattr(mtt, "meta_gradient", real)

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import dies_at_call
 from hydra import compose, initialize_config_dir
 
 from dd.cli.common import CONF_DIR
@@ -161,15 +162,8 @@ def test_distillation_lowers_the_loss_and_resume_reaches_the_same_images(tmp_pat
     whole = run(config(), tmp_path / "whole")
     assert whole["method"] == "dm" and {"distill_s", "s_per_iteration"} <= set(whole["timings"])
     real = dm.dm_iteration
-    calls = {"n": 0}
-
-    def dies_at_fifth(*a, **k):  # a kill after the checkpoint at iteration 3
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(dm, "dm_iteration", dies_at_fifth)
+    # a kill at the fifth call, after the checkpoint at iteration 3
+    monkeypatch.setattr(dm, "dm_iteration", dies_at_call(real, 5))
     with pytest.raises(KeyboardInterrupt):
         run(config(), tmp_path / "killed")
     assert not (tmp_path / "killed" / "results.json").exists()

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from conftest import dies_at_call
 from hydra import compose, initialize_config_dir
 
 from dd.cli.common import CONF_DIR
@@ -48,15 +49,8 @@ def test_resume_reaches_the_same_images(tmp_path, monkeypatch):
     import dd.image.methods.mtt as mtt
 
     real = mtt.meta_gradient
-    calls = {"n": 0}
-
-    def dies_at_fifth(*a, **k):  # a kill after the checkpoint at iteration 3
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(mtt, "meta_gradient", dies_at_fifth)
+    # a kill at the fifth call, after the checkpoint at iteration 3
+    monkeypatch.setattr(mtt, "meta_gradient", dies_at_call(real, 5))
     with pytest.raises(KeyboardInterrupt):
         run(config(tmp_path), tmp_path / "killed")
     assert not (tmp_path / "killed" / "results.json").exists()

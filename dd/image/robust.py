@@ -49,6 +49,7 @@ from dd import seeds
 from dd.data import ImageDataset
 from dd.errors import DDError
 from dd.image.evaluate import EvalResult, evaluate_set
+from dd.stats import summary
 
 log = logging.getLogger(__name__)
 
@@ -147,22 +148,17 @@ class RobustResult:
 
     def as_dict(self) -> dict:
         scores = self.scores()
-        out = {name: _stat(scores[name]) for name in ("lrs", "ars", "hlr", "ior", "alpha", "beta")}
+        out = {name: summary(scores[name]) for name in ("lrs", "ars", "hlr", "ior", "alpha", "beta")}
         out |= {"weights": {"w": LABEL_WEIGHT, "g": AUG_WEIGHT}, "accuracies_as": "fractions",
                 "soft_labels": self.soft, "notes": self.notes(),
                 "random_subset": {"per_class": self.per_class, "stream": RANDOM_STREAM, "redrawn": "per run"}}
         out["conditions"] = {
-            name: {**_stat(r.per_model), "data": self.plan[name].data, "labels": self.labels_of(name),
+            name: {**summary(r.per_model), "data": self.plan[name].data, "labels": self.labels_of(name),
                    "dsa": self.plan[name].dsa, "epochs": r.epochs, "seconds": r.seconds,
                    **({"same_run_as": self.same_run_as[name]} if name in self.same_run_as else {})}
             for name, r in self.conditions.items()
         }
         return out
-
-
-def _stat(values) -> dict:
-    values = [float(v) for v in np.atleast_1d(values)]
-    return {"mean": float(np.mean(values)), "std": float(np.std(values)), "per_model": values}
 
 
 def evaluate_robust(

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from dd import seeds
 from dd.data.text import TextDataset, TextSplit
 from dd.errors import DDError
+from dd.stats import summary
 from dd.text.loss import learner_loss
 
 HEADS = ("random", "zero")
@@ -145,16 +146,12 @@ class TextEvalResult:
         return text
 
 
-def _stat(values: list[float]) -> dict:
-    return {"mean": float(np.mean(values)), "std": float(np.std(values)), "per_model": values}
-
-
 def summarise(scores: list[dict], model: str, seconds: float, steps: int | None, with_f1: bool,
               split: TextSplit | None = None) -> TextEvalResult:
     accs = [s["accuracy"] for s in scores]
-    f1 = _stat([s["f1"] for s in scores]) if with_f1 else None
+    f1 = summary([s["f1"] for s in scores]) if with_f1 else None
     return TextEvalResult(accs, float(np.mean(accs)), float(np.std(accs)), model, seconds, steps, f1,
-                          macro_f1=_stat([s["macro_f1"] for s in scores]),
+                          macro_f1=summary([s["macro_f1"] for s in scores]),
                           majority_rate=None if split is None else majority_rate(split),
                           single_class_fraction=float(np.mean([s["single_class"] for s in scores])))
 

@@ -2,12 +2,17 @@
 
 import hashlib
 import json
+import logging
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 
 from dd.errors import DDError
+from dd.fsutil import write_file
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -28,3 +33,31 @@ def load_checkpoint(path: Path, digest: str, device) -> dict:
         raise DDError(f"{path} was written by a run with another dataset/model/method/ipc/seed config; "
                       "resume with the same settings or start a new run folder")
     return saved
+
+
+@dataclass
+class Checkpointer:
+    """A distillation loop's checkpoint: the learned tensors with their optimisers (anything with
+    state_dict/load_state_dict), the loop state (a dataclass) and, where the loop draws from one,
+    its generator. Restoring all three makes a resumed run identical to an uninterrupted one."""
+
+    path: Path
+    digest: str
+    device: torch.device
+
+    def save(self, learned, state, next_it: int, gen: torch.Generator | None = None) -> None:
+        state.next_it = next_it
+        blob = {"digest": self.digest, **learned.state_dict(), "state": asdict(state)}
+        if gen is not None:
+            blob["gen_state"] = gen.get_state()
+        write_file(self.path, lambda p: torch.save(blob, p))
+
+    def restore(self, learned, state_type: type, gen: torch.Generator | None = None):
+        """Loads the checkpoint into `learned` (and `gen`); returns the loop state."""
+        saved = load_checkpoint(self.path, self.digest, self.device)
+        learned.load_state_dict(saved)
+        if gen is not None:
+            gen.set_state(saved["gen_state"])
+        state = state_type(**saved["state"])
+        log.info("resumed from %s at iteration %d", self.path, state.next_it)
+        return state

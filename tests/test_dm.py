@@ -17,6 +17,7 @@ from dd.config import register_configs
 from dd.data import DSA
 from dd.errors import DDError
 from dd.export import load
+from dd.image.base import LearnedImages
 from dd.image.methods import dm
 from dd.pipeline import run
 
@@ -93,7 +94,7 @@ def test_siamese_dsa_gives_the_real_and_synthetic_batch_one_transform_inside_the
     cfg = config("ipc=2")
     gen = torch.Generator().manual_seed(3)
     images, labels = dm.initial_images(digits_data, 2, "real", gen)
-    syn = dm.Synthetic.create(images, labels, cfg.method)
+    syn = LearnedImages.create(images, labels, 2, cfg.method.lr_img, cfg.method.momentum)
     # class c: both synthetic images and all 5 real images are copies of one image
     with torch.no_grad():
         syn.images[1::2] = syn.images[0::2]
@@ -102,7 +103,7 @@ def test_siamese_dsa_gives_the_real_and_synthetic_batch_one_transform_inside_the
     dsa = RecordingDSA(flip=False, batchwise=True)
     plan = dm.draw_batches([5] * 10, 16, gen)
     net = dm.iteration_network(cfg.model, digits_data, 0, 0, "cpu")
-    loss = dm.dm_iteration(syn, net, real_by_class, plan, dsa, ipc=2)
+    loss = dm.dm_iteration(syn, net, real_by_class, plan, dsa)
 
     assert loss == pytest.approx(0.0, abs=1e-9)
     assert torch.allclose(syn.images.detach(), before, atol=1e-9)  # a zero gradient moves nothing
@@ -181,7 +182,7 @@ def test_distillation_lowers_the_loss_and_resume_reaches_the_same_images(tmp_pat
     ("method.iterations=0", "method.iterations=0"),
     ("method.lr_img=-1", "method.lr_img=-1"),
     ("method.batch_real=0", "method.batch_real=0"),
-    ("method.eval_every=0", "method.eval_every=0"),
+    ("method.eval_every=-1", "method.eval_every=-1"),
     ("method.momentum=1.5", "method.momentum=1.5"),
     ("method.init=zeros", "method.init 'zeros'"),
     ("method.dsa_strategy=color_blur", "'blur'"),
@@ -224,3 +225,14 @@ def test_dd_distill_dm_bad_value_exits_2_with_one_line(tmp_path):
     assert out.returncode == 2
     assert "lr_img=0" in out.stderr and out.stderr.strip().count("\n") == 0
     assert not (run_dir / "results.json").exists()
+
+
+def test_eval_every_zero_runs_no_round_during_distillation(tmp_path, monkeypatch):
+    import dd.image.rounds as rounds
+
+    calls = []
+    monkeypatch.setattr(rounds, "evaluate_set", lambda *a, **k: calls.append(k["round"]))
+    results = run(config("method.eval_every=0"), tmp_path / "run")
+    assert calls == [] and 0 <= results["accuracy"]["mean"] <= 1  # the pipeline's final round 0 still ran
+    saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert not any("acc_mean" in h for h in saved["state"]["history"])

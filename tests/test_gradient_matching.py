@@ -16,6 +16,7 @@ from dd.config import register_configs
 from dd.data import DSA
 from dd.errors import DDError
 from dd.export import load
+from dd.image.base import LearnedImages
 from dd.image.methods import dc
 from dd.pipeline import run
 
@@ -108,7 +109,7 @@ def test_an_iteration_makes_outer_loop_image_steps_and_trains_the_net_only_betwe
     m = method_cfg(lr_img=0.1, batch_real=4)
     net = dc.fresh_model(OmegaConf.create({"name": "convnet", "width": 6}), digits_data, 2, "cpu")
     images = torch.randn(20, 1, 16, 16, generator=torch.Generator().manual_seed(0))
-    syn = dc.Synthetic.create(images, torch.arange(10).repeat_interleave(2), 2, m)
+    syn = LearnedImages.create(images, torch.arange(10).repeat_interleave(2), 2, m.lr_img, m.momentum_img)
     class_images = [digits_data.train_x[digits_data.indices_of_class(c)] for c in range(10)]
     trained, steps = [], []
     real_train, real_step = dc.train_on_set, syn.opt.step

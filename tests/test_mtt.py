@@ -195,3 +195,22 @@ def test_distillation_uses_exactly_the_configured_experts(tmp_path, monkeypatch)
     assert drawn and all(experts == (0, 1) and e in (0, 1) for experts, e in drawn)
     assert load(tmp_path / "run" / "distilled").meta["experts"] == 2
     assert results["method"] == "mtt"
+
+
+def test_eval_every_zero_reports_the_final_set_without_selection_rounds(tmp_path, monkeypatch):
+    import dd.image.rounds as rounds
+
+    calls = []
+    monkeypatch.setattr(rounds, "evaluate_set", lambda *a, **k: calls.append(k["round"]))
+    results = run(config(tmp_path, "method.eval_every=0"), tmp_path / "run")
+    assert calls == []  # no selection round; only the final evaluation (round 0) ran
+    assert "paper_max" not in results
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert not any("acc_mean" in h for h in ckpt["state"]["history"])
+    ds = load(tmp_path / "run" / "distilled")
+    assert torch.equal(ds.images, ckpt["images"]) and ds.meta["best_iteration"] == 6
+
+
+def test_negative_eval_every_is_refused(tmp_path):
+    with pytest.raises(DDError, match="method.eval_every=-1"):
+        run(config(tmp_path, "method.eval_every=-1"), tmp_path / "run")

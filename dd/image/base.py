@@ -1,4 +1,5 @@
-"""What an image method returns (every method receives a dd.registry.RunContext)."""
+"""What an image method returns (every method receives a dd.registry.RunContext), and the learned
+images that the pixel-space methods (DC, DSA, DM) optimise."""
 
 from dataclasses import dataclass, field
 
@@ -17,3 +18,30 @@ class SynSet:
     last: "SynSet | None" = None  # methods that keep a best set also hand back their final state
     extra_meta: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
+
+
+@dataclass
+class LearnedImages:
+    """Images grouped by class (ipc each) learned by SGD with momentum; checkpointable."""
+
+    images: torch.Tensor  # (classes * ipc, C, H, W) leaf
+    labels: torch.Tensor  # (classes * ipc,)
+    ipc: int
+    opt: torch.optim.Optimizer
+
+    @classmethod
+    def create(cls, images: torch.Tensor, labels: torch.Tensor, ipc: int, lr: float,
+               momentum: float) -> "LearnedImages":
+        images = images.detach().clone().requires_grad_(True)
+        return cls(images, labels, ipc, torch.optim.SGD([images], lr=lr, momentum=momentum))
+
+    def of_class(self, c: int) -> torch.Tensor:
+        return self.images[c * self.ipc : (c + 1) * self.ipc]
+
+    def state_dict(self) -> dict:
+        return {"images": self.images.detach(), "opt_img": self.opt.state_dict()}
+
+    def load_state_dict(self, saved: dict) -> None:
+        with torch.no_grad():
+            self.images.copy_(saved["images"])
+        self.opt.load_state_dict(saved["opt_img"])

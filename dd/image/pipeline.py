@@ -101,7 +101,7 @@ def run_image(cfg: DictConfig, out_dir: str | Path, group: str | None = None) ->
             "seed": cfg.seed,
             "eval": {"epochs": evaluation.epochs, "lr": evaluation.lr, "num_models": len(evaluation.per_model),
                      "schedule": cfg.eval.schedule},
-            **({"paper_max": syn.extra_meta["paper_max"]} if "paper_max" in syn.extra_meta else {}),
+            **({"paper_max": syn.extra_meta["paper_max"]} if syn.extra_meta.get("paper_max") else {}),
             "timings": {**timings, "total_s": time.perf_counter() - start},
             "config": resolved,
         }

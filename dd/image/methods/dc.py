@@ -21,25 +21,24 @@ reaches the images of an uninterrupted one (on CPU).
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
 
 from dd import seeds
-from dd.checkpoint import CHECKPOINT, load_checkpoint, run_digest
+from dd.checkpoint import CHECKPOINT, Checkpointer, run_digest
 from dd.data import DSA
 from dd.data.augment import parse_strategy
 from dd.errors import DDError
-from dd.fsutil import write_file
-from dd.image.base import SynSet
+from dd.image.base import LearnedImages, SynSet
 from dd.image.evaluate import EvalResult, Schedule, evaluate_set, fresh_model, set_loss, train_on_set
 from dd.image.methods.coreset import check_ipc
 from dd.image.methods.mtt import initial_images
+from dd.image.rounds import check_eval_every, due, evaluation_round
 from dd.models import model_has_state
 from dd.registry import RunContext, register
-from dd.viz import save_curves, save_grid
+from dd.viz import save_curves
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +65,7 @@ class DCConfig:
     dsa: bool = False  # Siamese differentiable augmentation (method=dsa turns it on)
     dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"  # flip is dropped on digit-like data
     select: str = "last"  # last: the final set, as the reference reports | best: the best evaluation round
-    eval_every: int = 500  # evaluate fresh models every this many iterations (rounds it + 1)
+    eval_every: int = 500  # evaluate fresh models every this many iterations (rounds it + 1); 0: never
     checkpoint_every: int = 100
 
 
@@ -83,13 +82,14 @@ def loops(m, ipc: int) -> tuple[int, int]:
 
 def check_method(m, ipc: int, model: torch.nn.Module) -> None:
     positive = {"iterations": m.iterations, "lr_img": m.lr_img, "lr_net": m.lr_net, "batch_real": m.batch_real,
-                "batch_train": m.batch_train, "eval_every": m.eval_every, "checkpoint_every": m.checkpoint_every}
+                "batch_train": m.batch_train, "checkpoint_every": m.checkpoint_every}
     for key in ("outer_loop", "inner_loop"):
         if getattr(m, key) is not None:
             positive[key] = getattr(m, key)
     for key, value in positive.items():
         if not value > 0:
             raise DDError(f"method.{key}={value} is not allowed; it must be positive")
+    check_eval_every(m.eval_every)
     if not 0 <= m.momentum_img < 1:
         raise DDError(f"method.momentum_img={m.momentum_img} is not allowed; it must be in [0, 1)")
     if m.init not in INITS:
@@ -139,24 +139,6 @@ def matching_loss(net: torch.nn.Module, real: list[torch.Tensor], syn: list[torc
 
 
 @dataclass
-class Synthetic:
-    """The learned images (grouped by class, ipc each) and their optimiser."""
-
-    images: torch.Tensor  # (classes * ipc, C, H, W) leaf
-    labels: torch.Tensor  # (classes * ipc,)
-    ipc: int
-    opt: torch.optim.Optimizer
-
-    @classmethod
-    def create(cls, images, labels, ipc: int, m) -> "Synthetic":
-        images = images.detach().clone().requires_grad_(True)
-        return cls(images, labels, ipc, torch.optim.SGD([images], lr=m.lr_img, momentum=m.momentum_img))
-
-    def of_class(self, c: int) -> torch.Tensor:
-        return self.images[c * self.ipc : (c + 1) * self.ipc]
-
-
-@dataclass
 class Augment:
     """The two DSA callables of a run: batchwise for matching, per image for network training."""
 
@@ -186,7 +168,7 @@ def real_batches(class_images: list[torch.Tensor], batch_real: int, gen: torch.G
     return [x[torch.randperm(len(x), generator=gen)[:batch_real].to(x.device)] for x in class_images]
 
 
-def iteration(net: torch.nn.Module, syn: Synthetic, class_images: list[torch.Tensor], aug: Augment, m,
+def iteration(net: torch.nn.Module, syn: LearnedImages, class_images: list[torch.Tensor], aug: Augment, m,
               outer_loop: int, inner_loop: int, gen: torch.Generator) -> float:
     """One iteration on a fresh network: outer_loop image steps, with inner_loop network epochs on the
     synthetic set between them. Returns the matching loss per class and outer step (as the paper logs)."""
@@ -206,7 +188,7 @@ def iteration(net: torch.nn.Module, syn: Synthetic, class_images: list[torch.Ten
     return total / (num_classes * outer_loop)
 
 
-def train_network(net: torch.nn.Module, syn: Synthetic, epochs: int, m, dsa: DSA | None, gen: torch.Generator):
+def train_network(net: torch.nn.Module, syn: LearnedImages, epochs: int, m, dsa: DSA | None, gen: torch.Generator):
     """`epochs` shuffled passes of plain SGD (lr_net) over the current synthetic set (a detached copy)."""
     # Schedule(epochs, decay_after=epochs): the lr never drops
     train_on_set(net, syn.images.detach(), syn.labels, schedule=Schedule(epochs, epochs, restart=False),
@@ -215,52 +197,20 @@ def train_network(net: torch.nn.Module, syn: Synthetic, epochs: int, m, dsa: DSA
         p.grad = None
 
 
-def evaluate_round(ctx: RunContext, syn: Synthetic, state: LoopState, it: int) -> None:
-    """An evaluation during distillation: K fresh models of round it + 1 (never the final round 0)."""
+def evaluate_round(ctx: RunContext, syn: LearnedImages, state: LoopState, it: int) -> None:
+    """An evaluation during distillation (round it + 1); select=best keeps the best round's images."""
     images = syn.images.detach()
-    result = evaluate_set(images, syn.labels, ctx.data, ctx.cfg.model, ctx.cfg.eval, seed=ctx.cfg.seed,
-                          round=it + 1, device=ctx.device, progress=False)
-    state.history.append({"iteration": it, "acc_mean": result.mean, "acc_std": result.std})
-    ctx.tracker.log({"eval/acc_mean": result.mean, "eval/acc_std": result.std}, step=it)
+    result = evaluation_round(ctx, state.history, images, syn.labels, it)
     state.last_evaluation = result.as_dict()
     if ctx.cfg.method.select == "best" and (state.best is None or result.mean > state.best["evaluation"]["mean"]):
         state.best = {"iteration": it, "images": images.cpu().clone(), "evaluation": result.as_dict()}
-    grid = ctx.out_dir / "progress" / f"iter_{it:06d}.png"
-    save_grid(ctx.data.to_pixels(images.cpu()), syn.labels.cpu(), ctx.data.class_names, grid,
-              title=f"iteration {it}: {result}")
-    ctx.tracker.log_image("grid", grid, step=it)
-    log.info("iteration %d: %s", it, result)
-
-
-@dataclass
-class Checkpointer:
-    """Saves and restores the images, their optimiser and the loop state."""
-
-    path: Path
-    digest: str
-    device: torch.device
-
-    def save(self, syn: Synthetic, state: LoopState, next_it: int) -> None:
-        state.next_it = next_it
-        blob = {"digest": self.digest, "images": syn.images.detach(), "opt": syn.opt.state_dict(),
-                "state": asdict(state)}
-        write_file(self.path, lambda p: torch.save(blob, p))
-
-    def restore(self, syn: Synthetic) -> LoopState:
-        saved = load_checkpoint(self.path, self.digest, self.device)
-        with torch.no_grad():
-            syn.images.copy_(saved["images"])
-        syn.opt.load_state_dict(saved["opt"])
-        state = LoopState(**saved["state"])
-        log.info("resumed from %s at iteration %d", self.path, state.next_it)
-        return state
 
 
 @dataclass
 class Run:
     """What set_up prepares for the loop."""
 
-    syn: Synthetic
+    syn: LearnedImages
     state: LoopState
     ckpt: Checkpointer
     class_images: list[torch.Tensor]  # the real training images of each class, on the device
@@ -276,10 +226,10 @@ def set_up(ctx: RunContext) -> Run:
     check_method(m, cfg.ipc, fresh_model(cfg.model, data, seeds.derive("dc_net", cfg.seed, 0), "cpu"))
     outer_loop, inner_loop = loops(m, cfg.ipc)
     images, labels = initial_images(data, cfg.ipc, m.init, seeds.generator("dc_init", cfg.seed))
-    syn = Synthetic.create(images.to(device), labels.to(device), cfg.ipc, m)
+    syn = LearnedImages.create(images.to(device), labels.to(device), cfg.ipc, m.lr_img, m.momentum_img)
     state, ckpt = LoopState(), Checkpointer(ctx.out_dir / CHECKPOINT, run_digest(cfg), device)
     if cfg.resume:
-        state = ckpt.restore(syn)
+        state = ckpt.restore(syn, LoopState)
     class_images = [data.train_x[data.indices_of_class(c)].to(device) for c in range(data.num_classes)]
     log.info("%s: %d iterations, outer_loop %d, inner_loop %d, dsa %s", m.name, m.iterations, outer_loop,
              inner_loop, m.dsa)
@@ -295,7 +245,7 @@ def run_gradient_matching(ctx: RunContext) -> SynSet:
     for it in bar:
         if it > 0 and it % m.checkpoint_every == 0 and it != r.state.next_it:
             r.ckpt.save(r.syn, r.state, it)
-        if it % m.eval_every == 0:
+        if due(m.eval_every, it):
             evaluate_round(ctx, r.syn, r.state, it)
         t_it = time.perf_counter()
         net = fresh_model(cfg.model, ctx.data, seeds.derive("dc_net", cfg.seed, it), ctx.device)

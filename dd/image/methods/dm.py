@@ -24,24 +24,23 @@ best of them is only recorded in the set's meta.
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
 
 from dd import seeds
-from dd.checkpoint import CHECKPOINT, load_checkpoint, run_digest
+from dd.checkpoint import CHECKPOINT, Checkpointer, run_digest
 from dd.data import DSA
 from dd.errors import DDError
-from dd.fsutil import write_file
-from dd.image.base import SynSet
-from dd.image.evaluate import evaluate_set, fresh_model
+from dd.image.base import LearnedImages, SynSet
+from dd.image.evaluate import fresh_model
 from dd.image.methods.coreset import check_ipc
 from dd.image.methods.mtt import initial_images
+from dd.image.rounds import check_eval_every, due, evaluation_round
 from dd.models import model_has_state
 from dd.registry import RunContext, register
-from dd.viz import save_curves, save_grid
+from dd.viz import save_curves
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +57,7 @@ class DMConfig:
     init: str = "real"  # real | noise
     dsa: bool = True  # Siamese augmentation of both batches (false: the raw images are embedded)
     dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
-    eval_every: int = 2000  # the reference evaluates every 2000 iterations (and at 0)
+    eval_every: int = 2000  # the reference evaluates every 2000 iterations (and at 0); 0: never
     checkpoint_every: int = 500
 
 
@@ -69,10 +68,11 @@ def check_method(m, data, ipc: int) -> None:
     """Refuse bad values before anything is written."""
     check_ipc(data, ipc)
     positive = {"iterations": m.iterations, "lr_img": m.lr_img, "batch_real": m.batch_real,
-                "eval_every": m.eval_every, "checkpoint_every": m.checkpoint_every}
+                "checkpoint_every": m.checkpoint_every}
     for key, value in positive.items():
         if not value > 0:
             raise DDError(f"method.{key}={value} is not allowed; it must be positive")
+    check_eval_every(m.eval_every)
     if not 0 <= m.momentum < 1:
         raise DDError(f"method.momentum={m.momentum} is not allowed; it must be in [0, 1)")
     if m.init not in INITS:
@@ -113,23 +113,6 @@ def _embed_classes(embed: Callable, batches: list[torch.Tensor], together: bool)
 
 
 @dataclass
-class Synthetic:
-    """The learned images (grouped by class, ipc each) and their optimiser."""
-
-    images: torch.Tensor  # (classes * ipc, C, H, W) leaf
-    labels: torch.Tensor  # (classes * ipc,)
-    opt: torch.optim.Optimizer
-
-    @classmethod
-    def create(cls, images: torch.Tensor, labels: torch.Tensor, m) -> "Synthetic":
-        images = images.detach().clone().requires_grad_(True)
-        return cls(images, labels, torch.optim.SGD([images], lr=m.lr_img, momentum=m.momentum))
-
-    def of_class(self, c: int, ipc: int) -> torch.Tensor:
-        return self.images[c * ipc : (c + 1) * ipc]
-
-
-@dataclass
 class ClassBatch:
     """What iteration t draws for one class: which real images, and the shared augmentation seed."""
 
@@ -154,11 +137,11 @@ def draw_batches(class_sizes: list[int], batch_real: int, gen: torch.Generator) 
     return plan
 
 
-def dm_iteration(syn: Synthetic, net: torch.nn.Module, real_by_class: list[torch.Tensor],
-                 plan: list[ClassBatch], dsa: DSA | None, ipc: int) -> float:
+def dm_iteration(syn: LearnedImages, net: torch.nn.Module, real_by_class: list[torch.Tensor],
+                 plan: list[ClassBatch], dsa: DSA | None) -> float:
     """The DM loss of one iteration and one optimiser step of the images; returns the loss."""
     reals = [x[b.real_idx.to(x.device)] for x, b in zip(real_by_class, plan, strict=True)]
-    syns = [syn.of_class(c, ipc) for c in range(len(plan))]
+    syns = [syn.of_class(c) for c in range(len(plan))]
     loss = dm_loss(net.embed, reals, syns, dsa, [b.aug_seed for b in plan], together=model_has_state(net))
     if not torch.isfinite(loss):
         raise DDError(f"the distribution-matching loss is not finite ({float(loss)}); lower method.lr_img")
@@ -182,33 +165,8 @@ class LoopState:
 
 
 @dataclass
-class Checkpointer:
-    """Saves and restores the images, their optimiser, the generator and the loop state (exact resume)."""
-
-    path: Path
-    digest: str
-    device: torch.device
-
-    def save(self, syn: Synthetic, gen: torch.Generator, state: LoopState, next_it: int) -> None:
-        state.next_it = next_it
-        blob = {"digest": self.digest, "images": syn.images.detach(), "opt_img": syn.opt.state_dict(),
-                "gen_state": gen.get_state(), "state": asdict(state)}
-        write_file(self.path, lambda p: torch.save(blob, p))
-
-    def restore(self, syn: Synthetic, gen: torch.Generator) -> LoopState:
-        saved = load_checkpoint(self.path, self.digest, self.device)
-        with torch.no_grad():
-            syn.images.copy_(saved["images"])
-        syn.opt.load_state_dict(saved["opt_img"])
-        gen.set_state(saved["gen_state"])
-        state = LoopState(**saved["state"])
-        log.info("resumed from %s at iteration %d", self.path, state.next_it)
-        return state
-
-
-@dataclass
 class Setup:
-    syn: Synthetic
+    syn: LearnedImages
     real_by_class: list[torch.Tensor]  # on the device
     dsa: DSA | None
     gen: torch.Generator
@@ -222,29 +180,20 @@ def set_up(ctx: RunContext) -> Setup:
     check_method(m, data, cfg.ipc)
     gen = seeds.generator("distill", cfg.seed)
     images, labels = initial_images(data, cfg.ipc, m.init, gen)
-    syn = Synthetic.create(images.to(ctx.device), labels.to(ctx.device), m)
+    syn = LearnedImages.create(images.to(ctx.device), labels.to(ctx.device), cfg.ipc, m.lr_img, m.momentum)
     real_by_class = [data.train_x[data.indices_of_class(c)].to(ctx.device) for c in range(data.num_classes)]
     dsa = DSA(m.dsa_strategy, flip=data.flip, batchwise=True) if m.dsa else None
     state, ckpt = LoopState(), Checkpointer(ctx.out_dir / CHECKPOINT, run_digest(cfg), ctx.device)
     if cfg.resume:
-        state = ckpt.restore(syn, gen)
+        state = ckpt.restore(syn, LoopState, gen)
     return Setup(syn, real_by_class, dsa, gen, state, ckpt)
 
 
-def evaluate_round(ctx: RunContext, syn: Synthetic, state: LoopState, it: int) -> None:
-    """K fresh models on the images of iteration `it`: round it + 1 (never the final evaluation's round 0)."""
-    images, labels = syn.images.detach(), syn.labels
-    result = evaluate_set(images, labels, ctx.data, ctx.cfg.model, ctx.cfg.eval, seed=ctx.cfg.seed, round=it + 1,
-                          device=ctx.device, progress=False)
-    state.history.append({"iteration": it, "acc_mean": result.mean, "acc_std": result.std})
-    ctx.tracker.log({"eval/acc_mean": result.mean, "eval/acc_std": result.std}, step=it)
+def evaluate_round(ctx: RunContext, syn: LearnedImages, state: LoopState, it: int) -> None:
+    """A round for watching the run (round it + 1); the best is recorded, never selected."""
+    result = evaluation_round(ctx, state.history, syn.images.detach(), syn.labels, it)
     if state.best is None or result.mean > state.best["evaluation"]["mean"]:
         state.best = {"iteration": it, "evaluation": result.as_dict()}
-    grid = ctx.out_dir / "progress" / f"iter_{it:06d}.png"
-    save_grid(ctx.data.to_pixels(images.cpu()), labels.cpu(), ctx.data.class_names, grid,
-              title=f"iteration {it}: {result}")
-    ctx.tracker.log_image("grid", grid, step=it)
-    log.info("iteration %d: %s", it, result)
 
 
 @register("dm", kind="image", schema=DMConfig)
@@ -257,22 +206,22 @@ def distill(ctx: RunContext) -> SynSet:
                disable=not ctx.progress, initial=state.next_it, total=m.iterations)
     for it in bar:
         if it > 0 and it % m.checkpoint_every == 0 and it != state.next_it:
-            run.ckpt.save(syn, run.gen, state, it)
-        if it % m.eval_every == 0:  # the final set is evaluated by the pipeline (round 0)
+            run.ckpt.save(syn, state, it, run.gen)
+        if due(m.eval_every, it):  # the final set is evaluated by the pipeline (round 0)
             evaluate_round(ctx, syn, state, it)
         t_it = time.perf_counter()
         net = iteration_network(cfg.model, ctx.data, cfg.seed, it, ctx.device)
         plan = draw_batches(class_sizes, m.batch_real, run.gen)
-        loss = dm_iteration(syn, net, run.real_by_class, plan, run.dsa, cfg.ipc)
+        loss = dm_iteration(syn, net, run.real_by_class, plan, run.dsa)
         state.iter_s += time.perf_counter() - t_it
         state.history.append({"iteration": it, "loss": loss})
         ctx.tracker.log({"matching_loss": loss}, step=it)
         bar.set_postfix(loss=f"{loss:.4g}")
-    run.ckpt.save(syn, run.gen, state, m.iterations)
+    run.ckpt.save(syn, state, m.iterations, run.gen)
     return finish(ctx, syn, state)
 
 
-def finish(ctx: RunContext, syn: Synthetic, state: LoopState) -> SynSet:
+def finish(ctx: RunContext, syn: LearnedImages, state: LoopState) -> SynSet:
     """The final images (the pipeline evaluates them on fresh models, round 0), curves and timings."""
     cfg, m = ctx.cfg, ctx.cfg.method
     save_curves(state.history, ctx.out_dir / "curves.png", title=f"dm {ctx.data.name} ipc={cfg.ipc}")

@@ -18,26 +18,25 @@ tests call with an explicit plan.
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from dd import seeds
-from dd.checkpoint import CHECKPOINT, load_checkpoint, run_digest
+from dd.checkpoint import CHECKPOINT, Checkpointer, run_digest
 from dd.data import DSA
 from dd.errors import DDError
-from dd.fsutil import write_file
 from dd.image.base import SynSet
 from dd.image.evaluate import EvalResult, evaluate_set, new_model, set_loss
 from dd.image.experts import Buffer, build_buffer
 from dd.image.methods.coreset import check_ipc
+from dd.image.rounds import check_eval_every, due, evaluation_round
 from dd.inner import ENGINES, MetaGrad, meta_gradient
 from dd.models import FlatModel
 from dd.registry import RunContext, register
-from dd.viz import save_curves, save_grid
+from dd.viz import save_curves
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +57,7 @@ class MatchingConfig:
     momentum: float = 0.5  # of the image and lr optimisers (MTT: and of the label optimiser)
     batch_syn: int | None = None  # synthetic images per student step; null = the whole set
     dsa: bool = True
-    eval_every: int = 500
+    eval_every: int = 500  # selection rounds every this many iterations and at the end; 0: none, report the final set
     checkpoint_every: int = 100
     max_nonfinite: int = 10  # consecutive non-finite losses that stop the run
     min_lr: float = 1e-6  # floor of the learned lr: it can never reach zero or go negative
@@ -77,11 +76,12 @@ def check_matching(m, inner, buffer_epochs: int, rates: tuple[str, ...] = ("lr_l
     """Range checks of the keys every trajectory-matching method shares (MatchingConfig); `rates` are the
     optimiser lrs that may be 0 (a frozen tensor) but not negative."""
     positive = {"iterations": m.iterations + 1, "syn_steps": m.syn_steps, "expert_epochs": m.expert_epochs,
-                "lr_img": m.lr_img, "lr_teacher": m.lr_teacher, "eval_every": m.eval_every,
+                "lr_img": m.lr_img, "lr_teacher": m.lr_teacher,
                 "checkpoint_every": m.checkpoint_every, "max_nonfinite": m.max_nonfinite, "min_lr": m.min_lr}
     for key, value in positive.items():
         if not value > 0:
             raise DDError(f"method.{key}={value} is not allowed; it must be positive")
+    check_eval_every(m.eval_every)
     if any(getattr(m, key) < 0 for key in rates):
         named = ", ".join(f"method.{key}={getattr(m, key)}" for key in rates)
         raise DDError(f"{named}: {'they' if len(rates) > 1 else 'it'} must be >= 0 (0 freezes that tensor)")
@@ -278,20 +278,17 @@ def initial_synthetic(ctx: RunContext, buffer: Buffer, experts: list[int], stude
 
 
 def evaluate_round(ctx: RunContext, syn: Synthetic, state: LoopState, it: int) -> None:
-    """A selection round: K fresh models of round it + 1 (never the final evaluation's models)."""
-    result = evaluate_set(syn.images.detach(), syn.eval_labels(), ctx.data, ctx.cfg.model, ctx.cfg.eval,
-                          lr=syn.lr_value(), seed=ctx.cfg.seed, round=it + 1, device=ctx.device, progress=False)
-    state.history.append({"iteration": it, "acc_mean": result.mean, "acc_std": result.std, "lr": syn.lr_value()})
-    ctx.tracker.log({"eval/acc_mean": result.mean, "eval/acc_std": result.std}, step=it)
+    """A selection round (round it + 1): the best set so far is kept, as the reference code picks it."""
+    images, labels = syn.images.detach(), syn.eval_labels()
+    result = evaluation_round(ctx, state.history, images, labels, it, lr=syn.lr_value())
     state.last_evaluation = result.as_dict()
     if state.best is None or result.mean > state.best["evaluation"]["mean"]:
-        state.best = {"iteration": it, "images": syn.images.detach().cpu().clone(), "labels": syn.eval_labels().cpu(),
-                      "lr": syn.syn_lr.detach().cpu().clone(), "evaluation": result.as_dict()}
-    grid = ctx.out_dir / "progress" / f"iter_{it:06d}.png"
-    save_grid(ctx.data.to_pixels(syn.images.detach().cpu()), syn.eval_labels().cpu(), ctx.data.class_names, grid,
-              title=f"iteration {it}: {result}")
-    ctx.tracker.log_image("grid", grid, step=it)
-    log.info("iteration %d: %s (lr %.4g)", it, result, syn.lr_value())
+        state.best = {"iteration": it, **final_state(syn), "evaluation": result.as_dict()}
+
+
+def final_state(syn: Synthetic) -> dict:
+    return {"images": syn.images.detach().cpu().clone(), "labels": syn.eval_labels().cpu(),
+            "lr": syn.syn_lr.detach().cpu().clone()}
 
 
 def record_step(ctx: RunContext, state: LoopState, res: MetaGrad, segment: Segment, syn: Synthetic, it: int,
@@ -319,8 +316,11 @@ def record_step(ctx: RunContext, state: LoopState, res: MetaGrad, segment: Segme
                      **({"skipped_above": state.skipped_above} if skip_loss_above is not None else {})}, step=it)
 
 
-def paper_max(state: LoopState) -> dict:
-    """The reference code's reported figure: the best mean over the selection rounds, picked on the test split."""
+def paper_max(state: LoopState) -> dict | None:
+    """The reference code's reported figure: the best mean over the selection rounds, picked on the test split
+    (None without rounds)."""
+    if state.best is None:
+        return None
     best = state.best["evaluation"]
     rounds = sum(1 for h in state.history if "acc_mean" in h)
     return {"mean": best["mean"], "std": best["std"], "per_model": best["per_model"],
@@ -328,28 +328,6 @@ def paper_max(state: LoopState) -> dict:
             "note": "max over the evaluations made during distillation, picked on the test split"}
 
 
-
-
-@dataclass
-class Checkpointer:
-    """Saves and restores the learned tensors, the generator and the loop state (resume is exact)."""
-
-    path: Path
-    digest: str
-    device: torch.device
-
-    def save(self, syn: Synthetic, gen: torch.Generator, state: LoopState, next_it: int) -> None:
-        state.next_it = next_it
-        blob = {"digest": self.digest, **syn.state_dict(), "gen_state": gen.get_state(), "state": asdict(state)}
-        write_file(self.path, lambda p: torch.save(blob, p))
-
-    def restore(self, syn: Synthetic, gen: torch.Generator) -> LoopState:
-        saved = load_checkpoint(self.path, self.digest, self.device)
-        syn.load_state_dict(saved)
-        gen.set_state(saved["gen_state"])
-        state = LoopState(**saved["state"])
-        log.info("resumed from %s at iteration %d", self.path, state.next_it)
-        return state
 
 
 @dataclass
@@ -385,14 +363,14 @@ def match_trajectories(ctx: RunContext, how: Matching) -> SynSet:
     syn = how.initial_synthetic(ctx, buffer, experts, student, gen)
     state, ckpt = LoopState(), Checkpointer(ctx.out_dir / CHECKPOINT, run_digest(cfg), device)
     if cfg.resume:
-        state = ckpt.restore(syn, gen)
+        state = ckpt.restore(syn, LoopState, gen)
 
     bar = tqdm(range(state.next_it, m.iterations + 1), desc=f"{m.name} {data.name} ipc={cfg.ipc}",
                disable=not ctx.progress, initial=state.next_it, total=m.iterations + 1)
     for it in bar:
         if it > 0 and it % m.checkpoint_every == 0 and it != state.next_it:
-            ckpt.save(syn, gen, state, it)
-        if it % m.eval_every == 0 or it == m.iterations:
+            ckpt.save(syn, state, it, gen)
+        if due(m.eval_every, it) or (m.eval_every > 0 and it == m.iterations):
             evaluate_round(ctx, syn, state, it)
         if it == m.iterations:
             break
@@ -402,9 +380,9 @@ def match_trajectories(ctx: RunContext, how: Matching) -> SynSet:
         plan = plan_steps(len(syn.labels), m.batch_syn, m.syn_steps, gen)
         res = outer_iteration(syn, student, segment, plan, dsa, cfg.inner, m.min_lr, how.skip_loss_above)
         record_step(ctx, state, res, segment, syn, it, time.perf_counter() - t_it, how.skip_loss_above)
-        bar.set_postfix(loss=f"{float(res.loss):.4f}", lr=f"{syn.lr_value():.4g}",
-                        best=f"{100 * state.best['evaluation']['mean']:.1f}%")
-    ckpt.save(syn, gen, state, m.iterations)
+        best = {} if state.best is None else {"best": f"{100 * state.best['evaluation']['mean']:.1f}%"}
+        bar.set_postfix(loss=f"{float(res.loss):.4f}", lr=f"{syn.lr_value():.4g}", **best)
+    ckpt.save(syn, state, m.iterations, gen)
     skipped = {}
     if how.skip_loss_above is not None:
         skipped = {"skipped_above_threshold": state.skipped_above}
@@ -415,8 +393,10 @@ def match_trajectories(ctx: RunContext, how: Matching) -> SynSet:
 
 
 def finish(ctx: RunContext, syn: Synthetic, state: LoopState, provenance: dict, expert_s: float) -> SynSet:
-    """The best set re-evaluated on fresh models (round 0), the last state beside it, curves and timings."""
-    cfg, m, best = ctx.cfg, ctx.cfg.method, state.best
+    """The best set re-evaluated on fresh models (round 0), the last state beside it, curves and timings.
+    Without selection rounds (eval_every 0) the final set is the one reported."""
+    cfg, m = ctx.cfg, ctx.cfg.method
+    best = state.best or {"iteration": m.iterations, **final_state(syn), "evaluation": None}
     save_curves(state.history, ctx.out_dir / "curves.png", title=f"{m.name} {ctx.data.name} ipc={cfg.ipc}")
     # Best is picked on the test split (as the reference code does); the reported figure comes from
     # fresh models of round 0, which no selection round used.

@@ -1,6 +1,7 @@
-"""benchmarks/common.py: the helpers every benchmark script shares (no benchmark is run here)."""
+"""benchmarks/common.py: the helpers every benchmark script shares; and inner_step.py on a tiny problem."""
 
 import argparse
+import json
 from pathlib import Path
 
 import pytest
@@ -73,3 +74,16 @@ def test_convnet_depth_is_the_auto_depth_unless_given():
     assert common.convnet_depth(argparse.Namespace(depth=None, shape=(3, 32, 32))) == 3
     assert common.convnet_depth(argparse.Namespace(depth=None, shape=(1, 16, 16))) == 2
     assert common.convnet_depth(argparse.Namespace(depth=1, shape=(3, 32, 32))) == 1
+
+
+def test_inner_step_compares_equal_gradients(tmp_path):
+    """The reference-pattern variant must compute ddlab's meta-gradient, or the timing compares unequal work."""
+    from benchmarks import inner_step
+
+    out = tmp_path / "is.json"
+    assert inner_step.main(["--shape", "1,8,8", "--width", "4", "--ipc", "2", "--classes", "3", "--steps", "2",
+                            "--repeats", "1", "--json", str(out)]) == 0
+    saved = json.loads(out.read_text())
+    assert saved["meta"]["grad_max_abs_diff"] < 1e-9
+    assert [r["variant"] for r in saved["rows"]] == ["ddlab", "reference"]
+    assert all(r["s_per_step"] > 0 for r in saved["rows"])

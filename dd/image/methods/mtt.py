@@ -287,6 +287,7 @@ def evaluate_round(ctx: RunContext, syn: Synthetic, state: LoopState, it: int) -
 
 
 def final_state(syn: Synthetic) -> dict:
+    """The set as it stands, on the CPU: what a selection round keeps and `finish` reports."""
     return {"images": syn.images.detach().cpu().clone(), "labels": syn.eval_labels().cpu(),
             "lr": syn.syn_lr.detach().cpu().clone()}
 
@@ -326,8 +327,6 @@ def paper_max(state: LoopState) -> dict | None:
     return {"mean": best["mean"], "std": best["std"], "per_model": best["per_model"],
             "iteration": state.best["iteration"], "rounds": rounds,
             "note": "max over the evaluations made during distillation, picked on the test split"}
-
-
 
 
 @dataclass

@@ -190,6 +190,15 @@ def timing_note(device: str) -> str:
     return "; CUDA-synchronised" if device == "cuda" else "; CPU timings are noisy on a loaded machine"
 
 
+def profile_table(fn, rows: int) -> str:
+    """The torch profiler's table of one call of fn (operators by self CPU time, `rows` of them)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+
+
 def timed(device: str, fn):
     """(fn(), seconds): wall time of one call from a clean, synchronised device (the peak memory
     counter reset, so `peak_mem_mb` afterwards is this call's)."""

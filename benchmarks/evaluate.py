@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_output_args(p, "evaluate")
     p.add_argument("--quick", action="store_true",
                    help="small CPU run: shape 1,16,16, width 32, K 5,20, 5 epochs")
+    p.add_argument("--profile", action="store_true",
+                   help="also print the profiler's table of one model evaluated sequentially: how much of a "
+                        "step is kernels and how much per-call overhead a batched program could save")
     return p
 
 
@@ -263,8 +266,11 @@ def main(argv: list[str] | None = None) -> int:
 
     meta = common.run_meta(args, wall, load_start, k=args.k, modes=args.modes, warmup_s=None if warm is None
                            else round(warm, 2), acc_tol=args.acc_tol)
-    status = common.finish(args, rows, format_table(rows, args, load_start), common.wall_line(wall, warm), meta,
-                           save_plot)
+    table = format_table(rows, args, load_start)
+    if args.profile:
+        one = lambda: evaluate(args, data, images, labels, 1, "sequential", args.seed)  # noqa: E731
+        table += "\n\nprofile of one model evaluated sequentially (self CPU time):\n" + common.profile_table(one, 18)
+    status = common.finish(args, rows, table, common.wall_line(wall, warm), meta, save_plot)
     mismatched = [r for r in rows if r.get("acc_agree") is False]
     if mismatched:
         print(f"WARNING: batched and sequential accuracies disagree at K={[r['k'] for r in mismatched]} "

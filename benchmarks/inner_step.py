@@ -156,12 +156,7 @@ def main(argv=None) -> int:
                                 f"width {args.width}, dsa {args.dsa}, {args.device}",
                                 ["variant", "s/iter", "s/step", "vs reference"], body, notes)
     if args.profile:
-        from torch.profiler import ProfilerActivity, profile
-
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            run["ddlab"]()
-        table += "\n\nprofile of one ddlab iteration (self CPU time):\n"
-        table += prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows)
+        table += "\n\nprofile of one ddlab iteration (self CPU time):\n" + common.profile_table(run["ddlab"], args.rows)
     meta = common.run_meta(args, time.perf_counter() - t_start, load, grad_max_abs_diff=diff)
     return common.finish(args, rows, table, common.wall_line(time.perf_counter() - t_start, None), meta, plot)
 

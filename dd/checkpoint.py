@@ -1,4 +1,4 @@
-"""Checkpoints of long distillation runs: what a resume must agree on, and loading one safely."""
+"""Checkpoints of long distillation runs: what a resume must agree on, and saving and loading one safely."""
 
 import hashlib
 import json

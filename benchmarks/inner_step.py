@@ -65,12 +65,9 @@ def build_problem(args, torch):
     return module, student, images, labels, start, target, seeds, DSA() if args.dsa else None
 
 
-def matching(theta, start, target):
-    return ((theta - target) ** 2).sum() / ((start - target) ** 2).sum()
-
-
 def ddlab_iteration(torch, student, images, labels, start, target, seeds, dsa, lr0: float):
     from dd.image.evaluate import set_loss
+    from dd.image.methods.mtt import Segment, matching_loss
     from dd.inner import meta_gradient
 
     lr = torch.tensor(lr0, requires_grad=True)
@@ -82,7 +79,8 @@ def ddlab_iteration(torch, student, images, labels, start, target, seeds, dsa, l
             x = dsa(x, seed=seeds[i])
         return set_loss(student(theta, x), labels)
 
-    res = meta_gradient("unroll", step_loss, lambda t: matching(t, start, target), start, [x0], lr, len(seeds))
+    segment = Segment(expert=0, start_epoch=0, start=start, target=target)
+    res = meta_gradient("unroll", step_loss, lambda t: matching_loss(t, segment), start, [x0], lr, len(seeds))
     return res.grads[0], res.lr_grad
 
 
@@ -115,7 +113,8 @@ def reference_iteration(torch, net, images, labels, start, target, seeds, dsa, l
         loss = F.cross_entropy(net(params[-1], x), labels)
         (g,) = torch.autograd.grad(loss, params[-1], create_graph=True)
         params.append(params[-1] - lr * g)
-    matching(params[-1], start, target).backward()
+    # the reference's normalised parameter distance
+    (F.mse_loss(params[-1], target, reduction="sum") / F.mse_loss(start, target, reduction="sum")).backward()
     return x0.grad, lr.grad
 
 

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from dd.errors import DDError
+from dd.errors import DDError, require_positive
 from dd.models.functional import FlatModel
 
 WORD_EMBEDDINGS = "body.embeddings.word_embeddings.weight"
@@ -81,9 +81,7 @@ def _no_dropout(body: nn.Module) -> nn.Module:
 def tiny_bert(cfg, tokenizer) -> nn.Module:
     from transformers import BertConfig, BertModel
 
-    for key in ("hidden_size", "num_layers", "num_heads", "intermediate_size"):
-        if cfg[key] <= 0:
-            raise DDError(f"model.{key}={cfg[key]} is not allowed; it must be positive")
+    require_positive({key: cfg[key] for key in ("hidden_size", "num_layers", "num_heads", "intermediate_size")}, "model")
     if cfg.hidden_size % cfg.num_heads:
         raise DDError(f"model.hidden_size={cfg.hidden_size} must be a multiple of model.num_heads={cfg.num_heads}")
     config = BertConfig(

@@ -30,7 +30,7 @@ from dd import seeds
 from dd.checkpoint import CHECKPOINT, Checkpointer, run_digest
 from dd.data import DSA
 from dd.data.augment import parse_strategy
-from dd.errors import DDError
+from dd.errors import DDError, require_positive
 from dd.image.base import LearnedImages, SynSet
 from dd.image.evaluate import EvalResult, Schedule, evaluate_set, fresh_model, set_loss, train_on_set
 from dd.image.methods.coreset import check_ipc
@@ -86,9 +86,7 @@ def check_method(m, ipc: int, model: torch.nn.Module) -> None:
     for key in ("outer_loop", "inner_loop"):
         if getattr(m, key) is not None:
             positive[key] = getattr(m, key)
-    for key, value in positive.items():
-        if not value > 0:
-            raise DDError(f"method.{key}={value} is not allowed; it must be positive")
+    require_positive(positive)
     check_eval_every(m.eval_every)
     if not 0 <= m.momentum_img < 1:
         raise DDError(f"method.momentum_img={m.momentum_img} is not allowed; it must be in [0, 1)")

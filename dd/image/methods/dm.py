@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from dd import seeds
 from dd.checkpoint import CHECKPOINT, Checkpointer, run_digest
 from dd.data import DSA
-from dd.errors import DDError
+from dd.errors import DDError, require_positive
 from dd.image.base import LearnedImages, SynSet
 from dd.image.evaluate import fresh_model
 from dd.image.methods.coreset import check_ipc
@@ -69,9 +69,7 @@ def check_method(m, data, ipc: int) -> None:
     check_ipc(data, ipc)
     positive = {"iterations": m.iterations, "lr_img": m.lr_img, "batch_real": m.batch_real,
                 "checkpoint_every": m.checkpoint_every}
-    for key, value in positive.items():
-        if not value > 0:
-            raise DDError(f"method.{key}={value} is not allowed; it must be positive")
+    require_positive(positive)
     check_eval_every(m.eval_every)
     if not 0 <= m.momentum < 1:
         raise DDError(f"method.momentum={m.momentum} is not allowed; it must be in [0, 1)")

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from dd import seeds
 from dd.checkpoint import CHECKPOINT, Checkpointer, run_digest
 from dd.data import DSA
-from dd.errors import DDError
+from dd.errors import DDError, require_positive
 from dd.image.base import SynSet
 from dd.image.evaluate import EvalResult, evaluate_set, new_model, set_loss
 from dd.image.experts import Buffer, build_buffer
@@ -78,9 +78,7 @@ def check_matching(m, inner, buffer_epochs: int, rates: tuple[str, ...] = ("lr_l
     positive = {"iterations": m.iterations + 1, "syn_steps": m.syn_steps, "expert_epochs": m.expert_epochs,
                 "lr_img": m.lr_img, "lr_teacher": m.lr_teacher,
                 "checkpoint_every": m.checkpoint_every, "max_nonfinite": m.max_nonfinite, "min_lr": m.min_lr}
-    for key, value in positive.items():
-        if not value > 0:
-            raise DDError(f"method.{key}={value} is not allowed; it must be positive")
+    require_positive(positive)
     check_eval_every(m.eval_every)
     if any(getattr(m, key) < 0 for key in rates):
         named = ", ".join(f"method.{key}={getattr(m, key)}" for key in rates)

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from dd import seeds
 from dd.checkpoint import CHECKPOINT, load_checkpoint, run_digest
-from dd.errors import DDError
+from dd.errors import DDError, require_positive
 from dd.fsutil import write_file
 from dd.inner import ENGINES, meta_gradient
 from dd.registry import register
@@ -105,9 +105,7 @@ def check_method(m, ipc: int, engine: str, max_length: int) -> None:
     positive = {"inner_steps": m.inner_steps, "batch_per_class": m.batch_per_class, "lr_init": m.lr_init,
                 "real_batch_size": m.real_batch_size, "checkpoint_every": m.checkpoint_every,
                 "max_nonfinite": m.max_nonfinite, "epochs": m.epochs, "max_grad_norm": m.max_grad_norm}
-    for key, value in positive.items():
-        if not value > 0:
-            raise DDError(f"method.{key}={value} is not allowed; it must be positive")
+    require_positive(positive)
     for key in ("lr_inputs_embeds", "lr_labels", "lr_attention_labels", "lr_lr", "weight_decay", "weight_decay_labels",
                 "weight_decay_lr", "attention_lambda"):
         if not m[key] >= 0:

@@ -27,7 +27,7 @@ from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from dd import seeds
-from dd.errors import DDError
+from dd.errors import DDError, require_positive
 from dd.image.methods.coreset import herding
 from dd.registry import register
 from dd.text.base import TextRunContext, TextSynSet, check_ipc, require_text
@@ -95,9 +95,7 @@ def random_examples(data, ipc: int, pool: torch.Tensor, gen: torch.Generator) ->
 
 
 def check_real_set(m, ipc: int, n: int) -> None:
-    for key in ("inner_steps", "batch_per_class", "grid_runs"):
-        if m[key] <= 0:
-            raise DDError(f"method.{key}={m[key]} is not allowed; it must be positive")
+    require_positive({key: m[key] for key in ("inner_steps", "batch_per_class", "grid_runs")})
     if not m.lr_grid or any(not lr > 0 for lr in m.lr_grid):
         raise DDError(f"method.lr_grid={list(m.lr_grid)} is not allowed; give one or more positive lrs")
     if ipc % m.batch_per_class:
@@ -282,9 +280,7 @@ def run_full_finetune(ctx: TextRunContext) -> TextSynSet:
     require_text(ctx, "full_finetune")
     cfg, data, clf = ctx.cfg, ctx.data, ctx.classifier
     m = cfg.method
-    for key in ("epochs", "batch_size", "lr", "num_runs", "max_grad_norm"):
-        if not m[key] > 0:
-            raise DDError(f"method.{key}={m[key]} is not allowed; it must be positive")
+    require_positive({key: m[key] for key in ("epochs", "batch_size", "lr", "num_runs", "max_grad_norm")})
     if not 0 <= m.warmup_ratio < 1:
         raise DDError(f"method.warmup_ratio={m.warmup_ratio} is not allowed; it must be in [0, 1)")
     t0 = time.perf_counter()

@@ -56,10 +56,13 @@ class EvalConfig:
     dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
     dsa_mode: str = "one"  # one (the reference: one transform per batch) | color_then_one | all
     test_batch_size: int = 1024
-    # train the K models together (vmap); null = on CUDA only (measured slower than one at a time on CPU);
-    # BatchNorm models always fall back to one at a time
+    # train the K models together (vmap); null = on CUDA, and on CPU only for tiny steps (at most
+    # dd.image.batched.CPU_BATCHED_MAX_FLOPS forward; slower than `workers` beyond that). BatchNorm models never
     batched: bool | None = None
     model_batch: int | None = None  # models per batched chunk; null = all (CPU) or what free memory allows (CUDA)
+    # not batched, on CPU: models trained at once, one per core with single-threaded ops (dd.workers); the
+    # same models as one at a time. null = torch's thread count (the cores it would split each op across)
+    workers: int | None = None
     # standard: train num_models models on the set, report their test accuracy. robust (dd-eval only):
     # also DD-Ranking's label- and augmentation-robust scores (LRS, ARS) from eight conditions trained
     # with this same recipe: the set, random real subsets and the full training set (dd.image.robust)

@@ -45,14 +45,14 @@ def test_evaluate_is_seeded(digits_data, subset, monkeypatch):
     import dd.image.evaluate
 
     inits = []
-    real_new_model = dd.image.evaluate.new_model
+    real_fresh_model = dd.image.evaluate.fresh_model
 
-    def recording_new_model(*a, **kw):
-        model = real_new_model(*a, **kw)
+    def recording_fresh_model(*a, **kw):
+        model = real_fresh_model(*a, **kw)
         inits.append(torch.cat([p.detach().flatten().clone() for p in model.parameters()]))
         return model
 
-    monkeypatch.setattr(dd.image.evaluate, "new_model", recording_new_model)
+    monkeypatch.setattr(dd.image.evaluate, "fresh_model", recording_fresh_model)
     x, y = subset
     cfg = eval_cfg(num_models=2, epochs=2)
     a = evaluate_set(x, y, digits_data, MODEL, cfg, seed=5, progress=False)
@@ -74,7 +74,8 @@ def test_explicit_lr_overrides_config(digits_data, subset, monkeypatch):
 
     monkeypatch.setattr(torch.optim, "SGD", Spy)
     x, y = subset
-    res = evaluate_set(x, y, digits_data, MODEL, eval_cfg(num_models=2, epochs=1, lr=0.5), lr=0.03, progress=False)
+    cfg = eval_cfg(num_models=2, epochs=1, lr=0.5, batched=False)  # torch.optim.SGD: the unbatched path
+    res = evaluate_set(x, y, digits_data, MODEL, cfg, lr=0.03, progress=False)
     assert seen == [0.03, 0.03] and res.lr == 0.03
 
 

@@ -8,8 +8,10 @@ draws, taken from its own generator in exactly the order sequential training tak
 them, so a batched model follows the same trajectory as a sequential one up to
 float rounding.
 
-Models with BatchNorm running statistics cannot be batched this way (their buffers
-change in place); callers fall back to sequential training for them.
+On CPU a vmapped stack only wins when one model's step is so small that per-call overhead
+dominates (`faster_batched`); otherwise the evaluator trains the models side by side on the
+cores (dd.workers). Models with BatchNorm running statistics cannot be batched this way (their
+buffers change in place); callers fall back to one model at a time for them.
 """
 
 import copy
@@ -17,6 +19,7 @@ import logging
 
 import torch
 from torch.func import functional_call, grad_and_value, stack_module_state, vmap
+from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
 from dd.errors import DDError
@@ -46,11 +49,11 @@ class ModelStack:
     def accuracy(self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> list[float]:
         """Each model's accuracy on the same (x, y)."""
         logits_fn = vmap(self.forward, in_dims=(0, 0, None))
-        correct = torch.zeros(self.k)
+        correct = torch.zeros(self.k, dtype=torch.long)
         for i in range(0, len(x), batch_size):
             logits = logits_fn(self.params, self.buffers, x[i : i + batch_size])
-            correct += (logits.argmax(-1).cpu() == y[i : i + batch_size].cpu()).sum(1).float()
-        return (correct / len(x)).tolist()
+            correct += (logits.argmax(-1).cpu() == y[i : i + batch_size].cpu()).sum(1)
+        return [c / len(x) for c in correct.tolist()]  # exact fractions, as the sequential accuracy
 
     @torch.no_grad()
     def probabilities(self, xs: list[torch.Tensor], batch_size: int = 1024) -> list[torch.Tensor]:
@@ -154,3 +157,26 @@ def model_batch_size(requested: int | None, total: int, device: torch.device, pr
     log.info("model batch: %d of %d fit in %.1f GiB free (%.0f MiB per model)", min(fit, total), total,
              free / 2**30, per_model / 2**20)
     return max(1, min(fit, total))
+
+
+# The largest forward step (FLOPs of one model on one minibatch) that a vmapped stack trains faster than
+# separate models on CPU. Measured on the 2-core machine (benchmarks/README.md, digits ConvNet width 32,
+# K=20): 13.5 MFLOP (IPC 1) batched 2.0x faster than sequential; 27 MFLOP (IPC 2) batched 1.0x, the models
+# side by side 1.5x; beyond that batched is slower (0.67x at IPC 5, 0.64x on CIFAR shape width 128 at IPC 1).
+CPU_BATCHED_MAX_FLOPS = 20e6
+
+
+def forward_flops(model: torch.nn.Module, image_shape, images: int) -> int:
+    """FLOPs (convolutions and matrix products) of one forward pass of `images` images."""
+    x = torch.zeros(1, *image_shape, device=next(model.parameters()).device)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return counter.get_total_flops() * images
+
+
+def faster_batched(model: torch.nn.Module, image_shape, step_images: int, device) -> bool:
+    """Whether K copies of `model` train faster as one vmapped stack than apart, on minibatches of
+    `step_images` images: always on CUDA; on CPU only for steps of at most CPU_BATCHED_MAX_FLOPS."""
+    if torch.device(device).type == "cuda":
+        return True
+    return forward_flops(model, image_shape, step_images) <= CPU_BATCHED_MAX_FLOPS

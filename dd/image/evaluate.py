@@ -13,6 +13,7 @@ never replay each other.
 """
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field, fields
 
@@ -24,9 +25,12 @@ from tqdm.auto import tqdm
 from dd import seeds
 from dd.data import DSA, ImageDataset
 from dd.errors import DDError
+from dd.image.batched import ModelStack, faster_batched, model_batch_size, train_stack
 from dd.models import build_model, model_has_state
+from dd.workers import Stopped, check_workers, run_jobs, worker_count
 
 log = logging.getLogger(__name__)
+_global_rng = threading.Lock()  # held while a model is initialised from torch's global generator
 
 
 @dataclass
@@ -137,8 +141,10 @@ def train_on_set(
     generator: torch.Generator,
     progress: bool = False,
     desc: str = "train",
+    stop: threading.Event | None = None,
 ) -> None:
-    """Train `model` in place; `generator` (CPU) drives data order and augmentation draws."""
+    """Train `model` in place; `generator` (CPU) drives data order and augmentation draws.
+    `stop` (dd.workers): checked every epoch; once set, training ends with dd.workers.Stopped."""
     device = next(model.parameters()).device
     images, labels = images.detach().to(device), labels.detach().to(device)
 
@@ -149,6 +155,8 @@ def train_on_set(
     n = len(images)
     model.train()
     for epoch in tqdm(range(schedule.epochs), desc=desc, leave=False, disable=not progress):
+        if stop is not None and stop.is_set():
+            raise Stopped
         if schedule.restarts_at(epoch):
             opt = new_optimizer(schedule.lr(lr, epoch))
         for group in opt.param_groups:
@@ -206,10 +214,14 @@ def evaluate_set(
     sets = per_model_sets(images, labels, len(model_seeds))
     if predict is not None and len(predict) != len(model_seeds):
         raise ValueError(f"predict needs one input batch per model ({len(model_seeds)}), got {len(predict)}")
+    check_workers(eval_cfg.get("workers"))
     batched = eval_cfg.get("batched")
-    if batched is None:  # auto: a GPU gains from batching; on CPU one model at a time was faster
-        batched = torch.device(device).type == "cuda"
-    if batched and model_has_state(new_model(model_cfg, data)):
+    with torch.device("meta"):  # shapes only: no memory, no draw from the global generator
+        probe = new_model(model_cfg, data)
+    if batched is None:  # auto: on CUDA; on CPU only where a model's step is tiny (dd.image.batched)
+        step_images = min(eval_cfg.batch_size, len(sets[0][0]))
+        batched = faster_batched(probe, sets[0][0].shape[1:], step_images, device)
+    if batched and model_has_state(probe):
         log.info("%s keeps BatchNorm running statistics: training its %d models one at a time",
                  model_options(model_cfg)[0], len(model_seeds))
         batched = False
@@ -258,29 +270,41 @@ def fresh_model(model_cfg, data, init_seed: int, device) -> torch.nn.Module:
 
 
 def _train_sequential(sets, data, model_cfg, eval_cfg, schedule, lr, seeds, dsa, device, progress, desc, predict):
+    """One model after another, or on CPU `eval.workers` of them at once (dd.workers): the same models either way."""
     test_x, test_y = data.test_x.to(device), data.test_y
-    accs, predictions = [], []
-    bar = tqdm(seeds, desc=desc, disable=not progress)
-    for k, model_seeds in enumerate(bar):
-        model = fresh_model(model_cfg, data, model_seeds.init, device)
+    workers = worker_count(check_workers(eval_cfg.get("workers")), len(seeds), device)
+
+    def train_one(k: int, stop: threading.Event):
+        with _global_rng:  # module initialisers draw from the global generator: one model at a time
+            model = fresh_model(model_cfg, data, seeds[k].init, device)
         images, labels = sets[k]
         train_on_set(
             model, images, labels,
             schedule=schedule, lr=lr, batch_size=eval_cfg.batch_size,
             momentum=eval_cfg.momentum, weight_decay=eval_cfg.weight_decay,
-            dsa=dsa, generator=torch.Generator().manual_seed(model_seeds.data), progress=progress, desc=f"model {k}",
+            dsa=dsa, generator=torch.Generator().manual_seed(seeds[k].data), progress=progress and workers == 1,
+            desc=f"model {k}", stop=stop,
         )
-        accs.append(accuracy(model, test_x, test_y, eval_cfg.test_batch_size))
-        if predict is not None:
-            predictions.append(probabilities(model, predict[k], eval_cfg.test_batch_size))
-        bar.set_postfix(acc=f"{100 * np.mean(accs):.1f}%")
-    return accs, (predictions if predict is not None else None)
+        acc = accuracy(model, test_x, test_y, eval_cfg.test_batch_size)
+        probs = None if predict is None else probabilities(model, predict[k], eval_cfg.test_batch_size)
+        return acc, probs
+
+    finished = []
+    bar = tqdm(total=len(seeds), desc=desc if workers == 1 else f"{desc} ({workers} at once)", disable=not progress)
+
+    def done(k: int, result):
+        finished.append(result[0])
+        bar.update(1)
+        bar.set_postfix(acc=f"{100 * np.mean(finished):.1f}%")
+
+    results = run_jobs(train_one, len(seeds), workers, on_done=done)
+    bar.close()
+    accs = [acc for acc, _ in results]
+    return accs, ([p for _, p in results] if predict is not None else None)
 
 
 def _train_batched(sets, data, model_cfg, eval_cfg, schedule, lr, seeds, dsa, device, progress, desc, predict):
     """The same protocol, every model of a chunk in one vmapped computation (dd.image.batched)."""
-    from dd.image.batched import ModelStack, model_batch_size, train_stack
-
     shared = all(s is sets[0] for s in sets)  # one set for all models, or model k's own set k
     if shared:
         images, labels = (t.detach().to(device) for t in sets[0])

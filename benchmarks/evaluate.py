@@ -1,11 +1,14 @@
-"""Seconds to evaluate a distilled set with K models: batched (vmap) vs sequential training.
+"""Seconds to evaluate a distilled set with K models: batched (vmap), parallel and sequential training.
 
 The evaluation protocol (`dd.image.evaluate.evaluate_set`) trains K fresh ConvNets on a small set and
-tests each on the test split. With `eval.batched=true` the K models train together in one vmapped
-computation (`dd.image.batched.train_stack`, in chunks of `eval.model_batch`, on CUDA by default as many
-as free memory allows); with `false` one after another. Both follow the same per-model
-trajectories (same inits, data orders and DSA draws), so their accuracies should agree up to float
-rounding; this script times both and checks that.
+tests each on the test split. Three ways to train them:
+- batched (`eval.batched=true`): together in one vmapped computation (`dd.image.batched.train_stack`,
+  in chunks of `eval.model_batch`, on CUDA by default as many as free memory allows);
+- parallel (`eval.batched=false`, `eval.workers` null, the CPU default): as many at once as torch has
+  threads, one per Python thread with single-threaded ops (`dd.workers`);
+- sequential (`eval.batched=false eval.workers=1`): one after another, each op on torch's threads.
+All follow the same per-model trajectories (same inits, data orders and DSA draws), so their
+accuracies should agree up to float rounding; this script times each and checks that.
 
 The set is CIFAR-shaped by default: IPC 10 x 10 classes = 100 images of 3x32x32, evaluated with
 ConvNets (width 128, instance norm, ReLU, avg pool, depth from the image size), SGD lr 0.01,
@@ -18,8 +21,8 @@ configuration (2 models, 1 epoch, the same set and test split) per mode.
 
 For each (K, mode) the script prints one JSON line
     {"k", "mode", "seconds", "models_per_s", "acc_mean", "acc_std", "per_model", ...}
-then a table (K x mode: seconds, models/s, batched/sequential speed-up, mean accuracy and the
-agreement of the two modes' per-model accuracies). Rows go to --json (default
+then a table (K x mode: seconds, models/s, speed-up over sequential, mean accuracy and the
+agreement of each mode's per-model accuracies with sequential's). Rows go to --json (default
 benchmarks/results/evaluate_<device>.json, or evaluate_<device>_quick.json with --quick) and a PNG
 of seconds and speed-up against K to --plot (default: the json path with .png). The load average
 (os.getloadavg) is in the table header and in the JSON (meta and every row): CPU timings on a
@@ -46,7 +49,8 @@ if __package__:
 else:  # run as a script: benchmarks/ is sys.path[0]
     import common
 
-MODES = ("batched", "sequential")
+MODES = ("batched", "parallel", "sequential")
+DATA = ("random", "digits")
 QUICK = {"shape": (1, 16, 16), "width": 32, "k": [5, 20], "epochs": 5, "test_size": 1000}
 DEFAULTS = {"shape": (3, 32, 32), "width": 128, "k": [5, 20, 100], "test_size": 1000}
 EPOCHS = {"cuda": 20, "cpu": 2}  # default --epochs without --quick
@@ -58,11 +62,15 @@ WARMUP = {"k": 2, "epochs": 1}  # same set and test split: no new tensor shapes 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        description="Time set evaluation with K models, batched vs sequential (see module docstring).")
+        description="Time set evaluation with K models: batched, parallel, sequential (see module docstring).")
     p.add_argument("--k", type=common.int_list, default=None,
                    help="models per evaluation, one or a comma list (default 5,20,100; --quick: 5,20)")
     p.add_argument("--modes", type=common.choice_list(MODES), default=list(MODES),
-                   help="batched, sequential or both (default batched,sequential)")
+                   help="comma list of batched (vmap), parallel (eval.workers: one model per thread) and "
+                        "sequential (one model at a time) (default: all three)")
+    p.add_argument("--data", choices=DATA, default="random",
+                   help="random: seeded learnable random images of --shape (default); digits: the bundled "
+                        "digits (1x16x16), the set its first --ipc train images per class, tested on its test split")
     p.add_argument("--shape", type=common.shape, default=None, help="C,H,W (default 3,32,32; --quick: 1,16,16)")
     p.add_argument("--width", type=int, default=None, help="ConvNet width (default 128; --quick: 32)")
     p.add_argument("--depth", type=int, default=None, help="ConvNet depth (default: auto from the image size)")
@@ -70,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", type=int, default=10, help="classes (default 10)")
     p.add_argument("--epochs", type=int, default=None,
                    help="training epochs per model (default 20 on cuda, 2 on cpu; --quick: 5)")
-    p.add_argument("--test-size", type=int, default=None, help="random test images (default 1000)")
+    p.add_argument("--test-size", type=int, default=None, help="random test images (default 1000; --data digits: "
+                                                                  "its whole test split)")
     p.add_argument("--lr", type=float, default=0.01, help="evaluation lr (default 0.01, as EvalConfig)")
     p.add_argument("--model-batch", type=int, default=None,
                    help="batched mode: models per vmapped chunk (default: all on cpu, what fits on cuda)")
@@ -122,7 +131,7 @@ def configs(args, k: int, mode: str, epochs: int | None = None):
 
     eval_cfg = OmegaConf.structured(EvalConfig(
         num_models=k, epochs=args.epochs if epochs is None else epochs, lr=args.lr, dsa=args.dsa,
-        batched=mode == "batched", model_batch=args.model_batch))
+        batched=mode == "batched", model_batch=args.model_batch, workers=1 if mode == "sequential" else None))
     return common.convnet_config(args), eval_cfg
 
 
@@ -130,6 +139,13 @@ def make_data(args):
     """(dataset, set images, set labels): the test split and the evaluated set, from one seed."""
     import torch
 
+    if args.data == "digits":
+        from dd.data.images import load_image_dataset
+
+        data = load_image_dataset("digits")
+        picks = [torch.nonzero(data.train_y == c).flatten()[: args.ipc] for c in range(data.num_classes)]
+        idx = torch.cat(picks)
+        return data, data.train_x[idx], data.train_y[idx]
     data, protos = common.random_image_dataset(n_train=0, n_test=args.test_size, shape=args.shape,
                                                classes=args.classes, seed=args.seed)
     labels = torch.arange(args.classes).repeat_interleave(args.ipc)
@@ -138,7 +154,7 @@ def make_data(args):
 
 
 def base_row(args, k: int, mode: str) -> dict:
-    return {"k": k, "mode": mode, "seconds": None, "models_per_s": None, "acc_mean": None, "acc_std": None,
+    return {"k": k, "mode": mode, "data": args.data, "seconds": None, "models_per_s": None, "acc_mean": None, "acc_std": None,
             "device": args.device, "shape": list(args.shape), "width": args.width, "depth": args.depth,
             "ipc": args.ipc, "classes": args.classes, "epochs": args.epochs, "test_size": args.test_size,
             "lr": args.lr, "dsa": args.dsa, "model_batch": args.model_batch if mode == "batched" else None}
@@ -157,6 +173,8 @@ def measure(args, data, images, labels, k: int, mode: str) -> dict:
     """One timed evaluate_set of K models in one mode; return its row."""
     import torch
 
+    from dd.workers import worker_count
+
     row = base_row(args, k, mode)
     capture = _Capture()
     logger = logging.getLogger("dd.image.batched")
@@ -174,6 +192,7 @@ def measure(args, data, images, labels, k: int, mode: str) -> dict:
                acc_mean=round(result.mean, 6), acc_std=round(result.std, 6),
                per_model=[round(a, 6) for a in result.per_model], eval_seconds=round(result.seconds, 4),
                peak_mem_mb=common.peak_mem_mb(args.device), threads=torch.get_num_threads(),
+               workers=worker_count(1 if mode == "sequential" else None, k, args.device) if mode != "batched" else None,
                depth=common.convnet_depth(args))
     if capture.messages:
         row["model_batch_log"] = capture.messages
@@ -190,11 +209,11 @@ def warm_up(args, data, images, labels) -> float:
 
 
 def compare_modes(rows: list[dict], tol: float) -> None:
-    """Add speed-up and accuracy agreement to each batched row that has a sequential partner."""
+    """Add speed-up and accuracy agreement to each batched or parallel row that has a sequential partner."""
     by = {(r["k"], r["mode"]): r for r in rows}
     for r in rows:
         s = by.get((r["k"], "sequential"))
-        if r["mode"] != "batched" or not (common.ok(r) and common.ok(s)):
+        if r["mode"] == "sequential" or not (common.ok(r) and common.ok(s)):
             continue
         r["speedup"] = round(s["seconds"] / r["seconds"], 3)
         diffs = [abs(a - b) for a, b in zip(r["per_model"], s["per_model"])]
@@ -221,17 +240,18 @@ def format_table(rows: list[dict], args, load_start) -> str:
             check = "-"
         body.append([str(r["k"]), r["mode"], f"{r['seconds']:.2f}", f"{r['models_per_s']:.3g}", speed,
                      f"{100 * r['acc_mean']:.2f} ± {100 * r['acc_std']:.2f}", check])
-    header = ["K", "mode", "seconds", "models/s", "speed-up", "acc % (mean ± std)", "batched vs sequential acc"]
+    header = ["K", "mode", "seconds", "models/s", "speed-up", "acc % (mean ± std)", "acc vs sequential"]
     depth = next((r["depth"] for r in rows if r.get("depth")), args.depth) or "auto"
-    title = (f"evaluate benchmark: device={args.device} shape={common.shape_text(args.shape)} width={args.width} "
+    title = (f"evaluate benchmark: device={args.device} data={args.data} shape={common.shape_text(args.shape)} width={args.width} "
              f"depth={depth} set={args.ipc * args.classes} images (ipc {args.ipc} x {args.classes} classes) "
              f"epochs={args.epochs} test={args.test_size} dsa={'on' if args.dsa else 'off'} "
              f"model_batch={args.model_batch or 'auto'} threads={rows[0].get('threads', '?') if rows else '?'} "
              f"load avg (1/5/15 min)={common.fmt_load(load_start)}")
     notes = ["seconds: wall time of evaluate_set (init + train + test)" + common.timing_note(args.device),
-             "speed-up: sequential seconds / batched seconds at the same K",
-             f"acc check: |mean batched - mean sequential| <= {100 * args.acc_tol:g} pp; per-model accuracies "
-             "may differ slightly (float rounding in vmap changes a few test predictions)"]
+             "speed-up: sequential seconds / this mode's seconds at the same K",
+             f"acc check: |mean - mean sequential| <= {100 * args.acc_tol:g} pp; per-model accuracies may differ "
+             "slightly (float rounding in vmap, or in ops run on 1 thread instead of several, flips a few test "
+             "predictions)"]
     return common.render_table(title, header, body, notes)
 
 
@@ -252,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
 
     seeds.seed_global("global", args.seed)
     data, images, labels = make_data(args)
+    if args.data == "digits":  # rows and table describe the set that was run
+        args.shape, args.classes, args.test_size = tuple(images.shape[1:]), data.num_classes, len(data.test_y)
     warm = common.warm_up("evaluate", lambda: warm_up(args, data, images, labels)) if args.warmup else None
     rows = []
     for k in args.k:
@@ -273,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     status = common.finish(args, rows, table, common.wall_line(wall, warm), meta, save_plot)
     mismatched = [r for r in rows if r.get("acc_agree") is False]
     if mismatched:
-        print(f"WARNING: batched and sequential accuracies disagree at K={[r['k'] for r in mismatched]} "
+        print(f"WARNING: accuracies disagree with sequential's at {[(r['k'], r['mode']) for r in mismatched]} "
               f"(beyond {100 * args.acc_tol:g} pp)", file=sys.stderr)
     return status
 

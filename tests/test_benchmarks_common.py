@@ -87,3 +87,19 @@ def test_inner_step_compares_equal_gradients(tmp_path):
     assert saved["meta"]["grad_max_abs_diff"] < 1e-9
     assert [r["variant"] for r in saved["rows"]] == ["ddlab", "reference"]
     assert all(r["s_per_step"] > 0 for r in saved["rows"])
+
+
+def test_evaluate_benchmark_times_three_modes_on_digits(tmp_path):
+    """Every mode trains the same models: accuracies agree with sequential's, and each gets a speed-up."""
+    from benchmarks import evaluate
+
+    out = tmp_path / "ev.json"
+    assert evaluate.main(["--data", "digits", "--width", "4", "--ipc", "2", "--k", "2", "--epochs", "2",
+                          "--no-warmup", "--json", str(out)]) == 0
+    rows = {r["mode"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"batched", "parallel", "sequential"}
+    assert rows["sequential"]["workers"] == 1 and rows["batched"]["workers"] is None
+    assert rows["sequential"]["test_size"] == 297 and rows["sequential"]["shape"] == [1, 16, 16]
+    for mode in ("batched", "parallel"):
+        assert rows[mode]["acc_agree"] and rows[mode]["speedup"] > 0
+    assert "speedup" not in rows["sequential"]

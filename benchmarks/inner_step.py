@@ -137,9 +137,10 @@ def main(argv=None) -> int:
     diff = max(float((first["ddlab"][k] - first["reference"][k]).abs().max()) for k in range(2))
     scale = float(first["reference"][0].abs().max())
     seconds = {name: [] for name in run}
-    for _ in range(args.repeats):  # interleaved: a change in machine load hits both variants
-        for name, fn in run.items():
-            seconds[name].append(common.timed(args.device, fn)[1])
+    order = list(run)
+    for r in range(args.repeats):  # interleaved: a change in machine load hits both variants
+        for name in order if r % 2 == 0 else order[::-1]:  # ABBA: neither variant always runs first
+            seconds[name].append(common.timed(args.device, run[name])[1])
     rows = []
     for name, s in seconds.items():
         best = min(s)
@@ -149,7 +150,7 @@ def main(argv=None) -> int:
     ref = rows[1]["s_per_iter"]
     body = [[r["variant"], f"{r['s_per_iter']:.3f}", f"{r['s_per_step']:.3f}", f"{r['s_per_iter'] / ref:.3f}x"]
             for r in rows]
-    notes = [f"min over {args.repeats} interleaved iterations of {args.steps} steps; max |grad difference| "
+    notes = [f"min over {args.repeats} interleaved iterations (ABBA order) of {args.steps} steps; max |grad difference| "
              f"{diff:.2e} (largest |grad| {scale:.2e}){common.timing_note(args.device)}"]
     table = common.render_table(f"one unrolled inner step: ipc {args.ipc}, shape {common.shape_text(args.shape)}, "
                                 f"width {args.width}, dsa {args.dsa}, {args.device}",

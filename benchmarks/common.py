@@ -136,6 +136,9 @@ def setup_torch(device: str, threads: int):
         raise SystemExit(f"--device {device}: torch sees no CUDA device on this machine") from None
     if threads > 0:
         torch.set_num_threads(threads)
+    from dd.hostmem import keep_freed_memory
+
+    keep_freed_memory()  # as every dd-* command does (off with DD_KEEP_FREED_MEMORY=0)
     return torch
 
 
@@ -437,12 +440,19 @@ def run_meta(args: argparse.Namespace, wall_s: float, load_start, **extra) -> di
     meta = {"argv": sys.argv[1:], "quick": args.quick, "device": args.device, "torch": torch_version,
             "python": platform.python_version(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
             "threads": _threads(), "loadavg_start": load_start, "loadavg_end": loadavg(),
-            "seed": args.seed, "wall_s": round(wall_s, 1), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra}
+            "seed": args.seed, "wall_s": round(wall_s, 1), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "keep_freed_memory": _keeps_freed_memory(), **extra}
     if args.device == "cuda":
         import torch
 
         meta["gpu"] = torch.cuda.get_device_name() if torch.cuda.is_available() else None
     return meta
+
+
+def _keeps_freed_memory() -> bool:
+    """Whether this process runs with dd.hostmem's allocator setting (every dd-* command does)."""
+    hostmem = sys.modules.get("dd.hostmem")
+    return bool(hostmem and hostmem.is_on())
 
 
 def _threads() -> int | None:

@@ -136,6 +136,25 @@ def test_auto_engine_equals_unroll_whatever_the_segments(monkeypatch, fit):
     assert torch.allclose(got.theta, ref.theta, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("fit", [1, 2, 3, 4])
+def test_auto_engine_recomputes_only_the_steps_it_cannot_keep(monkeypatch, fit):
+    """Each step runs once with its graph; only the num_steps - fit steps outside the last, full segment
+    also run once before, without one (segments are cut from the end)."""
+    from dd.inner import budget
+
+    monkeypatch.setattr(budget, "steps_that_fit", lambda *a, **k: fit)
+    step_loss, outer, theta0, learn, lr = problem(5, 3)
+    calls = []
+
+    def counted(theta, learnables, i):
+        calls.append(i)
+        return step_loss(theta, learnables, i)
+
+    meta_gradient("auto", counted, outer, theta0, learn, lr, 5)
+    assert len(calls) == 5 + (5 - fit)
+    assert sorted(set(range(5)) - set(calls[: 5 - fit])) == list(range(5 - fit, 5))  # the last `fit` ran once
+
+
 def test_auto_engine_sizes_its_segments_from_the_budget():
     from dd.inner import budget
 

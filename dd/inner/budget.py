@@ -18,6 +18,8 @@ from collections.abc import Sequence
 
 import torch
 
+from dd import hostmem
+
 log = logging.getLogger(__name__)
 
 # Without a budget: this fraction of the memory free on the device (host memory on CPU).
@@ -33,7 +35,8 @@ def free_bytes(device: torch.device) -> int:
         with open("/proc/meminfo") as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    # plus what this process keeps free for reuse (dd.hostmem): the same budget every iteration
+                    return int(line.split()[1]) * 1024 + hostmem.free_in_heap()
     except OSError:
         pass
     return 4 * 2**30  # unknown host: assume a modest machine
@@ -77,7 +80,10 @@ def steps_that_fit(step_loss, theta0, learnables, lr, memory_budget_mb: float | 
 def segmented(step_loss, outer, theta0, learnables, lr, num_steps: int, k: int):
     """Exact meta-gradient with at most k steps' graphs alive; returns (loss, grads, lr_grad, theta_N)."""
     fixed = [x.detach() for x in learnables]
-    starts = list(range(0, num_steps, k))
+    # segments counted back from the end: the last one, run with its graph straight away, is a full k
+    # steps and only the first may be short, so num_steps - k steps are recomputed, not all but a remainder
+    starts = sorted({max(0, end - k) for end in range(num_steps, 0, -k)})
+    ends = dict(zip(starts, starts[1:] + [num_steps]))
     boundary = {}  # segment start index -> theta at that step (no graph)
     theta = theta0.detach()
     for i in range(num_steps):
@@ -94,7 +100,7 @@ def segmented(step_loss, outer, theta0, learnables, lr, num_steps: int, k: int):
     lr_grad = torch.zeros_like(lr)
     adj, loss, theta_n = None, None, None
     for s in reversed(starts):
-        end = min(s + k, num_steps)
+        end = ends[s]
         start = boundary.pop(s).requires_grad_(True)
         theta = start
         for i in range(s, end):

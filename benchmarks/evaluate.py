@@ -4,7 +4,8 @@ The evaluation protocol (`dd.image.evaluate.evaluate_set`) trains K fresh ConvNe
 tests each on the test split. Three ways to train them:
 - batched (`eval.batched=true`): together in one vmapped computation (`dd.image.batched.train_stack`,
   in chunks of `eval.model_batch`, on CUDA by default as many as free memory allows);
-- parallel (`eval.batched=false`, `eval.workers` null, the CPU default): as many at once as torch has
+- parallel (`eval.batched=false`, `eval.workers` null; what `eval.batched: null` picks on CPU unless a step is
+  tiny): as many at once as torch has
   threads, one per Python thread with single-threaded ops (`dd.workers`);
 - sequential (`eval.batched=false eval.workers=1`): one after another, each op on torch's threads.
 All follow the same per-model trajectories (same inits, data orders and DSA draws), so their

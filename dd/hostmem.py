@@ -29,13 +29,20 @@ def keep_freed_memory() -> bool:
         return True
     if os.environ.get(ENV, "1").strip().lower() in ("0", "false", "no", "off"):
         return False
-    try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
-    except (OSError, AttributeError):
+    mallopt = _libc_function("mallopt")
+    if mallopt is None:
         return False
     # -1 as the trim threshold reads as the largest size: the heap's free top is never given back
     _state["on"] = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, -1))
     return _state["on"]
+
+
+def _libc_function(name: str):
+    """The C library's function `name`, or None where there is none."""
+    try:
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
+    except (OSError, AttributeError):
+        return None
 
 
 def is_on() -> bool:
@@ -53,9 +60,8 @@ def free_in_heap() -> int:
     take without the system, which /proc/meminfo's MemAvailable no longer counts. 0 when unknown."""
     if not _state["on"]:
         return 0
-    try:
-        mallinfo2 = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallinfo2
-    except (OSError, AttributeError):
+    mallinfo2 = _libc_function("mallinfo2")  # glibc >= 2.33
+    if mallinfo2 is None:
         return 0
     mallinfo2.restype = _MallInfo2
     return int(mallinfo2().fordblks)

@@ -144,8 +144,7 @@ def make_data(args):
         from dd.data.images import load_image_dataset
 
         data = load_image_dataset("digits")
-        picks = [torch.nonzero(data.train_y == c).flatten()[: args.ipc] for c in range(data.num_classes)]
-        idx = torch.cat(picks)
+        idx = torch.cat([data.indices_of_class(c)[: args.ipc] for c in range(data.num_classes)])
         return data, data.train_x[idx], data.train_y[idx]
     data, protos = common.random_image_dataset(n_train=0, n_test=args.test_size, shape=args.shape,
                                                classes=args.classes, seed=args.seed)

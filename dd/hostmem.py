@@ -15,6 +15,7 @@ environment turns it off; on a C library without mallopt (macOS, musl) it does n
 
 import ctypes
 import ctypes.util
+import functools
 import os
 
 ENV = "DD_KEEP_FREED_MEMORY"
@@ -37,8 +38,9 @@ def keep_freed_memory() -> bool:
     return _state["on"]
 
 
+@functools.cache
 def _libc_function(name: str):
-    """The C library's function `name`, or None where there is none."""
+    """The C library's function `name`, or None where there is none (looked up once: budgets ask often)."""
     try:
         return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
     except (OSError, AttributeError):

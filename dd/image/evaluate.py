@@ -272,7 +272,7 @@ def fresh_model(model_cfg, data, init_seed: int, device) -> torch.nn.Module:
 def _train_sequential(sets, data, model_cfg, eval_cfg, schedule, lr, seeds, dsa, device, progress, desc, predict):
     """One model after another, or on CPU `eval.workers` of them at once (dd.workers): the same models either way."""
     test_x, test_y = data.test_x.to(device), data.test_y
-    workers = worker_count(check_workers(eval_cfg.get("workers")), len(seeds), device)
+    workers = worker_count(eval_cfg.get("workers"), len(seeds), device)  # checked by evaluate_set
 
     def train_one(k: int, stop: threading.Event):
         with _global_rng:  # module initialisers draw from the global generator: one model at a time

@@ -24,11 +24,15 @@ def run_digest(cfg) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def load_checkpoint(path: Path, digest: str, device) -> dict:
-    """The checkpoint at `path` (tensors only, no code runs), refused if another config wrote it."""
+def load_checkpoint(path: Path, digest: str) -> dict:
+    """The checkpoint at `path` (tensors only, no code runs) on the CPU, refused if another config wrote it.
+
+    It loads to the CPU whatever device wrote it or will use it: a generator's state must stay a CPU
+    byte tensor (set_state refuses a CUDA one), `copy_` and the optimisers' load_state_dict put every
+    other tensor on its parameter's device, and an optimiser's `step` counter stays where torch keeps it."""
     if not path.is_file():
         raise DDError(f"resume=true but {path} does not exist; point hydra.run.dir at the run folder to resume")
-    saved = torch.load(path, map_location=device, weights_only=True)
+    saved = torch.load(path, map_location="cpu", weights_only=True)
     if saved["digest"] != digest:
         raise DDError(f"{path} was written by a run with another dataset/model/method/ipc/seed config; "
                       "resume with the same settings or start a new run folder")
@@ -43,7 +47,6 @@ class Checkpointer:
 
     path: Path
     digest: str
-    device: torch.device
 
     def save(self, learned, state, next_it: int, gen: torch.Generator | None = None) -> None:
         state.next_it = next_it
@@ -54,7 +57,7 @@ class Checkpointer:
 
     def restore(self, learned, state_type: type, gen: torch.Generator | None = None):
         """Loads the checkpoint into `learned` (and `gen`); returns the loop state."""
-        saved = load_checkpoint(self.path, self.digest, self.device)
+        saved = load_checkpoint(self.path, self.digest)
         learned.load_state_dict(saved)
         if gen is not None:
             gen.set_state(saved["gen_state"])

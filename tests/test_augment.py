@@ -28,12 +28,12 @@ def test_same_seed_replays_exactly(strategy, mode):
 def applied(monkeypatch):
     """Record the transforms each call applies: one list per call."""
     calls = []
-    for name, fn in list(augment._TRANSFORMS.items()):
-        def wrapped(x, r, name=name, fn=fn):
+    for name, transform in list(augment._TRANSFORMS.items()):
+        def wrapped(r, shape, name=name, draw=transform.draw):
             calls[-1].append(name)
-            return fn(x, r)
+            return draw(r, shape)
 
-        monkeypatch.setitem(augment._TRANSFORMS, name, wrapped)
+        monkeypatch.setitem(augment._TRANSFORMS, name, transform._replace(draw=wrapped))
 
     def run(dsa, seeds, x=None):
         x = _batch(n=2, h=8, w=8) if x is None else x
@@ -187,8 +187,27 @@ def test_params_drawn_on_cpu_moved_to_input_dtype():
     torch.testing.assert_close(a.double(), b, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-def test_cpu_gpu_same_params():
-    x = _batch()
-    for s in range(10):
-        torch.testing.assert_close(DSA(FULL)(x.cuda(), s).cpu(), DSA(FULL)(x, s), atol=1e-5, rtol=1e-5)
+@pytest.mark.parametrize("mode", DSA_MODES)
+@pytest.mark.parametrize("batchwise", [False, True])
+def test_stacked_batches_equal_one_call_per_model(mode, batchwise):
+    # K models' batches in one call per transform give each model exactly its own call's images
+    x = torch.randn(9, 5, 3, 12, 12, generator=torch.Generator().manual_seed(1))
+    dsa, seeds = DSA(FULL, mode=mode, batchwise=batchwise), list(range(100, 109))
+    assert torch.equal(dsa.stacked(x, seeds), torch.stack([dsa(x[k], s) for k, s in enumerate(seeds)]))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("mode", DSA_MODES)
+def test_cpu_and_gpu_apply_the_same_transforms(mode, applied):
+    # Every transform is drawn (cutout and flip included), on CPU and GPU alike, and the gradient agrees.
+    x = _batch(n=6, h=8, w=8, dtype=torch.float64)
+    calls = applied(DSA(FULL, mode=mode), range(40), x=x)
+    assert {t for c in calls for t in c} == set(SINGLE)
+    for s in range(40):
+        cpu, gpu = x.clone().requires_grad_(True), x.cuda().requires_grad_(True)
+        a, b = DSA(FULL, mode=mode)(cpu, s), DSA(FULL, mode=mode)(gpu, s)
+        torch.testing.assert_close(b.cpu(), a, atol=1e-10, rtol=1e-10)
+        weights = torch.linspace(-1, 1, a.numel(), dtype=torch.float64).view_as(a)
+        (a * weights).sum().backward()
+        (b * weights.cuda()).sum().backward()
+        torch.testing.assert_close(gpu.grad.cpu(), cpu.grad, atol=1e-10, rtol=1e-10)

@@ -1,9 +1,12 @@
 """Differentiable Siamese Augmentation (DSA, Zhao & Bilen 2021) with exact seeded replay.
 
-Every random number is drawn on the CPU from ``torch.Generator().manual_seed(seed)``
-and only then moved to the input's device, so calling with the same seed on the
-real batch and on the synthetic batch gives image i of both batches the same
-transform (the "Siamese" part), on any device, bit for bit.
+Every random number is drawn on the CPU from ``torch.Generator().manual_seed(seed)``,
+so calling with the same seed on the real batch and on the synthetic batch gives
+image i of both batches the same transform (the "Siamese" part), on any device, bit
+for bit. A call draws all its parameters first and moves them to the input's device
+in one non-blocking copy (dd.device.to_device), so a GPU never waits for the host;
+`DSA.stacked` augments the batches of K models (each with its own seed) with at
+most one kernel sequence per transform instead of K.
 
 Each parameter (brightness, crop shift, ...) gets its own generator derived
 from the seed, so image i receives the same parameters whatever the batch size.
@@ -24,11 +27,14 @@ with the whole batch, like the reference code's batch mode for gradient matching
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dd.device import to_device
 from dd.errors import DDError
 
 DSA_TRANSFORMS: tuple[str, ...] = ("color", "crop", "cutout", "flip", "scale", "rotate")
@@ -87,22 +93,61 @@ class DSA:
     def __repr__(self) -> str:
         return f"DSA({list(self.names)}, mode={self.mode!r}, batchwise={self.batchwise})"
 
+    def plan(self, seed: int, shape) -> list[tuple[str, list[Tensor]]]:
+        """The transforms one call applies, in order, each with its parameters (CPU tensors of one value per
+        image), drawn in the order the transforms use them."""
+        r = _Rand(seed, shape[0], self.batchwise)
+        if self.mode == "all":
+            return [(name, _TRANSFORMS[name].draw(r, shape)) for name in self.names]
+        if self.mode == "one":
+            name = self.names[r.choice(len(self.names))]
+            return [(name, _TRANSFORMS[name].draw(r, shape))]
+        # color_then_one: color's draws come before the pick, as before, so old seeds replay bit for bit
+        steps = [("color", _TRANSFORMS["color"].draw(r, shape))] if self.color else []
+        if self.choices:
+            name = self.choices[r.choice(len(self.choices))]
+            steps.append((name, _TRANSFORMS[name].draw(r, shape)))
+        return steps
+
     def __call__(self, x: Tensor, seed: int) -> Tensor:
         if not self.names or x.shape[0] == 0:
             return x
-        r = _Rand(seed, x.shape[0], self.batchwise)
-        if self.mode == "all":
-            for name in self.names:
-                x = _TRANSFORMS[name](x, r)
-        elif self.mode == "one":
-            x = _TRANSFORMS[self.names[r.choice(len(self.names))]](x, r)
-        else:
-            # Color's draws come before the pick, as before, so old seeds replay bit for bit.
-            if self.color:
-                x = _TRANSFORMS["color"](x, r)
-            if self.choices:
-                x = _TRANSFORMS[self.choices[r.choice(len(self.choices))]](x, r)
+        steps = self.plan(seed, x.shape)
+        for (name, _), params in zip(steps, _on_device([p for _, p in steps], x.device)):
+            x = _TRANSFORMS[name].apply(x, *params)
         return x
+
+    def stacked(self, x: Tensor, seeds: list[int]) -> Tensor:
+        """x (K, n, C, H, W): model k's batch augmented as ``self(x[k], seeds[k])``, the same numbers, with the
+        images of every model that applies a transform at a given position of its plan done in one call."""
+        if len(seeds) != x.shape[0]:
+            raise ValueError(f"need one seed per batch ({x.shape[0]}), got {len(seeds)}")
+        if not self.names or x.shape[1] == 0:
+            return x
+        plans = [self.plan(seed, x.shape[1:]) for seed in seeds]
+        moved = iter(_on_device([p for plan in plans for _, p in plan], x.device))
+        params = [[next(moved) for _ in plan] for plan in plans]
+        batches = list(x.unbind(0))
+        for pos in range(max(len(plan) for plan in plans)):
+            groups: dict[str, list[int]] = {}
+            for k, plan in enumerate(plans):
+                if pos < len(plan):
+                    groups.setdefault(plan[pos][0], []).append(k)
+            for name, ks in groups.items():
+                together = torch.cat([batches[k] for k in ks])
+                args = [torch.cat(parts) for parts in zip(*(params[k][pos] for k in ks))]
+                for k, out in zip(ks, _TRANSFORMS[name].apply(together, *args).split(x.shape[1])):
+                    batches[k] = out
+        return torch.stack(batches)
+
+
+def _on_device(param_lists: list[list[Tensor]], device) -> list[list[Tensor]]:
+    """The parameter lists on `device`, moved in one copy (as float32: every integer drawn is small)."""
+    flat = [p for params in param_lists for p in params]
+    if not flat or torch.device(device).type == "cpu":
+        return [[p.to(torch.float32) for p in params] for params in param_lists]
+    moved = iter(to_device(torch.cat([p.to(torch.float32) for p in flat]), device).split([len(p) for p in flat]))
+    return [[next(moved) for _ in params] for params in param_lists]
 
 
 class _Rand:
@@ -132,12 +177,17 @@ class _Rand:
         return self._shape(torch.randint(low, high, (self.n,), generator=self._gen()))
 
 
-def _color(x: Tensor, r: _Rand) -> Tensor:
-    n = x.shape[0]
-    b = r.uniform(-0.5, 0.5) * BRIGHTNESS
-    s = r.uniform(0.0, SATURATION)
-    c = r.uniform(1.0 - CONTRAST, 1.0 + CONTRAST)
-    b, s, c = (t.to(x.device, x.dtype).view(n, 1, 1, 1) for t in (b, s, c))
+class _Transform(NamedTuple):
+    draw: Callable  # (r, shape) -> list of CPU tensors, one value per image
+    apply: Callable  # (x, *params on x's device, float32) -> augmented x
+
+
+def _draw_color(r: _Rand, shape) -> list[Tensor]:
+    return [r.uniform(-0.5, 0.5) * BRIGHTNESS, r.uniform(0.0, SATURATION), r.uniform(1.0 - CONTRAST, 1.0 + CONTRAST)]
+
+
+def _color(x: Tensor, b: Tensor, s: Tensor, c: Tensor) -> Tensor:
+    b, s, c = (t.to(x.dtype).view(-1, 1, 1, 1) for t in (b, s, c))
     x = x + b
     m = x.mean(dim=1, keepdim=True)  # saturation: a no-op for one channel
     x = (x - m) * s + m
@@ -145,12 +195,21 @@ def _color(x: Tensor, r: _Rand) -> Tensor:
     return (x - m) * c + m
 
 
-def _crop(x: Tensor, r: _Rand) -> Tensor:
+def _shifts(shape) -> tuple[int, int]:
+    h, w = shape[-2], shape[-1]
+    return int(h * CROP + 0.5), int(w * CROP + 0.5)
+
+
+def _draw_crop(r: _Rand, shape) -> list[Tensor]:
+    sh, sw = _shifts(shape)
+    return [r.randint(-sh, sh + 1), r.randint(-sw, sw + 1)]
+
+
+def _crop(x: Tensor, ty: Tensor, tx: Tensor) -> Tensor:
     """Integer translation with zero fill, via pad + per-image gather."""
     n, _, h, w = x.shape
-    sh, sw = int(h * CROP + 0.5), int(w * CROP + 0.5)
-    ty = r.randint(-sh, sh + 1).to(x.device)
-    tx = r.randint(-sw, sw + 1).to(x.device)
+    sh, sw = _shifts(x.shape)
+    ty, tx = ty.long(), tx.long()
     xp = F.pad(x, [sw, sw, sh, sh])
     rows = torch.arange(h, device=x.device)[None, :] + sh - ty[:, None]  # (n, h)
     cols = torch.arange(w, device=x.device)[None, :] + sw - tx[:, None]  # (n, w)
@@ -159,12 +218,15 @@ def _crop(x: Tensor, r: _Rand) -> Tensor:
     return out.permute(0, 3, 1, 2)
 
 
-def _cutout(x: Tensor, r: _Rand) -> Tensor:
+def _draw_cutout(r: _Rand, shape) -> list[Tensor]:
+    return [r.randint(0, shape[-2]), r.randint(0, shape[-1])]
+
+
+def _cutout(x: Tensor, cy: Tensor, cx: Tensor) -> Tensor:
     """Zero a square of side CUTOUT*size centred at a random pixel (clipped at borders)."""
     n, _, h, w = x.shape
     ch, cw = int(h * CUTOUT + 0.5), int(w * CUTOUT + 0.5)
-    cy = r.randint(0, h).to(x.device)
-    cx = r.randint(0, w).to(x.device)
+    cy, cx = cy.long(), cx.long()
     y0, x0 = (cy - ch // 2)[:, None], (cx - cw // 2)[:, None]
     ys, xs = torch.arange(h, device=x.device)[None, :], torch.arange(w, device=x.device)[None, :]
     in_y = (ys >= y0) & (ys < y0 + ch)  # (n, h)
@@ -173,36 +235,42 @@ def _cutout(x: Tensor, r: _Rand) -> Tensor:
     return x * keep[:, None].to(x.dtype)
 
 
-def _flip(x: Tensor, r: _Rand) -> Tensor:
-    n = x.shape[0]
-    do = r.uniform(0.0, 1.0).lt(0.5).to(x.device).view(n, 1, 1, 1)
-    return torch.where(do, x.flip(3), x)
+def _draw_flip(r: _Rand, shape) -> list[Tensor]:
+    return [r.uniform(0.0, 1.0)]
+
+
+def _flip(x: Tensor, u: Tensor) -> Tensor:
+    return torch.where(u.lt(0.5).view(-1, 1, 1, 1), x.flip(3), x)
 
 
 def _affine(x: Tensor, theta: Tensor) -> Tensor:
-    """Resample x with per-image 2x3 matrices built on the CPU (zero padding)."""
-    theta = theta.to(x.device, x.dtype)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=True)
+    """Resample x with per-image 2x3 matrices (zero padding); theta is built in float32, as drawn."""
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=True)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
 
 
-def _scale(x: Tensor, r: _Rand) -> Tensor:
-    n = x.shape[0]
-    sx = r.uniform(1.0 / SCALE, SCALE)
-    sy = r.uniform(1.0 / SCALE, SCALE)
-    z = torch.zeros(n)
+def _draw_scale(r: _Rand, shape) -> list[Tensor]:
+    return [r.uniform(1.0 / SCALE, SCALE), r.uniform(1.0 / SCALE, SCALE)]
+
+
+def _scale(x: Tensor, sx: Tensor, sy: Tensor) -> Tensor:
+    z = torch.zeros_like(sx)
     theta = torch.stack([torch.stack([sx, z, z], 1), torch.stack([z, sy, z], 1)], 1)
     return _affine(x, theta)
 
 
-def _rotate(x: Tensor, r: _Rand) -> Tensor:
-    n = x.shape[0]
-    a = r.uniform(-ROTATE, ROTATE) * (math.pi / 180.0)
-    cos, sin, z = torch.cos(a), torch.sin(a), torch.zeros(n)
+def _draw_rotate(r: _Rand, shape) -> list[Tensor]:
+    return [r.uniform(-ROTATE, ROTATE) * (math.pi / 180.0)]
+
+
+def _rotate(x: Tensor, a: Tensor) -> Tensor:
+    cos, sin, z = torch.cos(a), torch.sin(a), torch.zeros_like(a)
     theta = torch.stack([torch.stack([cos, sin, z], 1), torch.stack([-sin, cos, z], 1)], 1)
     return _affine(x, theta)
 
 
 _TRANSFORMS = {
-    "color": _color, "crop": _crop, "cutout": _cutout, "flip": _flip, "scale": _scale, "rotate": _rotate,
-}  # fmt: skip
+    "color": _Transform(_draw_color, _color), "crop": _Transform(_draw_crop, _crop),
+    "cutout": _Transform(_draw_cutout, _cutout), "flip": _Transform(_draw_flip, _flip),
+    "scale": _Transform(_draw_scale, _scale), "rotate": _Transform(_draw_rotate, _rotate),
+}

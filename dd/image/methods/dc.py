@@ -225,7 +225,7 @@ def set_up(ctx: RunContext) -> Run:
     outer_loop, inner_loop = loops(m, cfg.ipc)
     images, labels = initial_images(data, cfg.ipc, m.init, seeds.generator("dc_init", cfg.seed))
     syn = LearnedImages.create(images.to(device), labels.to(device), cfg.ipc, m.lr_img, m.momentum_img)
-    state, ckpt = LoopState(), Checkpointer(ctx.out_dir / CHECKPOINT, run_digest(cfg), device)
+    state, ckpt = LoopState(), Checkpointer(ctx.out_dir / CHECKPOINT, run_digest(cfg))
     if cfg.resume:
         state = ckpt.restore(syn, LoopState)
     class_images = [data.train_x[data.indices_of_class(c)].to(device) for c in range(data.num_classes)]

@@ -181,7 +181,7 @@ def set_up(ctx: RunContext) -> Setup:
     syn = LearnedImages.create(images.to(ctx.device), labels.to(ctx.device), cfg.ipc, m.lr_img, m.momentum)
     real_by_class = [data.train_x[data.indices_of_class(c)].to(ctx.device) for c in range(data.num_classes)]
     dsa = DSA(m.dsa_strategy, flip=data.flip, batchwise=True) if m.dsa else None
-    state, ckpt = LoopState(), Checkpointer(ctx.out_dir / CHECKPOINT, run_digest(cfg), ctx.device)
+    state, ckpt = LoopState(), Checkpointer(ctx.out_dir / CHECKPOINT, run_digest(cfg))
     if cfg.resume:
         state = ckpt.restore(syn, LoopState, gen)
     return Setup(syn, real_by_class, dsa, gen, state, ckpt)

@@ -358,7 +358,7 @@ def match_trajectories(ctx: RunContext, how: Matching) -> SynSet:
     dsa = DSA(flip=data.flip) if m.dsa else None
     gen = seeds.generator("distill", cfg.seed)
     syn = how.initial_synthetic(ctx, buffer, experts, student, gen)
-    state, ckpt = LoopState(), Checkpointer(ctx.out_dir / CHECKPOINT, run_digest(cfg), device)
+    state, ckpt = LoopState(), Checkpointer(ctx.out_dir / CHECKPOINT, run_digest(cfg))
     if cfg.resume:
         state = ckpt.restore(syn, LoopState, gen)
 

@@ -70,6 +70,10 @@ class EvalConfig:
     # robust: epochs of the full-data condition (null = epochs). Full data takes many steps per epoch: on
     # digits at epochs=300 it is ~28 of ~30 CPU-minutes; lr, schedule shape and DSA stay the run's
     robust_full_epochs: int | None = None
+    # CUDA only (dd.precision): TF32 matmuls/convolutions, bf16 autocast (null | bf16), channels_last layout
+    tf32: bool = True
+    autocast: str | None = None
+    channels_last: bool = False
 
 
 @dataclass
@@ -87,6 +91,8 @@ class InnerConfig:
     # auto: the MB the kept inner-step graphs may take; null = half of the free device (or host) memory
     memory_budget_mb: float | None = None
     optimizer: str = "sgd"  # sgd | momentum | adam (momentum/adam need engine=higher)
+    # CUDA only: TF32 in the meta-gradient (off: its second-order products stay float32; dd.precision)
+    tf32: bool = False
 
 
 @dataclass
@@ -102,7 +108,13 @@ class BufferConfig:
     expert_ids: list[int] | None = None  # shard: train exactly these experts
     start: int = 0  # shard: or experts start..start+count-1
     count: int | None = None
-    parallel: int = 1  # experts trained at once in one vmapped computation (same files as one at a time)
+    # experts trained at once in one vmapped computation (the same experts as one at a time, up to float
+    # rounding); null = 1 on the CPU, on CUDA as many as free memory allows
+    parallel: int | None = None
+    # CUDA only (dd.precision): TF32, bf16 autocast (null | bf16), channels_last layout of expert training
+    tf32: bool = True
+    autocast: str | None = None
+    channels_last: bool = False
 
 
 @dataclass
@@ -161,7 +173,8 @@ class Config:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     ipc: int = 10
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    device: str = "${oc.env:DD_DEVICE,auto}"  # auto | cpu | cuda | cuda:N (default: $DD_DEVICE, else auto)
+    cudnn_benchmark: bool = True  # CUDA: let cuDNN pick its fastest algorithm per input shape (dd.precision)
     inner: InnerConfig = field(default_factory=InnerConfig)
     buffer: BufferConfig = field(default_factory=BufferConfig)
     resume: bool = False  # continue from the run folder's checkpoint (give the folder with hydra.run.dir=...)
@@ -180,7 +193,8 @@ class EvalSetConfig:
     use_set_lr: bool = True  # train with the set's learned lr when it has one
     dataset_root: str | None = None  # where the set's dataset lives, if not where it was recorded
     seed: int = 0
-    device: str = "auto"
+    device: str = "${oc.env:DD_DEVICE,auto}"
+    cudnn_benchmark: bool = True
     progress: bool = True
 
 

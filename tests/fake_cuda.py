@@ -132,7 +132,9 @@ class FakeCuda:
 
     @property
     def syncs(self) -> int:
-        return sum(self.sync_counts.values())
+        """Waits of the host for the GPU. A non-blocking copy from pageable memory is counted apart
+        (`h2d_pageable`) and not here: CUDA stages it and returns without a wait, but it is no true async DMA."""
+        return sum(n for kind, n in self.sync_counts.items() if kind != "h2d_pageable")
 
     def reset_counts(self) -> None:
         self.sync_counts.clear()
@@ -172,6 +174,21 @@ class FakeCuda:
         def synchronize(*_a, **_k):
             harness.sync("synchronize")
 
+        real_group = torch._C._group_tensors_by_device_and_dtype
+
+        def group(tensorlistlist, with_indices=False):
+            """foreach grouping (optimisers, grad clipping) keyed by the tagged device, as on CUDA."""
+            out = {}
+            for (device, dtype), (lists, indices) in real_group(tensorlistlist, True).items():
+                for j, i in enumerate(indices):
+                    dev = harness.device_of(lists[0][j]) if device.type == "cpu" else device
+                    sub, idx = out.setdefault((dev, dtype), ([[] for _ in lists], []))
+                    for k, lst in enumerate(lists):
+                        if lst:  # an empty list (amsgrad's when off) stays empty
+                            sub[k].append(lst[j])
+                    idx.append(i)
+            return {key: (sub, idx if with_indices else []) for key, (sub, idx) in out.items()}
+
         s = self._stack = ExitStack()
         patches = {
             "torch.cuda.is_available": lambda: True, "torch.cuda.device_count": lambda: 1,
@@ -184,6 +201,9 @@ class FakeCuda:
             "torch.cuda.manual_seed": lambda *_a: None, "torch.cuda.manual_seed_all": lambda *_a: None,
             "torch.cuda.set_sync_debug_mode": lambda *_a: None, "torch.backends.cudnn.is_available": lambda: True,
             "torch.Generator": FakeGenerator, "torch.load": load,
+            # optimisers' step() asks the accelerator's current stream whether a CUDA graph is being captured
+            "torch.accelerator.current_stream": lambda *_a: _NO_CAPTURE,
+            "torch._C._group_tensors_by_device_and_dtype": group,
         }
         for target, value in patches.items():
             s.enter_context(mock.patch(target, value))
@@ -198,6 +218,17 @@ class FakeCuda:
             FakeCuda.active = None
             self._tags.clear()
             self._pinned.clear()
+
+
+class _Stream:
+    """The current stream as optimisers query it: never capturing a CUDA graph."""
+
+    @staticmethod
+    def is_capturing() -> bool:
+        return False
+
+
+_NO_CAPTURE = _Stream()
 
 
 def _device_arg(value) -> torch.device | None:

@@ -5,6 +5,7 @@ import torch
 from omegaconf import OmegaConf
 
 from dd.config import BufferConfig, EvalConfig, ModelConfig
+from dd.errors import DDError
 from dd.image.evaluate import evaluate_set
 from dd.image.experts import expert_seeds, train_expert, train_experts_batched
 
@@ -59,4 +60,14 @@ def test_batched_expert_trajectory_equals_sequential(digits_data):
         assert torch.allclose(traj, ref, rtol=1e-4, atol=1e-5)
         assert abs(acc - ref_acc) <= 2 / len(digits.test_y)
     assert not torch.allclose(batched[0][0][-1], batched[1][0][-1])  # different seeds, different experts
-    assert BufferConfig().parallel == 1
+
+
+def test_experts_train_one_at_a_time_on_cpu_unless_told(digits_data):
+    from dd.image.experts import experts_at_once
+
+    assert BufferConfig().parallel is None  # auto
+    cfg = OmegaConf.create({"model": dict(MODEL), "buffer": {"batch_size": 256}})
+    assert experts_at_once(None, 10, cfg, digits_data, "cpu") == 1
+    assert experts_at_once(4, 10, cfg, digits_data, "cpu") == 4
+    with pytest.raises(DDError, match="buffer.parallel=0"):
+        experts_at_once(0, 10, cfg, digits_data, "cpu")

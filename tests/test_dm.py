@@ -145,7 +145,7 @@ def test_each_iteration_gets_a_fresh_network_reproducible_from_the_seed(digits_d
     real = dm.dm_iteration
 
     def recording(syn, net, *a, **k):
-        start = flat(net)
+        start = flat(net).cpu()  # on the run's device; the reference network below is built on the CPU
         out = real(syn, net, *a, **k)
         assert torch.equal(flat(net), start)  # the step trains the images, never the network
         seen.append(start)

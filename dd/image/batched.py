@@ -22,6 +22,7 @@ from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
+from dd.device import to_device
 from dd.errors import DDError
 
 log = logging.getLogger(__name__)
@@ -45,14 +46,19 @@ class ModelStack:
         """Model i's parameters as one flat vector (FlatModel's order)."""
         return torch.cat([self.params[n][i].reshape(-1) for n in self.names])
 
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.params.values())).device
+
     @torch.no_grad()
     def accuracy(self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> list[float]:
-        """Each model's accuracy on the same (x, y)."""
+        """Each model's accuracy on the same (x, y), counted on the device (one transfer at the end)."""
         logits_fn = vmap(self.forward, in_dims=(0, 0, None))
-        correct = torch.zeros(self.k, dtype=torch.long)
+        x, y = to_device(x, self.device), to_device(y, self.device)
+        correct = torch.zeros(self.k, dtype=torch.long, device=self.device)
         for i in range(0, len(x), batch_size):
             logits = logits_fn(self.params, self.buffers, x[i : i + batch_size])
-            correct += (logits.argmax(-1).cpu() == y[i : i + batch_size].cpu()).sum(1)
+            correct += (logits.argmax(-1) == y[i : i + batch_size]).sum(1)
         return [c / len(x) for c in correct.tolist()]  # exact fractions, as the sequential accuracy
 
     @torch.no_grad()
@@ -60,8 +66,7 @@ class ModelStack:
         """Model i's class probabilities (softmax, temperature 1) on its own inputs xs[i], on the CPU."""
         if len(xs) != self.k:
             raise ValueError(f"need one input batch per model ({self.k}), got {len(xs)}")
-        device = next(iter(self.params.values())).device
-        x = torch.stack(list(xs)).to(device)  # (K, M, C, H, W)
+        x = to_device(torch.stack(list(xs)), self.device)  # (K, M, C, H, W)
         logits_fn = vmap(self.forward, in_dims=(0, 0, 0))
         probs = torch.cat([torch.softmax(logits_fn(self.params, self.buffers, x[:, i : i + batch_size]), dim=-1).cpu()
                            for i in range(0, x.shape[1], batch_size)], dim=1)
@@ -108,22 +113,20 @@ def train_stack(
         raise ValueError(f"per_model: need one set per model ({stack.k}), got {len(images)} image and {len(labels)} label sets")
     n = images.shape[1] if per_model else len(images)
     rows = torch.arange(stack.k, device=device).unsqueeze(1)  # (K, 1): model k reads its own set
+    diverged = torch.zeros(stack.k, dtype=torch.bool, device=device)
     for epoch in tqdm(range(schedule.epochs), desc=desc, leave=False, disable=not progress):
         step_lr = schedule.lr(lr, epoch)
         if schedule.restarts_at(epoch):
             velocity = {k: torch.zeros_like(v) for k, v in stack.params.items()}
-        orders = [torch.randperm(n, generator=g).to(device) for g in generators]
+        # every model's order drawn from its own generator, moved in one copy: (K, n)
+        orders = to_device(torch.stack([torch.randperm(n, generator=g) for g in generators]), device)
         for start in range(0, n, batch_size):
-            idx = torch.stack([o[start : start + batch_size] for o in orders])  # (K, b)
+            idx = orders[:, start : start + batch_size]  # (K, b)
             x, y = (images[rows, idx], labels[rows, idx]) if per_model else (images[idx], labels[idx])
             if dsa is not None:
-                x = torch.stack([dsa(x[k], seed=int(torch.randint(2**31 - 1, (1,), generator=g)))
-                                 for k, g in enumerate(generators)])
+                x = dsa.stacked(x, [int(torch.randint(2**31 - 1, (1,), generator=g)) for g in generators])
             grads, losses = grads_and_losses(stack.params, stack.buffers, x, y)
-            if not torch.isfinite(losses).all():
-                bad = int((~torch.isfinite(losses)).nonzero()[0])
-                raise DDError(f"training diverged (model {bad} of the batch: loss {losses[bad].item()}) at epoch "
-                              f"{epoch} with lr={lr}; use a smaller lr")
+            diverged |= ~torch.isfinite(losses)
             with torch.no_grad():
                 for name, p in stack.params.items():
                     g = grads[name]
@@ -134,12 +137,32 @@ def train_stack(
                     p.sub_(step_lr * g)
         if on_epoch is not None:
             on_epoch(epoch, stack)
+        if bool(diverged.any()):  # the host reads one flag per epoch, never per step
+            bad = int(diverged.nonzero()[0])
+            raise DDError(f"training diverged (model {bad} of the batch: loss {float(losses[bad])}) by epoch "
+                          f"{epoch} with lr={lr}; use a smaller lr")
+
+
+def step_bytes(stack: ModelStack, x: torch.Tensor, y: torch.Tensor, loss_fn) -> int:
+    """Device bytes one training step of the stack's models on batch (x, y) holds: the activations autograd
+    keeps (measured while the graph is alive, so twice that covers their gradients) plus each model's
+    parameters, gradients and momentum."""
+    device = stack.device
+    before = torch.cuda.memory_allocated(device)
+    params = {k: v.detach().requires_grad_(True) for k, v in stack.params.items()}
+    with torch.enable_grad():
+        loss = vmap(lambda p, b: loss_fn(stack.forward(p, b, x), y))(params, stack.buffers).sum()
+        held = torch.cuda.memory_allocated(device) - before
+    del loss
+    weights = sum(v.numel() * v.element_size() for v in stack.params.values())
+    return int(2 * held + 3 * weights)
 
 
 def model_batch_size(requested: int | None, total: int, device: torch.device, probe=None) -> int:
     """How many models to train at once: the config's number, or on CUDA what free memory allows.
 
-    probe(k) runs one training step for k models; its peak memory per model sizes the batch.
+    probe(k) returns the device bytes one training step of k models holds (`step_bytes`); it reads no
+    peak statistics, so it leaves a caller's torch.cuda.max_memory_allocated as it was.
     """
     if requested is not None:
         if requested <= 0:
@@ -147,12 +170,9 @@ def model_batch_size(requested: int | None, total: int, device: torch.device, pr
         return min(requested, total)
     if device.type != "cuda" or probe is None:
         return total  # CPU: these models are small next to host memory
-    torch.cuda.synchronize(device)
     free, _ = torch.cuda.mem_get_info(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    before = torch.cuda.memory_allocated(device)
-    probe(2)
-    per_model = max(1, (torch.cuda.max_memory_allocated(device) - before) // 2)
+    free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)  # the allocator's cache
+    per_model = max(1, probe(2) // 2)
     fit = int(0.7 * free // per_model)
     log.info("model batch: %d of %d fit in %.1f GiB free (%.0f MiB per model)", min(fit, total), total,
              free / 2**30, per_model / 2**20)

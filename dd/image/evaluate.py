@@ -24,9 +24,11 @@ from tqdm.auto import tqdm
 
 from dd import seeds
 from dd.data import DSA, ImageDataset
+from dd.device import to_device
 from dd.errors import DDError
-from dd.image.batched import ModelStack, faster_batched, model_batch_size, train_stack
+from dd.image.batched import ModelStack, faster_batched, model_batch_size, step_bytes, train_stack
 from dd.models import build_model, model_has_state
+from dd.precision import check_autocast, model_layout, of_phase, phase, to_layout
 from dd.workers import Stopped, check_workers, run_jobs, worker_count
 
 log = logging.getLogger(__name__)
@@ -118,13 +120,15 @@ def set_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> float:
+    """The fraction of (x, y) the model gets right; counted on the model's device, one transfer at the end."""
     device = next(model.parameters()).device
     model.eval()
-    correct = 0
+    y = to_device(y, device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
     for i in range(0, len(x), batch_size):
-        logits = model(x[i : i + batch_size].to(device))
-        correct += (logits.argmax(1).cpu() == y[i : i + batch_size].cpu()).sum().item()
-    return correct / len(x)
+        logits = model(to_device(x[i : i + batch_size], device))
+        correct += (logits.argmax(1) == y[i : i + batch_size]).sum()
+    return int(correct) / len(x)
 
 
 def train_on_set(
@@ -142,11 +146,15 @@ def train_on_set(
     progress: bool = False,
     desc: str = "train",
     stop: threading.Event | None = None,
+    check_every: int = 1,
+    channels_last: bool = False,
 ) -> None:
     """Train `model` in place; `generator` (CPU) drives data order and augmentation draws.
-    `stop` (dd.workers): checked every epoch; once set, training ends with dd.workers.Stopped."""
+    `stop` (dd.workers): checked every epoch; once set, training ends with dd.workers.Stopped.
+    The loss is checked for NaN/inf on the device and read by the host once every `check_every` epochs (and
+    after the last), so no step waits for the GPU; a diverged run raises then."""
     device = next(model.parameters()).device
-    images, labels = images.detach().to(device), labels.detach().to(device)
+    images, labels = to_device(images.detach(), device), to_device(labels.detach(), device)
 
     def new_optimizer(step_lr):
         return torch.optim.SGD(model.parameters(), lr=step_lr, momentum=momentum, weight_decay=weight_decay)
@@ -154,6 +162,7 @@ def train_on_set(
     opt = new_optimizer(lr)
     n = len(images)
     model.train()
+    diverged = torch.zeros((), dtype=torch.bool, device=device)
     for epoch in tqdm(range(schedule.epochs), desc=desc, leave=False, disable=not progress):
         if stop is not None and stop.is_set():
             raise Stopped
@@ -161,18 +170,19 @@ def train_on_set(
             opt = new_optimizer(schedule.lr(lr, epoch))
         for group in opt.param_groups:
             group["lr"] = schedule.lr(lr, epoch)
-        order = torch.randperm(n, generator=generator).to(device)
+        order = to_device(torch.randperm(n, generator=generator), device)
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
             x = images[idx]
             if dsa is not None:
                 x = dsa(x, seed=int(torch.randint(2**31 - 1, (1,), generator=generator)))
-            loss = set_loss(model(x), labels[idx])
-            if not torch.isfinite(loss):
-                raise DDError(f"training diverged (loss {loss.item()}) at epoch {epoch} with lr={lr}; use a smaller lr")
+            loss = set_loss(model(to_layout(x, channels_last)), labels[idx])
+            diverged |= ~torch.isfinite(loss)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+        if ((epoch + 1) % check_every == 0 or epoch == schedule.epochs - 1) and bool(diverged):
+            raise DDError(f"training diverged (loss {float(loss)}) by epoch {epoch} with lr={lr}; use a smaller lr")
 
 
 def evaluate_set(
@@ -215,6 +225,8 @@ def evaluate_set(
     if predict is not None and len(predict) != len(model_seeds):
         raise ValueError(f"predict needs one input batch per model ({len(model_seeds)}), got {len(predict)}")
     check_workers(eval_cfg.get("workers"))
+    precision = of_phase(eval_cfg)
+    check_autocast(precision["autocast"], "eval.autocast")
     batched = eval_cfg.get("batched")
     with torch.device("meta"):  # shapes only: no memory, no draw from the global generator
         probe = new_model(model_cfg, data)
@@ -226,8 +238,9 @@ def evaluate_set(
                  model_options(model_cfg)[0], len(model_seeds))
         batched = False
     train = _train_batched if batched else _train_sequential
-    accs, predictions = train(sets, data, model_cfg, eval_cfg, schedule, lr, model_seeds, dsa, device, progress, desc,
-                              predict)
+    with phase(precision["tf32"], device, precision["autocast"]):
+        accs, predictions = train(sets, data, model_cfg, eval_cfg, schedule, lr, model_seeds, dsa, device, progress,
+                                  desc, predict)
     return EvalResult(
         per_model=accs,
         mean=float(np.mean(accs)),
@@ -266,24 +279,25 @@ class ModelSeeds:
 
 def fresh_model(model_cfg, data, init_seed: int, device) -> torch.nn.Module:
     torch.manual_seed(init_seed)  # module initialisers draw from the global generator
-    return new_model(model_cfg, data).to(device)
+    return new_model(model_cfg, data).to(device, non_blocking=True)  # CUDA stages it: no wait
 
 
 def _train_sequential(sets, data, model_cfg, eval_cfg, schedule, lr, seeds, dsa, device, progress, desc, predict):
     """One model after another, or on CPU `eval.workers` of them at once (dd.workers): the same models either way."""
-    test_x, test_y = data.test_x.to(device), data.test_y
+    test_x, test_y = to_device(data.test_x, device), to_device(data.test_y, device)
     workers = worker_count(eval_cfg.get("workers"), len(seeds), device)  # checked by evaluate_set
+    channels_last = bool(eval_cfg.get("channels_last", False))
 
     def train_one(k: int, stop: threading.Event):
         with _global_rng:  # module initialisers draw from the global generator: one model at a time
-            model = fresh_model(model_cfg, data, seeds[k].init, device)
+            model = model_layout(fresh_model(model_cfg, data, seeds[k].init, device), channels_last)
         images, labels = sets[k]
         train_on_set(
             model, images, labels,
             schedule=schedule, lr=lr, batch_size=eval_cfg.batch_size,
             momentum=eval_cfg.momentum, weight_decay=eval_cfg.weight_decay,
             dsa=dsa, generator=torch.Generator().manual_seed(seeds[k].data), progress=progress and workers == 1,
-            desc=f"model {k}", stop=stop,
+            desc=f"model {k}", stop=stop, channels_last=channels_last,
         )
         acc = accuracy(model, test_x, test_y, eval_cfg.test_batch_size)
         probs = None if predict is None else probabilities(model, predict[k], eval_cfg.test_batch_size)
@@ -307,11 +321,11 @@ def _train_batched(sets, data, model_cfg, eval_cfg, schedule, lr, seeds, dsa, de
     """The same protocol, every model of a chunk in one vmapped computation (dd.image.batched)."""
     shared = all(s is sets[0] for s in sets)  # one set for all models, or model k's own set k
     if shared:
-        images, labels = (t.detach().to(device) for t in sets[0])
+        images, labels = (to_device(t.detach(), device) for t in sets[0])
     else:  # (K, N, ...): the K sets stacked (they have one size)
-        images = torch.stack([x for x, _ in sets]).detach().to(device)
-        labels = torch.stack([y for _, y in sets]).detach().to(device)
-    test_x, test_y = data.test_x.to(device), data.test_y
+        images = to_device(torch.stack([x for x, _ in sets]).detach(), device)
+        labels = to_device(torch.stack([y for _, y in sets]).detach(), device)
+    test_x, test_y = to_device(data.test_x, device), to_device(data.test_y, device)
 
     def run_chunk(first, chunk_seeds, schedule=schedule, bar=False):
         stack = ModelStack([fresh_model(model_cfg, data, s.init, device) for s in chunk_seeds])
@@ -325,9 +339,13 @@ def _train_batched(sets, data, model_cfg, eval_cfg, schedule, lr, seeds, dsa, de
         )
         return stack
 
-    probe_schedule = Schedule(1, 0, restart=False)
-    per_chunk = model_batch_size(eval_cfg.get("model_batch"), len(seeds), torch.device(device),
-                                 probe=lambda k: run_chunk(0, seeds[:k], schedule=probe_schedule))
+    def probe(k: int) -> int:  # bytes one training step of k models holds (dd.image.batched.step_bytes)
+        stack = ModelStack([fresh_model(model_cfg, data, s.init, device) for s in seeds[:k]])
+        x = (images if shared else images[0])[: eval_cfg.batch_size]
+        y = (labels if shared else labels[0])[: eval_cfg.batch_size]
+        return step_bytes(stack, x, y, set_loss)
+
+    per_chunk = model_batch_size(eval_cfg.get("model_batch"), len(seeds), torch.device(device), probe=probe)
     accs, predictions = [], []
     for i in range(0, len(seeds), per_chunk):
         stack = run_chunk(i, seeds[i : i + per_chunk], bar=progress)

@@ -16,6 +16,7 @@ experts, and shards (``buffer.expert_ids``) can fill one folder concurrently.
 import hashlib
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,10 +28,13 @@ from tqdm.auto import tqdm
 
 from dd import seeds
 from dd.data import DSA, ImageDataset
+from dd.device import to_device
 from dd.errors import DDError
 from dd.fsutil import write_file, write_json
+from dd.image.batched import ModelStack, model_batch_size, step_bytes, train_stack
 from dd.image.evaluate import ModelSeeds, Schedule, accuracy, fresh_model, model_options, set_loss
 from dd.models import FlatModel, model_has_state
+from dd.precision import check_autocast, model_layout, of_phase, phase, to_layout
 
 log = logging.getLogger(__name__)
 
@@ -145,9 +149,13 @@ class Buffer:
 
 
 def train_expert(data: ImageDataset, model_cfg, recipe: dict, seed: ModelSeeds, device, progress: bool = True,
-                 desc: str = "expert") -> tuple[torch.Tensor, float]:
-    """Train one expert; return its trajectory (epochs + 1, P) on CPU and its final test accuracy."""
-    model = fresh_model(model_cfg, data, seed.init, device)
+                 desc: str = "expert", precision: dict | None = None) -> tuple[torch.Tensor, float]:
+    """Train one expert; return its trajectory (epochs + 1, P) on CPU and its final test accuracy.
+    The host reads one number per epoch (the loss, shown and checked for NaN then); each epoch's parameters
+    go to pinned host memory without a wait."""
+    precision = precision or {}
+    channels_last = precision.get("channels_last", False)
+    model = model_layout(fresh_model(model_cfg, data, seed.init, device), channels_last)
     if model_has_state(model):
         raise DDError(f"model '{model_cfg.name}' keeps BatchNorm running statistics, which trajectory matching "
                       "cannot replay; use norm=instance (or another stateless norm)")
@@ -155,55 +163,91 @@ def train_expert(data: ImageDataset, model_cfg, recipe: dict, seed: ModelSeeds, 
     gen = torch.Generator().manual_seed(seed.data)
     dsa = DSA(flip=data.flip) if recipe["dsa"] else None
     opt = torch.optim.SGD(model.parameters(), lr=recipe["lr"], momentum=0, weight_decay=0)
-    x_all, y_all = data.train_x.to(device), data.train_y.to(device)
-    trajectory = [flat.flatten().cpu()]
+    x_all, y_all = to_device(data.train_x, device), to_device(data.train_y, device)
+    trajectory = HostTrajectories(1, recipe["epochs"] + 1, flat.numel, device)
+    trajectory.record(0, [flat.flatten()])
     bar = tqdm(range(recipe["epochs"]), desc=desc, leave=False, disable=not progress)
     for epoch in bar:
         model.train()
-        order = torch.randperm(len(x_all), generator=gen).to(device)
+        order = to_device(torch.randperm(len(x_all), generator=gen), device)
         for start in range(0, len(order), recipe["batch_size"]):
             idx = order[start : start + recipe["batch_size"]]
             x = x_all[idx]
             if dsa is not None:
                 x = dsa(x, seed=int(torch.randint(2**31 - 1, (1,), generator=gen)))
-            loss = set_loss(model(x), y_all[idx])
-            if not torch.isfinite(loss):
-                raise DDError(f"expert {desc} diverged at epoch {epoch} (loss {loss.item()}); lower buffer.lr")
+            loss = set_loss(model(to_layout(x, channels_last)), y_all[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        trajectory.append(flat.flatten().cpu())
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+        trajectory.record(epoch + 1, [flat.flatten()])
+        last = float(loss.detach())  # the epoch's one host read
+        if not math.isfinite(last):
+            raise DDError(f"expert {desc} diverged at epoch {epoch} (loss {last}); lower buffer.lr")
+        bar.set_postfix(loss=f"{last:.3f}")
     acc = accuracy(model, data.test_x, data.test_y)
-    return torch.stack(trajectory), acc
+    return trajectory.result()[0], acc
+
+
+class HostTrajectories:
+    """(K, epochs + 1, P) trajectories in host memory, filled from the device without waiting: pinned memory and
+    non-blocking copies on CUDA (read them with `result`, which waits once for the copies)."""
+
+    def __init__(self, k: int, epochs: int, numel: int, device):
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        self.host = torch.empty((k, epochs, numel), pin_memory=self.cuda)
+
+    def record(self, epoch: int, flats: list[torch.Tensor]) -> None:
+        for k, flat in enumerate(flats):
+            self.host[k, epoch].copy_(flat.detach(), non_blocking=self.cuda)
+
+    def result(self) -> list[torch.Tensor]:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+        return list(self.host.unbind(0))
 
 
 def train_experts_batched(data: ImageDataset, model_cfg, recipe: dict, model_seeds: list[ModelSeeds], device,
-                          progress: bool = True) -> list[tuple[torch.Tensor, float]]:
+                          progress: bool = True, precision: dict | None = None) -> list[tuple[torch.Tensor, float]]:
     """Train len(model_seeds) experts at once (dd.image.batched); each follows train_expert's trajectory."""
-    from dd.image.batched import ModelStack, train_stack
-
     models = [fresh_model(model_cfg, data, s.init, device) for s in model_seeds]
     if model_has_state(models[0]):
         raise DDError(f"model '{model_cfg.name}' keeps BatchNorm running statistics, which trajectory matching "
                       "cannot replay; use norm=instance (or another stateless norm)")
     stack = ModelStack(models)
-    trajectories = [[stack.flat(k).cpu()] for k in range(len(model_seeds))]
-
-    def record(epoch, st):
-        for k in range(st.k):
-            trajectories[k].append(st.flat(k).cpu())
-
+    trajectories = HostTrajectories(len(models), recipe["epochs"] + 1, FlatModel(models[0]).numel, device)
+    trajectories.record(0, [stack.flat(k) for k in range(stack.k)])
     train_stack(
-        stack, data.train_x.to(device), data.train_y.to(device),
+        stack, to_device(data.train_x, device), to_device(data.train_y, device),
         schedule=Schedule(recipe["epochs"], recipe["epochs"], restart=False),  # constant lr
         lr=recipe["lr"], batch_size=recipe["batch_size"], momentum=0.0, weight_decay=0.0,
         dsa=DSA(flip=data.flip) if recipe["dsa"] else None,
         generators=[torch.Generator().manual_seed(s.data) for s in model_seeds], loss_fn=set_loss,
-        on_epoch=record, progress=progress, desc=f"{len(model_seeds)} experts",
+        on_epoch=lambda epoch, st: trajectories.record(epoch + 1, [st.flat(k) for k in range(st.k)]),
+        progress=progress, desc=f"{len(model_seeds)} experts",
     )
-    accs = stack.accuracy(data.test_x.to(device), data.test_y)
-    return [(torch.stack(t), a) for t, a in zip(trajectories, accs)]
+    accs = stack.accuracy(data.test_x, data.test_y)
+    return list(zip(trajectories.result(), accs))
+
+
+def experts_at_once(setting: int | None, todo: int, cfg, data: ImageDataset, device) -> int:
+    """buffer.parallel: the number given; null: 1 on the CPU (dd.workers' cores serve evaluation better), on
+    CUDA as many as 70% of free memory holds (a single small ConvNet leaves a GPU idle)."""
+    if setting is not None:
+        if setting <= 0:
+            raise DDError(f"buffer.parallel={setting} is not allowed; give a positive number of experts, or null")
+        return setting
+    device = torch.device(device)
+    if device.type != "cuda" or todo <= 1:
+        return 1
+    batch = cfg.buffer.batch_size
+
+    def probe(k: int) -> int:
+        stack = ModelStack([fresh_model(cfg.model, data, expert_seeds(0, i).init, device) for i in range(k)])
+        return step_bytes(stack, to_device(data.train_x[:batch], device), to_device(data.train_y[:batch], device),
+                          set_loss)
+
+    return model_batch_size(None, todo, device, probe=probe)
 
 
 def expert_ids(buffer_cfg) -> list[int]:
@@ -229,23 +273,28 @@ def build_buffer(cfg, data: ImageDataset, device, ids: list[int] | None = None, 
     todo = [i for i in ids if i not in set(buffer.finished())]
     if len(todo) < len(ids):
         log.info("buffer %s: %d of %d experts already done, skipping them", folder, len(ids) - len(todo), len(ids))
-    parallel = max(1, int(b.get("parallel", 1)))
+    parallel = experts_at_once(b.get("parallel"), len(todo), cfg, data, device)
+    precision = of_phase(b)
+    check_autocast(precision["autocast"], "buffer.autocast")
     bar = tqdm(total=len(todo), desc=f"experts -> {folder.name}", disable=not progress)
     for i in range(0, len(todo), parallel):
         chunk = todo[i : i + parallel]
         t0 = time.perf_counter()
         chunk_seeds = [expert_seeds(int(b.seed), eid) for eid in chunk]
-        if len(chunk) > 1:
-            trained = train_experts_batched(data, cfg.model, identity["recipe"], chunk_seeds, device, progress)
-        else:
-            trained = [train_expert(data, cfg.model, identity["recipe"], chunk_seeds[0], device, progress,
-                                    desc=f"expert {chunk[0]}")]
+        with phase(precision["tf32"], device, precision["autocast"]):
+            if len(chunk) > 1:
+                trained = train_experts_batched(data, cfg.model, identity["recipe"], chunk_seeds, device, progress,
+                                                precision)
+            else:
+                trained = [train_expert(data, cfg.model, identity["recipe"], chunk_seeds[0], device, progress,
+                                        desc=f"expert {chunk[0]}", precision=precision)]
         seconds = (time.perf_counter() - t0) / len(chunk)
         for eid, seed, (traj, acc) in zip(chunk, chunk_seeds, trained):
             write_file(buffer.file(eid), lambda p, t=traj: save_file({"trajectory": t.contiguous()}, str(p)))
             write_json(buffer.record_path(eid), {"id": eid, "init_seed": seed.init, "data_seed": seed.data,
                                                  "test_accuracy": acc, "seconds": seconds,
-                                                 "num_params": traj.shape[1], "trained_with": len(chunk)})
+                                                 "num_params": traj.shape[1], "trained_with": len(chunk),
+                                                 "trained_on": str(device), "precision": precision})
             log.info("expert %d: test accuracy %.2f%% (%.0fs)", eid, 100 * acc, seconds)
         bar.update(len(chunk))
     bar.close()

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from dd import seeds
+from dd import precision, seeds
 from dd.data import load_image_dataset
-from dd.device import resolve_device
+from dd.device import describe, resolve_device
 from dd.errors import DDError
 from dd.export import META_FILE, image_set, load
 from dd.fsutil import write_json
@@ -61,6 +61,7 @@ def run_image(cfg: DictConfig, out_dir: str | Path, group: str | None = None) ->
     out_dir = Path(out_dir)
     check_config(cfg)
     device = resolve_device(cfg.device)
+    precision.start_run(cfg)
     timings = {}
     start = t0 = time.perf_counter()
     data = load_data(cfg)
@@ -99,6 +100,8 @@ def run_image(cfg: DictConfig, out_dir: str | Path, group: str | None = None) ->
             "ipc": cfg.ipc,
             "model": model_name,
             "seed": cfg.seed,
+            "device": describe(device),
+            "precision": precision.record(cfg, device),
             "eval": {"epochs": evaluation.epochs, "lr": evaluation.lr, "num_models": len(evaluation.per_model),
                      "schedule": cfg.eval.schedule},
             **({"paper_max": syn.extra_meta["paper_max"]} if syn.extra_meta.get("paper_max") else {}),
@@ -141,6 +144,7 @@ def evaluate_exported(cfg: DictConfig, out_dir: str | Path, group: str | None = 
     if model_cfg.get("name") in (None, "unknown"):
         raise DDError(f"{cfg.path} does not record its model; choose one with model=<name>")
     device = resolve_device(cfg.device)
+    precision.start_run(cfg)
     data = dataset_of(ds.meta, cfg.dataset_root)
     lr = float(ds.lr.reshape(-1)[-1]) if ds.lr is not None and cfg.use_set_lr else None
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -172,6 +176,8 @@ def evaluate_exported(cfg: DictConfig, out_dir: str | Path, group: str | None = 
         "model_options": options,
         "distilled_with": (ds.meta.get("model") or {}).get("name"),
         "seed": cfg.seed,
+        "device": describe(device),
+        "precision": precision.record(cfg, device),
         "set": str(Path(cfg.path).resolve()),
         "eval": {"epochs": result.epochs, "lr": result.lr, "num_models": len(result.per_model), "protocol": protocol},
         **({"robust": robust} if robust is not None else {}),

@@ -30,7 +30,9 @@ _step_bytes: dict[tuple, int] = {}
 def free_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
+        # plus what torch's caching allocator holds unused: free to this process, though not to the driver
+        # (the CPU branch counts the heap that dd.hostmem keeps the same way)
+        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
     try:
         with open("/proc/meminfo") as f:
             for line in f:

@@ -22,7 +22,7 @@ seed) inside `step_loss`, so recomputing step i gives the same function every ti
 """
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -41,11 +41,23 @@ class MetaGrad:
     grads: list[torch.Tensor]  # one per learnable, same shapes
     lr_grad: torch.Tensor  # same shape as lr
     theta: torch.Tensor  # theta_N, detached
+    _host: tuple[bool, float] | None = field(default=None, init=False, repr=False)
+
+    def host(self) -> tuple[bool, float]:
+        """(every value finite, the loss) read by the host in one transfer, the only wait of an iteration."""
+        if self._host is None:
+            finite = torch.stack([torch.isfinite(self.loss).all(), torch.isfinite(self.lr_grad).all(),
+                                  *(torch.isfinite(g).all() for g in self.grads)]).all()
+            flag, loss = torch.stack([finite.to(self.loss.dtype), self.loss.reshape(())]).tolist()
+            self._host = (bool(flag), loss)
+        return self._host
 
     def is_finite(self) -> bool:
         """Loss and every gradient free of NaN/inf: only then may an update be applied."""
-        return bool(torch.isfinite(self.loss).all() and torch.isfinite(self.lr_grad).all()
-                    and all(torch.isfinite(g).all() for g in self.grads))
+        return self.host()[0]
+
+    def loss_value(self) -> float:
+        return self.host()[1]
 
 
 def _lr_at(lr: torch.Tensor, i: int) -> torch.Tensor:

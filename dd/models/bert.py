@@ -11,12 +11,17 @@ The pretrained body is copied once into `body0` and never written: every run sta
 leak into the next. Attention is always eager (fused kernels have no double backward) and
 every dropout is off.
 
+On a GPU nothing here waits for the device: the 2D padding mask is handed to the body as a prepared
+4D additive mask where the body's transformers code would otherwise ask the GPU whether any token is
+padded (a host sync every forward), and a fresh head is drawn on the host and copied once.
+
 The word-embedding table is left out of the flat vector: the learner is fed `inputs_embeds`,
 so the table gets an exactly zero gradient on the distilled data and plain SGD would leave
 it unchanged anyway; keeping it out saves memory and time (it is a third of MiniLM).
 """
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +29,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from dd.device import to_device
 from dd.errors import DDError, require_positive
 from dd.models.functional import FlatModel
 
@@ -122,6 +128,20 @@ def load_backbone(cfg) -> Backbone:
     return Backbone(_no_dropout(body), tokenizer, name, source, cfg.pooling)
 
 
+def takes_4d_mask(body: nn.Module) -> bool:
+    """Whether the body builds its masks with transformers' masking_utils, which passes a prepared 4D mask
+    through as it is (and, given a 2D one, checks on the host whether any token is padded: a GPU sync)."""
+    module = sys.modules.get(type(body).__module__)
+    return module is not None and hasattr(module, "create_bidirectional_mask")
+
+
+def additive_mask(attention_mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """A (B, L) 0/1 padding mask as the (B, 1, 1, L) additive mask eager attention adds to its scores:
+    0 on attended keys, the dtype's minimum on padded ones (what transformers builds from the 2D mask)."""
+    keep = attention_mask[:, None, None, :].bool()
+    return torch.where(keep, torch.zeros((), dtype=dtype, device=keep.device), torch.finfo(dtype).min)
+
+
 class Classifier(nn.Module):
     """Body + linear head; returns (logits, attentions or None)."""
 
@@ -132,10 +152,17 @@ class Classifier(nn.Module):
         self.head.to(dtype=next(body.parameters()).dtype, device=next(body.parameters()).device)
         self.head.requires_grad_(False)
         self.pooling = pooling
+        self.mask_4d = takes_4d_mask(body)
+
+    def body_mask(self, attention_mask, dtype: torch.dtype):
+        """The attention mask to hand the body: the 2D padding mask, prepared as 4D where the body takes one."""
+        if self.mask_4d and attention_mask is not None and attention_mask.dim() == 2:
+            return additive_mask(attention_mask, dtype)
+        return attention_mask
 
     def forward(self, inputs_embeds, attention_mask, token_type_ids=None, output_attentions=False):
-        out = self.body(inputs_embeds=inputs_embeds, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                        output_attentions=output_attentions)
+        out = self.body(inputs_embeds=inputs_embeds, attention_mask=self.body_mask(attention_mask, inputs_embeds.dtype),
+                        token_type_ids=token_type_ids, output_attentions=output_attentions)
         if self.pooling == "pooler":
             pooled = out.pooler_output
         elif self.pooling == "cls":
@@ -179,8 +206,9 @@ class TextClassifier(FlatModel):
     def new_head(self, gen: torch.Generator) -> Tensor:
         """Flat [weight, bias] of a fresh head: N(0, initializer_range) weights, zero bias."""
         std = getattr(self.backbone.config, "initializer_range", 0.02)
-        w = torch.randn(self.numels[-2], generator=gen, dtype=self.body0.dtype) * std
-        return torch.cat([w.to(self.body0.device), torch.zeros(self.numels[-1], dtype=w.dtype, device=self.body0.device)])
+        w = torch.randn(self.numels[-2], generator=gen, dtype=self.body0.dtype) * std  # drawn on the host: CPU generator
+        return torch.cat([to_device(w, self.body0.device),
+                          torch.zeros(self.numels[-1], dtype=w.dtype, device=self.body0.device)])
 
     def new_theta(self, gen: torch.Generator) -> Tensor:
         """A new flat vector: an exact copy of the pretrained body plus a freshly drawn head."""
@@ -204,15 +232,13 @@ class TextClassifier(FlatModel):
     @torch.no_grad()
     def embed(self, input_ids: Tensor) -> Tensor:
         """Word embeddings of token ids: what a real example looks like as `inputs_embeds`."""
-        return self.word_embeddings[input_ids.to(self.word_embeddings.device)]
+        return self.word_embeddings[to_device(input_ids, self.word_embeddings.device)]
 
     @torch.no_grad()
     def nearest_tokens(self, inputs_embeds: Tensor, k: int = 1) -> list[list[list[str]]]:
         """For each example and position, the k vocabulary tokens of highest cosine similarity."""
         table = torch.nn.functional.normalize(self.word_embeddings.float(), dim=1)
-        out = []
-        for row in inputs_embeds.detach().to(table.device).float():
-            sims = torch.nn.functional.normalize(row, dim=1) @ table.T
-            ids = sims.topk(k, dim=1).indices
-            out.append([self.backbone.tokenizer.convert_ids_to_tokens(r.tolist()) for r in ids])
-        return out
+        # one example at a time (an (L, vocab) similarity block each), every id fetched in one copy at the end
+        ids = torch.stack([(torch.nn.functional.normalize(row, dim=1) @ table.T).topk(k, dim=1).indices
+                           for row in to_device(inputs_embeds.detach(), table.device).float()])
+        return [[self.backbone.tokenizer.convert_ids_to_tokens(r) for r in example] for example in ids.tolist()]

@@ -6,8 +6,14 @@ set, with the same loss as in distillation (CE + lambda * attention KL), and is 
 every test example. Reported: mean and (population) std of accuracy and of macro-F1 over the K
 runs, binary F1 where the dataset asks for it (MRPC), the majority-class rate of the scored
 split (what a constant predictor gets) and the share of runs that predict a single class.
+
+On a GPU the training steps never wait for the device: the divergence check is one transfer per
+run (after its last step), each test batch reaches the device in one non-blocking copy, and the
+predictions come back in one copy per run. Training runs in the `eval.tf32` / `eval.autocast`
+precision (dd.precision; CUDA only).
 """
 
+import math
 import time
 from dataclasses import asdict, dataclass
 
@@ -17,7 +23,9 @@ from tqdm.auto import tqdm
 
 from dd import seeds
 from dd.data.text import TextDataset, TextSplit
+from dd.device import to_device
 from dd.errors import DDError
+from dd.precision import phase
 from dd.stats import summary
 from dd.text.loss import learner_loss
 
@@ -43,47 +51,69 @@ class TextSet:
         return len(self.lr)
 
 
-def batch_indices(step: int, n: int, num_classes: int, batch_per_class: int) -> torch.Tensor:
-    """Inner step `step` uses the next block of batch_per_class examples of every class (a fixed cycle)."""
+def batch_slice(step: int, n: int, num_classes: int, batch_per_class: int) -> slice:
+    """Inner step `step` uses the next block of batch_per_class examples of every class (a fixed cycle):
+    a contiguous block of rows, taken as a slice (no index tensor to copy to the device)."""
     size = num_classes * batch_per_class
     block = step % (n // size)
-    return torch.arange(block * size, (block + 1) * size)
+    return slice(block * size, (block + 1) * size)
+
+
+def batch_indices(step: int, n: int, num_classes: int, batch_per_class: int) -> torch.Tensor:
+    """The rows of `batch_slice` as an index tensor (on the CPU)."""
+    s = batch_slice(step, n, num_classes, batch_per_class)
+    return torch.arange(s.start, s.stop)
 
 
 def train_steps(clf, theta: torch.Tensor, tset: TextSet) -> torch.Tensor:
-    """Plain SGD on the flat vector, one step per learned lr; returns the trained vector."""
+    """Plain SGD on the flat vector, one step per learned lr; returns the trained vector.
+
+    Divergence is checked once, after the last step (one transfer, not one wait per step): a non-finite
+    loss raises, naming its first step."""
     theta = theta.detach()
+    losses = []
     for i in range(tset.steps):
-        idx = batch_indices(i, len(tset.targets), tset.num_classes, tset.batch_per_class).to(theta.device)
+        rows = batch_slice(i, len(tset.targets), tset.num_classes, tset.batch_per_class)
         theta.requires_grad_(True)
-        attn = None if tset.attention_labels is None else tset.attention_labels[idx]
-        loss = learner_loss(clf, theta, tset.inputs_embeds[idx], tset.attention_mask[idx], tset.token_type_ids[idx],
-                            tset.targets[idx], attn, tset.attention_lambda)
-        if not torch.isfinite(loss):
-            raise DDError(f"training on the distilled set diverged (loss {loss.item()}) at step {i}; lr={tset.lr.tolist()}")
+        attn = None if tset.attention_labels is None else tset.attention_labels[rows]
+        loss = learner_loss(clf, theta, tset.inputs_embeds[rows], tset.attention_mask[rows], tset.token_type_ids[rows],
+                            tset.targets[rows], attn, tset.attention_lambda)
         (g,) = torch.autograd.grad(loss, theta)
         theta = (theta - tset.lr[i].to(theta) * g).detach()
+        losses.append(loss.detach())
+    if losses:
+        values = torch.stack(losses).tolist()
+        bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
+        if bad:
+            raise DDError(f"training on the distilled set diverged (loss {values[bad[0]]}) at step {bad[0]}; "
+                          f"lr={tset.lr.tolist()}")
     return theta
 
 
 def batches(split: TextSplit, batch_size: int, device, order: torch.Tensor | None = None):
-    """(input_ids, mask, token types, labels) batches, cut to the longest real length in each batch."""
+    """(input_ids, mask, token types, labels) batches, cut to the longest real length in each batch.
+
+    Each batch is gathered on the host and reaches `device` in one non-blocking copy (dd.device.to_device)."""
     order = torch.arange(len(split)) if order is None else order
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         mask = split.attention_mask[idx]
         length = max(1, int(mask.sum(1).max()))
-        yield (split.input_ids[idx, :length].to(device), mask[:, :length].to(device),
-               split.token_type_ids[idx, :length].to(device), split.labels[idx].to(device))
+        parts = [split.input_ids[idx, :length], mask[:, :length], split.token_type_ids[idx, :length]]
+        n = len(idx)
+        flat = to_device(torch.cat([*(p.long().reshape(-1) for p in parts), split.labels[idx].long()]), device)
+        ids, mask, types, labels = flat.split([n * length] * 3 + [n])
+        yield ids.view(n, length), mask.view(n, length), types.view(n, length), labels
 
 
 @torch.no_grad()
 def predict(clf, theta: torch.Tensor, split: TextSplit, batch_size: int = 256) -> torch.Tensor:
+    """Predicted classes of every example of `split` (on the CPU: one copy back)."""
     preds = []
     for ids, mask, types, _ in batches(split, batch_size, theta.device):
         logits, _ = clf(theta, clf.embed(ids), mask, types)
-        preds.append(logits.argmax(1).cpu())
-    return torch.cat(preds)
+        preds.append(logits.argmax(1))
+    return torch.cat(preds).cpu()
 
 
 def binary_f1(preds: torch.Tensor, labels: torch.Tensor) -> float:
@@ -158,17 +188,20 @@ def summarise(scores: list[dict], model: str, seconds: float, steps: int | None,
 
 def evaluate_text_set(clf, tset: TextSet, data: TextDataset, num_models: int, *, seed: int = 0, round: int = 0,
                       split: TextSplit | None = None, batch_size: int = 256, progress: bool = True,
-                      desc: str = "evaluate", head: str = "random") -> TextEvalResult:
+                      desc: str = "evaluate", head: str = "random", tf32: bool = True,
+                      autocast: str | None = None) -> TextEvalResult:
     """Train `num_models` learners on `tset` (fresh head, pretrained body each), score each on the test split.
 
     head: random (the protocol: N(0, 0.02) weights, as the reference) | zero (an all-zero head: the body gets
-    no gradient at the first step, whose head update makes a nearest-class-mean classifier of the examples)."""
+    no gradient at the first step, whose head update makes a nearest-class-mean classifier of the examples).
+    tf32, autocast: the learners' precision on CUDA (eval.tf32, eval.autocast; dd.precision)."""
     if head not in HEADS:
         raise DDError(f"head '{head}' is unknown; choose one of: {', '.join(HEADS)}")
     if num_models <= 0:
         raise DDError(f"eval.num_models={num_models} is not allowed; it must be a positive integer")
-    if not (torch.isfinite(tset.lr).all() and (tset.lr > 0).all()):
-        raise DDError(f"the set's lr {tset.lr.tolist()} is not allowed; every lr must be positive and finite")
+    lrs = tset.lr.tolist()  # one copy: the check and its message
+    if not all(math.isfinite(v) and v > 0 for v in lrs):
+        raise DDError(f"the set's lr {lrs} is not allowed; every lr must be positive and finite")
     split = data.test if split is None else split
     start = time.perf_counter()
     scores = []
@@ -177,7 +210,8 @@ def evaluate_text_set(clf, tset: TextSet, data: TextDataset, num_models: int, *,
         theta = clf.new_theta(seeds.generator("text_eval_head", seed, round, k))
         if head == "zero":
             theta[clf.numel - clf.head_numel :] = 0
-        theta = train_steps(clf, theta, tset)
-        scores.append(score(clf, theta, split, batch_size))
+        with phase(tf32, theta.device, autocast):
+            theta = train_steps(clf, theta, tset)
+            scores.append(score(clf, theta, split, batch_size))
         bar.set_postfix(acc=f"{100 * np.mean([s['accuracy'] for s in scores]):.1f}%")
     return summarise(scores, clf.backbone.name, time.perf_counter() - start, tset.steps, data.f1, split)

@@ -14,9 +14,10 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
-from dd import seeds
+from dd import precision, seeds
 from dd.config import EvalConfig
 from dd.data.text import load_text_dataset
 from dd.device import resolve_device
@@ -59,6 +60,8 @@ def compare_configs(cfg: DictConfig) -> dict[str, DictConfig]:
 
 # all that the text evaluator reads of the `eval` group; the other keys belong to the image evaluator
 TEXT_EVAL_KEYS = ("num_models", "test_batch_size")
+# ... and the precision of its learners and of fine-tuning on CUDA (dd.precision), recorded under "precision"
+TEXT_PRECISION_KEYS = ("tf32", "autocast")
 
 
 def text_settings(cfg: DictConfig) -> dict:
@@ -74,9 +77,10 @@ def check_text_config(cfg: DictConfig) -> None:
     """Refuse bad values before anything is loaded or written."""
     image_only = EvalConfig()
     for key, value in cfg.eval.items():
-        if key not in TEXT_EVAL_KEYS and value != getattr(image_only, key):
+        if key not in TEXT_EVAL_KEYS + TEXT_PRECISION_KEYS and value != getattr(image_only, key):
             raise DDError(f"eval.{key}={value} is an image-evaluator setting that a text run would ignore; the text "
-                          f"evaluator reads only {', '.join('eval.' + k for k in TEXT_EVAL_KEYS)}")
+                          f"evaluator reads only {', '.join('eval.' + k for k in TEXT_EVAL_KEYS + TEXT_PRECISION_KEYS)}")
+    precision.check_autocast(cfg.eval.get("autocast"), "eval.autocast")
     if "name_or_path" not in cfg.model:
         raise DDError(f"model '{cfg.model.name}' is an image model; text datasets take a text backbone: "
                       "model=minilm, bert_base or tiny_bert")
@@ -123,6 +127,13 @@ def preview_lines(clf, t, data, labels, max_tokens: int | None = None) -> list[s
     return lines
 
 
+def precision_record(cfg: DictConfig, device) -> dict:
+    """The precision settings a text run used, for results.json (they apply on CUDA only)."""
+    return {"applies": torch.device(device).type == "cuda",
+            "meta_gradient": {"tf32": bool(cfg.inner.get("tf32", False)), "autocast": None},
+            "evaluation": {"tf32": bool(cfg.eval.get("tf32", True)), "autocast": cfg.eval.get("autocast")}}
+
+
 def results_of(name: str, evaluation, data, cfg, model_name: str, timings: dict, resolved: dict) -> dict:
     results = {
         "accuracy": {"mean": evaluation.mean, "std": evaluation.std, "per_model": evaluation.per_model},
@@ -143,6 +154,7 @@ def run_text(cfg: DictConfig, out_dir: str | Path, group: str | None = None) -> 
     out_dir = Path(out_dir)
     check_text_config(cfg)
     device = resolve_device(cfg.device)
+    precision.start_run(cfg)
     start = t0 = time.perf_counter()
     backbone = load_backbone(cfg.model)
     data = load_text_dataset(cfg.dataset, backbone.tokenizer)
@@ -168,7 +180,10 @@ def run_text(cfg: DictConfig, out_dir: str | Path, group: str | None = None) -> 
         comparison = {}
         for name, method_cfg in compare_configs(cfg).items():
             # the run's config with the baseline as its method (a plain copy: the schemas differ)
-            sub = OmegaConf.create({**resolved, "method": OmegaConf.to_container(method_cfg)})
+            # (with the learners' precision, which `resolved` leaves out of the eval section it records)
+            sub = OmegaConf.create({**resolved, "method": OmegaConf.to_container(method_cfg),
+                                    "eval": {**resolved["eval"], **{k: cfg.eval[k] for k in TEXT_PRECISION_KEYS
+                                                                     if k in cfg.eval}}})
             sub_dir = out_dir / "compare" / name
             t0 = time.perf_counter()
             sub_syn = get(name).run(TextRunContext(cfg=sub, data=data, device=device, out_dir=sub_dir,
@@ -192,6 +207,7 @@ def run_text(cfg: DictConfig, out_dir: str | Path, group: str | None = None) -> 
         timings["peak_rss_mb"] = peak_rss_mb()
         results = results_of(cfg.method.name, evaluation, data, cfg, model_name, timings, resolved)
         results["backbone"] = backbone.name
+        results["precision"] = precision_record(cfg, device)
         results["method_info"] = {k: v for k, v in syn.extra_meta.items() if k != "texts"}
         if cfg.method.get("select") == "best_test":  # never let this pass for a clean number
             results["selected_on_test_split"] = True

@@ -30,6 +30,7 @@ from dd import seeds
 from dd.checkpoint import CHECKPOINT, Checkpointer, run_digest
 from dd.data import DSA
 from dd.data.augment import parse_strategy
+from dd.device import to_device
 from dd.errors import DDError, require_positive
 from dd.image.base import LearnedImages, SynSet
 from dd.image.evaluate import EvalResult, Schedule, evaluate_set, fresh_model, set_loss, train_on_set
@@ -162,8 +163,11 @@ class LoopState:
 
 
 def real_batches(class_images: list[torch.Tensor], batch_real: int, gen: torch.Generator) -> list[torch.Tensor]:
-    """Per class, batch_real images drawn without replacement (all of them when the class has fewer)."""
-    return [x[torch.randperm(len(x), generator=gen)[:batch_real].to(x.device)] for x in class_images]
+    """Per class, batch_real images drawn without replacement (all of them when the class has fewer); the
+    classes' indices reach the device in one copy."""
+    picks = [torch.randperm(len(x), generator=gen)[:batch_real] for x in class_images]
+    moved = to_device(torch.cat(picks), class_images[0].device).split([len(p) for p in picks])
+    return [x[idx] for x, idx in zip(class_images, moved, strict=True)]
 
 
 def iteration(net: torch.nn.Module, syn: LearnedImages, class_images: list[torch.Tensor], aug: Augment, m,
@@ -172,7 +176,7 @@ def iteration(net: torch.nn.Module, syn: LearnedImages, class_images: list[torch
     synthetic set between them. Returns the matching loss per class and outer step (as the paper logs)."""
     net.train()
     num_classes = len(class_images)
-    total = 0.0
+    total = torch.zeros((), device=syn.images.device)
     for ol in range(outer_loop):
         real = real_batches(class_images, m.batch_real, gen)
         aug_seeds = [int(torch.randint(2**31 - 1, (1,), generator=gen)) for _ in range(num_classes)]
@@ -180,17 +184,19 @@ def iteration(net: torch.nn.Module, syn: LearnedImages, class_images: list[torch
         syn.opt.zero_grad(set_to_none=True)
         loss.backward()
         syn.opt.step()
-        total += float(loss.detach())
+        total += loss.detach()
         if ol < outer_loop - 1:
             train_network(net, syn, inner_loop, m, aug.train, gen)
-    return total / (num_classes * outer_loop)
+    return float(total) / (num_classes * outer_loop)  # the iteration's one host read
 
 
 def train_network(net: torch.nn.Module, syn: LearnedImages, epochs: int, m, dsa: DSA | None, gen: torch.Generator):
     """`epochs` shuffled passes of plain SGD (lr_net) over the current synthetic set (a detached copy)."""
     # Schedule(epochs, decay_after=epochs): the lr never drops
+    # the loss is checked once, after the last epoch: these epochs are a step or two each
     train_on_set(net, syn.images.detach(), syn.labels, schedule=Schedule(epochs, epochs, restart=False),
-                 lr=m.lr_net, batch_size=m.batch_train, momentum=0.0, weight_decay=0.0, dsa=dsa, generator=gen)
+                 lr=m.lr_net, batch_size=m.batch_train, momentum=0.0, weight_decay=0.0, dsa=dsa, generator=gen,
+                 check_every=max(1, epochs))
     for p in net.parameters():
         p.grad = None
 

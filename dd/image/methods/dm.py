@@ -22,6 +22,7 @@ best of them is only recorded in the set's meta.
 """
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from tqdm.auto import tqdm
 from dd import seeds
 from dd.checkpoint import CHECKPOINT, Checkpointer, run_digest
 from dd.data import DSA
+from dd.device import to_device
 from dd.errors import DDError, require_positive
 from dd.image.base import LearnedImages, SynSet
 from dd.image.evaluate import fresh_model
@@ -137,16 +139,20 @@ def draw_batches(class_sizes: list[int], batch_real: int, gen: torch.Generator) 
 
 def dm_iteration(syn: LearnedImages, net: torch.nn.Module, real_by_class: list[torch.Tensor],
                  plan: list[ClassBatch], dsa: DSA | None) -> float:
-    """The DM loss of one iteration and one optimiser step of the images; returns the loss."""
-    reals = [x[b.real_idx.to(x.device)] for x, b in zip(real_by_class, plan, strict=True)]
+    """The DM loss of one iteration and one optimiser step of the images; returns the loss (the iteration's one
+    host read; the classes' real indices reach the device in one copy)."""
+    moved = to_device(torch.cat([b.real_idx for b in plan]), real_by_class[0].device).split(
+        [len(b.real_idx) for b in plan])
+    reals = [x[idx] for x, idx in zip(real_by_class, moved, strict=True)]
     syns = [syn.of_class(c) for c in range(len(plan))]
     loss = dm_loss(net.embed, reals, syns, dsa, [b.aug_seed for b in plan], together=model_has_state(net))
-    if not torch.isfinite(loss):
-        raise DDError(f"the distribution-matching loss is not finite ({float(loss)}); lower method.lr_img")
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise DDError(f"the distribution-matching loss is not finite ({value}); lower method.lr_img")
     syn.opt.zero_grad(set_to_none=True)
     loss.backward()
     syn.opt.step()
-    return loss.item()
+    return value
 
 
 # --- the loop --------------------------------------------------------------------------------------

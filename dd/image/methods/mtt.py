@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from dd import seeds
 from dd.checkpoint import CHECKPOINT, Checkpointer, run_digest
 from dd.data import DSA
+from dd.device import to_device
 from dd.errors import DDError, require_positive
 from dd.image.base import SynSet
 from dd.image.evaluate import EvalResult, evaluate_set, new_model, set_loss
@@ -109,6 +110,13 @@ def initial_images(data, ipc: int, how: str, gen: torch.Generator) -> tuple[torc
     picks = [idx[torch.randperm(len(idx), generator=gen)[:ipc]]
              for idx in (data.indices_of_class(c) for c in range(data.num_classes))]
     return data.train_x[torch.cat(picks)].clone(), labels
+
+
+def plan_on_device(plan: list[tuple[torch.Tensor, int]], device) -> list[tuple[torch.Tensor, int]]:
+    """The plan's minibatch indices on `device`, moved in one copy (an index on the host would make every
+    student step copy it, and wait)."""
+    moved = to_device(torch.cat([idx for idx, _ in plan]), device).split([len(idx) for idx, _ in plan])
+    return [(idx, seed) for idx, (_, seed) in zip(moved, plan)]
 
 
 def plan_steps(n: int, batch: int | None, steps: int, gen: torch.Generator) -> list[tuple[torch.Tensor, int]]:
@@ -212,7 +220,7 @@ def draw_segment(buffer: Buffer, experts: list[int], m, gen: torch.Generator, de
     upper = m.max_start_epoch if max_start_epoch is None else max_start_epoch
     eid = experts[int(torch.randint(len(experts), (1,), generator=gen))]
     s = int(torch.randint(m.min_start_epoch, upper, (1,), generator=gen))
-    start, target = (t.to(device) for t in buffer.epochs(eid, s, s + m.expert_epochs))
+    start, target = (to_device(t, device) for t in buffer.epochs(eid, s, s + m.expert_epochs))
     return Segment(eid, s, start, target)
 
 
@@ -224,14 +232,16 @@ def matching_loss(theta_n: torch.Tensor, segment: Segment) -> torch.Tensor:
 def updates(res: MetaGrad, skip_loss_above: float | None = None) -> bool:
     """Whether an iteration's result updates the learned tensors: it must be finite and, with a threshold
     (DATM), its matching loss must not exceed it."""
-    return res.is_finite() and (skip_loss_above is None or float(res.loss) <= skip_loss_above)
+    return res.is_finite() and (skip_loss_above is None or res.loss_value() <= skip_loss_above)
 
 
 def outer_iteration(syn: Synthetic, student: FlatModel, segment: Segment, plan, dsa: DSA | None,
                     inner, min_lr: float, skip_loss_above: float | None = None) -> MetaGrad:
     """Student steps from segment.start on the plan's batches, matching loss, meta-gradient, and the
     optimiser steps of the learned tensors; a non-finite result (or, given skip_loss_above, a loss above it)
-    is returned without updating anything. `inner` is the inner-loop config (engine, optimizer, memory_budget_mb)."""
+    is returned without updating anything. `inner` is the inner-loop config (engine, optimizer, memory_budget_mb).
+    The host waits once, after the meta-gradient, for the loss and the finite check (MetaGrad.host)."""
+    plan = plan_on_device(plan, syn.images.device)
 
     def step_loss(theta, learn, i):
         idx, aug_seed = plan[i]
@@ -304,9 +314,9 @@ def record_step(ctx: RunContext, state: LoopState, res: MetaGrad, segment: Segme
                           f"(last at iteration {it}); lower method.lr_img={m.lr_img} or method.lr_lr={m.lr_lr}")
         return
     state.nonfinite_run = 0
-    loss, lr = float(res.loss), syn.lr_value()
+    loss, lr = res.loss_value(), syn.lr_value()
     state.iter_s += seconds
-    row = {"iteration": it, "loss": loss, "start_epoch": segment.start_epoch}
+    row = {"iteration": it, "loss": loss, "start_epoch": segment.start_epoch, "lr": lr}
     if not updates(res, skip_loss_above):
         state.skipped_above += 1
         row["skipped"] = True
@@ -354,7 +364,7 @@ def match_trajectories(ctx: RunContext, how: Matching) -> SynSet:
     expert_acc = sum(r["test_accuracy"] for r in buffer.records() if r["id"] in experts) / len(experts)
     log.info("buffer %s: %d experts, test accuracy %.2f%% mean", buffer.folder, len(experts), 100 * expert_acc)
 
-    student = FlatModel(new_model(cfg.model, data).to(device))
+    student = FlatModel(new_model(cfg.model, data).to(device, non_blocking=True))
     dsa = DSA(flip=data.flip) if m.dsa else None
     gen = seeds.generator("distill", cfg.seed)
     syn = how.initial_synthetic(ctx, buffer, experts, student, gen)
@@ -378,7 +388,8 @@ def match_trajectories(ctx: RunContext, how: Matching) -> SynSet:
         res = outer_iteration(syn, student, segment, plan, dsa, cfg.inner, m.min_lr, how.skip_loss_above)
         record_step(ctx, state, res, segment, syn, it, time.perf_counter() - t_it, how.skip_loss_above)
         best = {} if state.best is None else {"best": f"{100 * state.best['evaluation']['mean']:.1f}%"}
-        bar.set_postfix(loss=f"{float(res.loss):.4f}", lr=f"{syn.lr_value():.4g}", **best)
+        if state.history and state.history[-1].get("iteration") == it:
+            bar.set_postfix(loss=f"{state.history[-1]['loss']:.4f}", lr=f"{state.history[-1]['lr']:.4g}", **best)
     ckpt.save(syn, state, m.iterations, gen)
     skipped = {}
     if how.skip_loss_above is not None:

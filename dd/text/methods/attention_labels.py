@@ -14,6 +14,10 @@ with linear warmup/decay and grad-norm clipping updates every distilled tensor.
 Randomness is a pure function of (seed, step): the real batch of step s comes from the
 permutation of its epoch and the head from a generator seeded with s, so a resumed run
 repeats an uninterrupted one exactly (on CPU).
+
+On a GPU an outer step waits for the device once: the outer loss, whether the update is finite
+and the learned lrs of the previous update come back in one copy. Random draws are made on the
+host (CPU generators) and copied once; the meta-gradient runs without TF32 unless `inner.tf32`.
 """
 
 import logging
@@ -28,12 +32,14 @@ from tqdm.auto import tqdm
 
 from dd import seeds
 from dd.checkpoint import CHECKPOINT, load_checkpoint, run_digest
+from dd.device import to_device
 from dd.errors import DDError, require_positive
 from dd.fsutil import write_file
 from dd.inner import ENGINES, meta_gradient
+from dd.precision import phase
 from dd.registry import register
 from dd.text.base import TextRunContext, TextSynSet, check_ipc, require_text
-from dd.text.evaluate import TextSet, batch_indices, batches, evaluate_text_set, train_steps
+from dd.text.evaluate import TextSet, batch_slice, batches, evaluate_text_set, train_steps
 from dd.text.loss import ATTENTION_LABELS, LABEL_TYPES, learner_loss, targets_of
 
 log = logging.getLogger(__name__)
@@ -142,30 +148,33 @@ class Distilled:
         c, length = data.num_classes, data.max_length
         n = c * ipc
         self.m, self.num_classes = m, c
-        self.class_ids = torch.arange(n, device=device) % c  # interleaved: example j is of class j % c
+        class_ids = torch.arange(n) % c  # interleaved: example j is of class j % c
+        self.class_ids = to_device(class_ids, device)
+        dtype = clf.body0.dtype
+        # every draw is made on the host by the CPU generator `gen`, and the result copied once
         if m.init == "random":  # as the reference code: N(0, 1) at every position
             length = m.length or length
-            embeds = torch.randn(n, length, clf.hidden_size, generator=gen)
+            embeds = to_device(torch.randn(n, length, clf.hidden_size, generator=gen), device).to(dtype)
         else:  # word embeddings of ipc real training examples per class, cut to `length` (padding past the text)
             picks = [data.indices_of_class(k)[torch.randperm(len(data.indices_of_class(k)), generator=gen)[:ipc]]
                      for k in range(c)]
             order = torch.stack(picks, dim=1).reshape(-1)  # class-interleaved
             length = m.length or int(data.train.attention_mask[order].sum(1).max())
-            embeds = clf.embed(data.train.input_ids[order, :length]).cpu()
-        dtype = clf.body0.dtype
-        self.inputs_embeds = embeds.to(device, dtype).requires_grad_(True)
+            embeds = clf.embed(data.train.input_ids[order, :length]).to(device, dtype)
+        self.inputs_embeds = embeds.requires_grad_(True)
         # every position of a distilled example is learnable, so all of them are attended to
         self.attention_mask = torch.ones(n, length, dtype=torch.long, device=device)
         self.token_type_ids = torch.zeros(n, length, dtype=torch.long, device=device)
         self.labels = None  # hard labels are fixed class ids
         if m.label_type != "hard":
-            self.labels = F.one_hot(self.class_ids, c).to(dtype).requires_grad_(True)
+            # one_hot of a CUDA tensor checks its range on the host: made on the CPU, copied once
+            self.labels = to_device(F.one_hot(class_ids, c), device).to(dtype).requires_grad_(True)
         self.attention = None
         if m.attention_labels != "none":
             rows = 1 if m.attention_labels == "cls" else length
             shape = (n, clf.num_layers, clf.num_heads, rows, length)
             if m.attention_init == "random":
-                logits = torch.randn(shape, generator=gen).to(device, dtype)
+                logits = to_device(torch.randn(shape, generator=gen), device).to(dtype)
             else:  # the pretrained body's attention on the initial examples (the head plays no part in it)
                 logits = self.model_attention(clf, rows).log().clamp_min(-30.0)
             self.attention = logits.requires_grad_(True)
@@ -203,10 +212,10 @@ class Distilled:
 
     def step_loss(self, clf, learn, theta, i: int) -> torch.Tensor:
         embeds, labels, attention = self.unpack(learn)
-        idx = batch_indices(i, len(self.class_ids), self.num_classes, self.m.batch_per_class).to(embeds.device)
-        attn = None if attention is None else F.softmax(attention[idx], dim=-1)
-        return learner_loss(clf, theta, embeds[idx], self.attention_mask[idx], self.token_type_ids[idx],
-                            targets_of(self.m.label_type, labels[idx]), attn, self.m.attention_lambda)
+        rows = batch_slice(i, len(self.class_ids), self.num_classes, self.m.batch_per_class)
+        attn = None if attention is None else F.softmax(attention[rows], dim=-1)
+        return learner_loss(clf, theta, embeds[rows], self.attention_mask[rows], self.token_type_ids[rows],
+                            targets_of(self.m.label_type, labels[rows]), attn, self.m.attention_lambda)
 
     def export_labels(self) -> torch.Tensor:
         labels = self.class_ids if self.labels is None else targets_of(self.m.label_type, self.labels)
@@ -271,11 +280,14 @@ def selection_split(data, m, seed: int):
 
 @torch.no_grad()
 def split_loss(clf, theta: torch.Tensor, split, batch_size: int) -> float:
-    """Mean cross-entropy of the learner on every example of `split`."""
-    total = 0.0
+    """Mean cross-entropy of the learner on every example of `split` (the batch sums fetched in one copy)."""
+    sums = []
     for ids, mask, types, labels in batches(split, batch_size, theta.device):
         logits, _ = clf(theta, clf.embed(ids), mask, types)
-        total += float(F.cross_entropy(logits, labels, reduction="sum"))
+        sums.append(F.cross_entropy(logits, labels, reduction="sum"))
+    total = 0.0
+    for v in torch.stack(sums).tolist():  # summed on the host in float64, batch by batch, as they come
+        total += v
     return total / len(split)
 
 
@@ -332,14 +344,16 @@ def distill(ctx: TextRunContext) -> TextSynSet:
     ckpt_path = ctx.out_dir / CHECKPOINT
     digest = run_digest(cfg)
     if cfg.resume:
-        saved = load_checkpoint(ckpt_path, digest, device)
+        saved = load_checkpoint(ckpt_path, digest)
         with torch.no_grad():
             for name, t in syn.named().items():
                 t.copy_(saved["tensors"][name])
         opt.load_state_dict(saved["opt"])
         sched.load_state_dict(saved["sched"])
         state = saved["state"]
-        best_tensors = saved.get("best_tensors")
+        best_tensors = saved.get("best_tensors")  # loaded on the CPU, like the whole checkpoint
+        if best_tensors is not None:
+            best_tensors = {k: to_device(v, device) for k, v in best_tensors.items()}
         log.info("resumed from %s at outer step %d", ckpt_path, state["next_step"])
 
     def save_checkpoint() -> None:
@@ -351,51 +365,74 @@ def distill(ctx: TextRunContext) -> TextSynSet:
     bar = tqdm(range(state["next_step"], steps), desc=f"attention_labels {data.name} ipc={cfg.ipc}",
                disable=not ctx.progress, initial=state["next_step"], total=steps)
     running = None
-    for step in bar:
-        t_step = time.perf_counter()
-        idx = real_batch(pool, step, m.real_batch_size, cfg.seed)
-        batch = next(batches(data.train, len(idx), device, order=idx))
-        theta0 = clf.new_theta(seeds.generator("text_train_head", cfg.seed, step))
-        res = outer_step(clf, syn, batch, theta0, cfg.inner.engine, m.inner_steps, optimizer=cfg.inner.optimizer)
-        if not res.is_finite():
-            state["nonfinite_total"] += 1
-            state["nonfinite_run"] += 1
-            log.warning("outer step %d: non-finite loss or gradient; update skipped", step)
-            if state["nonfinite_run"] >= m.max_nonfinite:
-                raise DDError(f"the outer loss was not finite for {m.max_nonfinite} steps in a row (last at step "
-                              f"{step}); lower method.lr_init={m.lr_init} or method.lr_inputs_embeds={m.lr_inputs_embeds}")
-            sched.step()
-            state["next_step"] = step + 1
-            continue
-        state["nonfinite_run"] = 0
-        for t, g in zip(syn.learnables(), res.grads):
-            t.grad = g
-        # chain rule through the softplus: d lr / d lr_raw = sigmoid(lr_raw)
-        syn.lr_raw.grad = res.lr_grad * torch.sigmoid(syn.lr_raw.detach())
-        torch.nn.utils.clip_grad_norm_(tensors, m.max_grad_norm)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        loss = float(res.loss)
+    # an applied update waits for its learned lrs to reach the host: they come with the next step's copy
+    pending = None  # (step, outer loss, lrs after the update, on the device)
+
+    def record(step: int, loss: float, lr: list[float]) -> None:
+        nonlocal running
         running = loss if running is None else 0.9 * running + 0.1 * loss
-        state["distill_s"] += time.perf_counter() - t_step
-        state["history"].append({"step": step, "loss": loss, "lr": syn.lr().detach().cpu().tolist()})
-        state["next_step"] = step + 1
-        ctx.tracker.log({"outer_loss": loss, **{f"syn_lr/{i}": v for i, v in enumerate(state["history"][-1]["lr"])}},
-                        step=step)
-        bar.set_postfix(loss=f"{running:.4f}", lr=f"{float(syn.lr().detach()[0]):.4g}")
-        if select_split is not None and ((step + 1) % select_every == 0 or step + 1 == steps):
-            t_sel = time.perf_counter()
-            loss_sel = quick_loss(clf, syn.text_set(), select_split, m.select_runs, cfg.seed, step,
-                                  cfg.eval.test_batch_size)
-            state["select"].append({"step": step, "loss": loss_sel})
-            ctx.tracker.log({f"select/{select_name}_loss": loss_sel}, step=step)
-            if state["best"] is None or loss_sel < state["best"]["loss"]:
-                state["best"] = {"step": step, "loss": loss_sel}
-                best_tensors = {k: v.detach().clone() for k, v in syn.named().items()}
-            state["select_s"] = state.get("select_s", 0.0) + time.perf_counter() - t_sel
-        if (step + 1) % m.checkpoint_every == 0:
-            save_checkpoint()
+        state["history"].append({"step": step, "loss": loss, "lr": lr})
+        ctx.tracker.log({"outer_loss": loss, **{f"syn_lr/{i}": v for i, v in enumerate(lr)}}, step=step)
+        bar.set_postfix(loss=f"{running:.4f}", lr=f"{lr[0]:.4g}")
+
+    def flush() -> None:
+        nonlocal pending
+        if pending is not None:
+            record(pending[0], pending[1], pending[2].tolist())
+            pending = None
+
+    # the meta-gradient's precision: float32 products unless inner.tf32 (CUDA only; dd.precision)
+    with phase(bool(cfg.inner.get("tf32", False)), device):
+        for step in bar:
+            t_step = time.perf_counter()
+            idx = real_batch(pool, step, m.real_batch_size, cfg.seed)
+            batch = next(batches(data.train, len(idx), device, order=idx))
+            theta0 = clf.new_theta(seeds.generator("text_train_head", cfg.seed, step))
+            res = outer_step(clf, syn, batch, theta0, cfg.inner.engine, m.inner_steps, optimizer=cfg.inner.optimizer)
+            finite = torch.stack([torch.isfinite(res.loss).all(), torch.isfinite(res.lr_grad).all(),
+                                  *(torch.isfinite(g).all() for g in res.grads)]).all()
+            parts = [res.loss.detach().reshape(1), finite.reshape(1)] + ([pending[2]] if pending is not None else [])
+            values = torch.cat([p.to(torch.float64) for p in parts]).tolist()  # this step's one wait for the device
+            loss, ok = values[0], values[1] == 1.0
+            if pending is not None:
+                record(pending[0], pending[1], values[2:])
+                pending = None
+            if not ok:
+                state["nonfinite_total"] += 1
+                state["nonfinite_run"] += 1
+                log.warning("outer step %d: non-finite loss or gradient; update skipped", step)
+                if state["nonfinite_run"] >= m.max_nonfinite:
+                    raise DDError(f"the outer loss was not finite for {m.max_nonfinite} steps in a row (last at step "
+                                  f"{step}); lower method.lr_init={m.lr_init} or method.lr_inputs_embeds={m.lr_inputs_embeds}")
+                sched.step()
+                state["next_step"] = step + 1
+                continue
+            state["nonfinite_run"] = 0
+            for t, g in zip(syn.learnables(), res.grads):
+                t.grad = g
+            # chain rule through the softplus: d lr / d lr_raw = sigmoid(lr_raw)
+            syn.lr_raw.grad = res.lr_grad * torch.sigmoid(syn.lr_raw.detach())
+            torch.nn.utils.clip_grad_norm_(tensors, m.max_grad_norm)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            pending = (step, loss, syn.lr().detach())
+            state["distill_s"] += time.perf_counter() - t_step
+            state["next_step"] = step + 1
+            if select_split is not None and ((step + 1) % select_every == 0 or step + 1 == steps):
+                t_sel = time.perf_counter()
+                loss_sel = quick_loss(clf, syn.text_set(), select_split, m.select_runs, cfg.seed, step,
+                                      cfg.eval.test_batch_size)
+                state["select"].append({"step": step, "loss": loss_sel})
+                ctx.tracker.log({f"select/{select_name}_loss": loss_sel}, step=step)
+                if state["best"] is None or loss_sel < state["best"]["loss"]:
+                    state["best"] = {"step": step, "loss": loss_sel}
+                    best_tensors = {k: v.detach().clone() for k, v in syn.named().items()}
+                state["select_s"] = state.get("select_s", 0.0) + time.perf_counter() - t_sel
+            if (step + 1) % m.checkpoint_every == 0:
+                flush()
+                save_checkpoint()
+        flush()
     save_checkpoint()
 
     if best_tensors is not None:  # method.select: keep the set of the best quick evaluation
@@ -404,7 +441,8 @@ def distill(ctx: TextRunContext) -> TextSynSet:
                 t.copy_(best_tensors[name])
     tset = syn.text_set()
     evaluation = evaluate_text_set(clf, tset, data, cfg.eval.num_models, seed=cfg.seed,
-                                   batch_size=cfg.eval.test_batch_size, progress=ctx.progress)
+                                   batch_size=cfg.eval.test_batch_size, progress=ctx.progress,
+                                   tf32=bool(cfg.eval.get("tf32", True)), autocast=cfg.eval.get("autocast"))
     done = sum(1 for _ in state["history"])
     losses = [h["loss"] for h in state["history"]]
     return TextSynSet(

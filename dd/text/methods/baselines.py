@@ -15,7 +15,13 @@
 - full_finetune: ordinary fine-tuning of pretrained body + fresh head on the whole train
   split with AdamW (linear warmup/decay, grad-norm clipping) for a few epochs; mean ± std
   over `num_runs` runs. The word-embedding table stays frozen, as in every text learner here.
+
+On a GPU a fine-tuning step never waits for the device (divergence is checked once per epoch), the
+real examples reach the device once per run, and scores and features come back in one copy each.
+Fine-tuning and the learners run in the `eval.tf32` / `eval.autocast` precision (dd.precision).
 """
+
+import math
 
 import time
 from dataclasses import dataclass, field
@@ -27,7 +33,9 @@ from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from dd import seeds
+from dd.device import to_device
 from dd.errors import DDError, require_positive
+from dd.precision import phase
 from dd.image.methods.coreset import herding
 from dd.registry import register
 from dd.text.base import TextRunContext, TextSynSet, check_ipc, require_text
@@ -85,6 +93,11 @@ class HerdingTextConfig(RandomTextConfig):
     name: str = "herding_text"
 
 
+def eval_precision(cfg) -> dict:
+    """The learners' and fine-tuning's precision on CUDA: eval.tf32, eval.autocast (dd.precision)."""
+    return {"tf32": bool(cfg.eval.get("tf32", True)), "autocast": cfg.eval.get("autocast")}
+
+
 def random_examples(data, ipc: int, pool: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """ipc indices per class from `pool`, class-interleaved (example j is of class j % classes)."""
     picks = []
@@ -134,11 +147,14 @@ def real_set(ctx: TextRunContext, name: str, idx: torch.Tensor, held: torch.Tens
     cfg, data, clf, device = ctx.cfg, ctx.data, ctx.classifier, ctx.device
     m = cfg.method
     real = data.train.subset(idx)
+    precision = eval_precision(cfg)
+    # the examples reach the device once; each lr of the grid is a new lr tensor only
+    embeds, mask, types, targets = (clf.embed(real.input_ids).to(device), to_device(real.attention_mask, device),
+                                    to_device(real.token_type_ids, device), to_device(real.labels, device))
 
     def text_set(lr: float) -> TextSet:
         return TextSet(
-            inputs_embeds=clf.embed(real.input_ids).to(device), attention_mask=real.attention_mask.to(device),
-            token_type_ids=real.token_type_ids.to(device), targets=real.labels.to(device),
+            inputs_embeds=embeds, attention_mask=mask, token_type_ids=types, targets=targets,
             lr=torch.full((m.inner_steps,), float(lr), dtype=clf.body0.dtype, device=device),
             num_classes=data.num_classes, batch_per_class=m.batch_per_class,
         )
@@ -149,7 +165,7 @@ def real_set(ctx: TextRunContext, name: str, idx: torch.Tensor, held: torch.Tens
     for lr in tqdm(list(m.lr_grid), desc=f"{name} lr grid", disable=not ctx.progress):
         try:
             result = evaluate_text_set(clf, text_set(lr), data, m.grid_runs, seed=cfg.seed, round=1, split=heldout,
-                                       batch_size=cfg.eval.test_batch_size, progress=False, head=m.head)
+                                       batch_size=cfg.eval.test_batch_size, progress=False, head=m.head, **precision)
             grid[float(lr)] = {"accuracy": result.mean, "macro_f1": result.macro_f1["mean"]}
         except DDError:  # this lr diverges: it is simply not chosen
             grid[float(lr)] = {"accuracy": float("nan"), "macro_f1": float("nan")}
@@ -157,7 +173,7 @@ def real_set(ctx: TextRunContext, name: str, idx: torch.Tensor, held: torch.Tens
     grid_s = time.perf_counter() - t0
     tset = text_set(best)
     evaluation = evaluate_text_set(clf, tset, data, cfg.eval.num_models, seed=cfg.seed,
-                                   batch_size=cfg.eval.test_batch_size, progress=ctx.progress, head=m.head)
+                                   batch_size=cfg.eval.test_batch_size, progress=ctx.progress, head=m.head, **precision)
     return TextSynSet(
         tset=tset, evaluation=evaluation, label_type="hard", labels=real.labels.clone(),
         extra_meta={"train_indices": idx.tolist(), "texts": real.texts, "lr_grid": grid, "chosen_lr": best,
@@ -178,13 +194,13 @@ def run_random_text(ctx: TextRunContext) -> TextSynSet:
 
 
 def nll_scores(clf, theta: torch.Tensor, split, batch_size: int) -> torch.Tensor:
-    """-log p(label | text) of every example of `split` under the weights theta."""
+    """-log p(label | text) of every example of `split` under the weights theta (on the CPU: one copy back)."""
     out = []
     with torch.no_grad():
         for ids, mask, types, labels in batches(split, batch_size, theta.device):
             logits, _ = clf(theta, clf.embed(ids), mask, types)
-            out.append(F.cross_entropy(logits, labels, reduction="none").cpu())
-    return torch.cat(out)
+            out.append(F.cross_entropy(logits, labels, reduction="none"))
+    return torch.cat(out).cpu()
 
 
 def prune_order(members: torch.Tensor, nll: torch.Tensor, skip_noisy: float, k: int) -> torch.Tensor:
@@ -209,7 +225,8 @@ def run_loss_prune(ctx: TextRunContext) -> TextSynSet:
     check_ipc(data, cfg.ipc, pool)
     scorer = m.scorer
     t0 = time.perf_counter()
-    theta = finetune(clf, data.train.subset(pool), scorer, cfg.seed, 0, ctx.device, ctx.progress, purpose="loss_prune")
+    theta = finetune(clf, data.train.subset(pool), scorer, cfg.seed, 0, ctx.device, ctx.progress, purpose="loss_prune",
+                     **eval_precision(cfg))
     nll = torch.zeros(len(data.train))
     nll[pool] = nll_scores(clf, theta, data.train.subset(pool), cfg.eval.test_batch_size)
     score_s = time.perf_counter() - t0
@@ -224,16 +241,19 @@ def run_loss_prune(ctx: TextRunContext) -> TextSynSet:
 
 @torch.no_grad()
 def cls_features(clf, split, batch_size: int, device) -> torch.Tensor:
-    """The pretrained backbone's final [CLS] state of every example (the body alone: no head involved)."""
+    """The pretrained backbone's final [CLS] state of every example (the body alone: no head involved), on the
+    CPU (one copy back)."""
     theta = torch.cat([clf.body0, torch.zeros(clf.head_numel, dtype=clf.body0.dtype, device=clf.body0.device)])
     params = clf.unflatten(theta)
     body_params = {k[len("body."):]: v for k, v in params.items() if k.startswith("body.")}
     out = []
     for ids, mask, types, _ in batches(split, batch_size, device):
+        embeds = clf.embed(ids)
         hidden = torch.func.functional_call(clf.module.body, body_params, (), {
-            "inputs_embeds": clf.embed(ids), "attention_mask": mask, "token_type_ids": types}, strict=False)
-        out.append(hidden.last_hidden_state[:, 0].float().cpu())
-    return torch.cat(out)
+            "inputs_embeds": embeds, "attention_mask": clf.module.body_mask(mask, embeds.dtype),
+            "token_type_ids": types}, strict=False)
+        out.append(hidden.last_hidden_state[:, 0].float())
+    return torch.cat(out).cpu()
 
 
 @register("herding_text", kind="text", schema=HerdingTextConfig)
@@ -252,8 +272,11 @@ def run_herding_text(ctx: TextRunContext) -> TextSynSet:
                     {"features_s": time.perf_counter() - t0})
 
 
-def finetune(clf, train, m, seed: int, run: int, device, progress: bool, purpose: str = "finetune") -> torch.Tensor:
-    """Fine-tuning run `run` on the split `train` from the pretrained body and a fresh head; returns the weights."""
+def finetune(clf, train, m, seed: int, run: int, device, progress: bool, purpose: str = "finetune", tf32: bool = True,
+             autocast: str | None = None) -> torch.Tensor:
+    """Fine-tuning run `run` on the split `train` from the pretrained body and a fresh head; returns the weights.
+
+    Divergence is checked once per epoch (one copy of the epoch's losses): a non-finite loss raises."""
     theta = clf.new_theta(seeds.generator(f"{purpose}_head", seed, run)).requires_grad_(True)
     # AdamW on one flat vector is the same elementwise update as AdamW on every parameter tensor
     opt = torch.optim.AdamW([theta], lr=m.lr, weight_decay=m.weight_decay)
@@ -262,16 +285,20 @@ def finetune(clf, train, m, seed: int, run: int, device, progress: bool, purpose
     gen = seeds.generator(f"{purpose}_data", seed, run)
     for epoch in tqdm(range(m.epochs), desc="fine-tune", leave=False, disable=not progress):
         order = torch.randperm(len(train), generator=gen)
-        for ids, mask, types, labels in batches(train, m.batch_size, device, order=order):
-            logits, _ = clf(theta, clf.embed(ids), mask, types)
-            loss = F.cross_entropy(logits, labels)
-            if not torch.isfinite(loss):
-                raise DDError(f"fine-tuning diverged (loss {loss.item()}) in epoch {epoch}; lower method.lr={m.lr}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_([theta], m.max_grad_norm)
-            opt.step()
-            sched.step()
+        losses = []
+        with phase(tf32, device, autocast):
+            for ids, mask, types, labels in batches(train, m.batch_size, device, order=order):
+                logits, _ = clf(theta, clf.embed(ids), mask, types)
+                loss = F.cross_entropy(logits, labels)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_([theta], m.max_grad_norm)
+                opt.step()
+                sched.step()
+                losses.append(loss.detach())
+        bad = [v for v in torch.stack(losses).tolist() if not math.isfinite(v)] if losses else []  # one wait
+        if bad:
+            raise DDError(f"fine-tuning diverged (loss {bad[0]}) in epoch {epoch}; lower method.lr={m.lr}")
     return theta.detach()
 
 
@@ -286,7 +313,7 @@ def run_full_finetune(ctx: TextRunContext) -> TextSynSet:
     t0 = time.perf_counter()
     scores = []
     for k in tqdm(range(m.num_runs), desc="full_finetune", disable=not ctx.progress):
-        theta = finetune(clf, data.train, m, cfg.seed, k, ctx.device, ctx.progress)
+        theta = finetune(clf, data.train, m, cfg.seed, k, ctx.device, ctx.progress, **eval_precision(cfg))
         scores.append(score(clf, theta, data.test, cfg.eval.test_batch_size))
     evaluation = summarise(scores, clf.backbone.name, time.perf_counter() - t0, None, data.f1, data.test)
     return TextSynSet(tset=None, evaluation=evaluation, export=False,

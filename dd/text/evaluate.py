@@ -59,12 +59,6 @@ def batch_slice(step: int, n: int, num_classes: int, batch_per_class: int) -> sl
     return slice(block * size, (block + 1) * size)
 
 
-def batch_indices(step: int, n: int, num_classes: int, batch_per_class: int) -> torch.Tensor:
-    """The rows of `batch_slice` as an index tensor (on the CPU)."""
-    s = batch_slice(step, n, num_classes, batch_per_class)
-    return torch.arange(s.start, s.stop)
-
-
 def train_steps(clf, theta: torch.Tensor, tset: TextSet) -> torch.Tensor:
     """Plain SGD on the flat vector, one step per learned lr; returns the trained vector.
 

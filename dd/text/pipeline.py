@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from dd import precision, seeds
 from dd.config import EvalConfig
 from dd.data.text import load_text_dataset
-from dd.device import resolve_device
+from dd.device import describe, resolve_device
 from dd.errors import DDError
 from dd.export import DistilledSet
 from dd.fsutil import write_file, write_json
@@ -207,6 +207,7 @@ def run_text(cfg: DictConfig, out_dir: str | Path, group: str | None = None) -> 
         timings["peak_rss_mb"] = peak_rss_mb()
         results = results_of(cfg.method.name, evaluation, data, cfg, model_name, timings, resolved)
         results["backbone"] = backbone.name
+        results["device"] = describe(device)
         results["precision"] = precision_record(cfg, device)
         results["method_info"] = {k: v for k, v in syn.extra_meta.items() if k != "texts"}
         if cfg.method.get("select") == "best_test":  # never let this pass for a clean number

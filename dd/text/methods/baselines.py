@@ -22,7 +22,6 @@ Fine-tuning and the learners run in the `eval.tf32` / `eval.autocast` precision 
 """
 
 import math
-
 import time
 from dataclasses import dataclass, field
 
@@ -35,8 +34,8 @@ from tqdm.auto import tqdm
 from dd import seeds
 from dd.device import to_device
 from dd.errors import DDError, require_positive
-from dd.precision import phase
 from dd.image.methods.coreset import herding
+from dd.precision import phase
 from dd.registry import register
 from dd.text.base import TextRunContext, TextSynSet, check_ipc, require_text
 from dd.text.evaluate import HEADS, TextSet, batches, evaluate_text_set, score, summarise

@@ -136,7 +136,14 @@ def setup_torch(device: str, threads: int):
         raise SystemExit(f"--device {device}: torch sees no CUDA device on this machine") from None
     if threads > 0:
         torch.set_num_threads(threads)
+    from omegaconf import OmegaConf
+
+    from dd.config import InnerConfig
     from dd.hostmem import keep_freed_memory
+    from dd.precision import start_run
+
+    # what a dd-distill run starts with: cuDNN autotuning on, TF32 off outside evaluation and experts
+    start_run(OmegaConf.create({"cudnn_benchmark": True, "inner": OmegaConf.structured(InnerConfig())}))
 
     keep_freed_memory()  # as every dd-* command does (off with DD_KEEP_FREED_MEMORY=0)
     return torch
@@ -446,7 +453,21 @@ def run_meta(args: argparse.Namespace, wall_s: float, load_start, **extra) -> di
         import torch
 
         meta["gpu"] = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    meta["precision"] = _precision()
     return meta
+
+
+def _precision() -> dict | None:
+    """The kernel settings in force outside evaluation and expert phases (which set their own: dd.precision),
+    and those phases' defaults."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    from dd.config import BufferConfig, EvalConfig
+
+    return {"cudnn_benchmark": torch.backends.cudnn.benchmark, "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+            "tf32_cudnn": torch.backends.cudnn.allow_tf32, "eval_tf32": EvalConfig().tf32,
+            "experts_tf32": BufferConfig().tf32, "autocast": None}
 
 
 def _keeps_freed_memory() -> bool:

@@ -50,6 +50,7 @@ BAD = {  # name -> (overrides, text the one-line error must contain)
     "ipc_too_big": (["ipc=500"], "ipc=500"),
     "lr_neg": (["eval.lr=-0.1"], "-0.1"),
     "device_tpu": (["device=tpu"], "tpu"),
+    "device_cuda7": (["device=cuda:7"], "device=cuda:7 was asked for but"),  # no GPU here, or fewer than 8
     "mnist_missing": (["dataset=mnist", "dataset.root={tmp}/nonexistent"], "{tmp}/nonexistent"),
 }
 
@@ -179,6 +180,12 @@ def test_bad_input_exits_2_with_one_line(runs, name):
     assert not (run_dir / "results.json").exists()
     assert not (run_dir / "distilled").exists()
     assert not (run_dir / "grid.png").exists()
+
+
+def test_an_unusable_device_is_refused_before_the_run_folder_exists(runs):
+    tmp, procs = runs
+    assert "available: cpu" in procs["device_cuda7"].stderr
+    assert not (tmp / "device_cuda7").exists() and not (tmp / "device_tpu").exists()
 
 
 def test_unknown_choice_lists_allowed(runs):

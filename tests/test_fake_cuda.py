@@ -167,21 +167,21 @@ def test_dsa_and_zca_on_cuda_give_the_cpu_numbers_without_a_wait(digits_zca_data
 
 def _mtt_iteration_syncs(digits_data, harness, syn_steps: int, engine: str) -> int:
     from dd.image.evaluate import new_model
-    from dd.image.methods.mtt import MTTConfig, Segment, Synthetic, initial_images, outer_iteration, plan_steps
+    from dd.image.methods import mtt
     from dd.models import FlatModel
 
-    m = MTTConfig(syn_steps=syn_steps, batch_syn=5)
+    m = mtt.MTTConfig(syn_steps=syn_steps, batch_syn=5)
     model = OmegaConf.structured(ModelConfig(name="convnet", width=4))
     student = FlatModel(new_model(model, digits_data).to("cuda"))
     gen = torch.Generator().manual_seed(0)
-    images, labels = initial_images(digits_data, 1, "real", gen)
-    syn = Synthetic.create(images.to("cuda"), labels.to("cuda"), 0.01, m)
+    images, labels = mtt.initial_images(digits_data, 1, "real", gen)
+    syn = mtt.Synthetic.create(images.to("cuda"), labels.to("cuda"), 0.01, m)
     start = student.flatten()
-    segment = Segment(0, 0, start, start + 0.01 * torch.randn(start.shape, device="cuda"))
-    plan = plan_steps(len(labels), m.batch_syn, m.syn_steps, gen)
+    segment = mtt.Segment(0, 0, start, start + 0.01 * torch.randn(start.shape, device="cuda"))
+    plan = mtt.plan_steps(len(labels), m.batch_syn, m.syn_steps, gen)
     inner = OmegaConf.create({"engine": engine, "optimizer": "sgd", "memory_budget_mb": None})
     harness.reset_counts()
-    res = outer_iteration(syn, student, segment, plan, DSA(flip=False), inner, m.min_lr)
+    res = mtt.outer_iteration(syn, student, segment, plan, DSA(flip=False), inner, m.min_lr)
     res.is_finite(), res.loss_value(), res.is_finite()  # asked again: the answer is kept
     return harness.syncs
 

@@ -16,12 +16,19 @@ def choices(group: str) -> list[str]:
 
 
 def check_choices(argv: list[str]) -> None:
-    """Refuse an unknown config-group choice (dataset=foo) before Hydra starts, with the allowed names."""
+    """Refuse an unknown config-group choice (dataset=foo) or an unusable device (device=cuda on a machine
+    without one) before Hydra starts, so nothing is written, with what is allowed."""
     for arg in argv:
         if "=" not in arg or arg.startswith("-"):
             continue
         key, value = arg.split("=", 1)
         key = key.lstrip("+~")
+        if key == "device" and "(" not in value:
+            from dd.device import resolve_device
+
+            for v in value.split(","):
+                resolve_device(v)
+            continue
         if key not in GROUPS or "(" in value:
             continue  # sweeps like range()/glob() are left to Hydra
         known = choices(key)

@@ -285,6 +285,9 @@ def fresh_model(model_cfg, data, init_seed: int, device) -> torch.nn.Module:
 def _train_sequential(sets, data, model_cfg, eval_cfg, schedule, lr, seeds, dsa, device, progress, desc, predict):
     """One model after another, or on CPU `eval.workers` of them at once (dd.workers): the same models either way."""
     test_x, test_y = to_device(data.test_x, device), to_device(data.test_y, device)
+    moved: dict[int, tuple] = {}  # each distinct set moved once (one shared set: once for all K models)
+    sets = [moved.setdefault(id(s), (to_device(s[0].detach(), device), to_device(s[1].detach(), device)))
+            for s in sets]
     workers = worker_count(eval_cfg.get("workers"), len(seeds), device)  # checked by evaluate_set
     channels_last = bool(eval_cfg.get("channels_last", False))
 

@@ -38,6 +38,8 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.eval.num_models <= 0 or cfg.eval.epochs <= 0:
         raise DDError(f"eval.num_models={cfg.eval.num_models}, eval.epochs={cfg.eval.epochs}: both must be positive")
     check_protocol(cfg.eval, allowed=("standard",))
+    precision.check_autocast(cfg.eval.get("autocast"), "eval.autocast")
+    precision.check_autocast(cfg.buffer.get("autocast"), "buffer.autocast")
 
 
 def load_data(cfg: DictConfig):

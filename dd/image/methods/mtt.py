@@ -388,8 +388,9 @@ def match_trajectories(ctx: RunContext, how: Matching) -> SynSet:
         res = outer_iteration(syn, student, segment, plan, dsa, cfg.inner, m.min_lr, how.skip_loss_above)
         record_step(ctx, state, res, segment, syn, it, time.perf_counter() - t_it, how.skip_loss_above)
         best = {} if state.best is None else {"best": f"{100 * state.best['evaluation']['mean']:.1f}%"}
-        if state.history and state.history[-1].get("iteration") == it:
-            bar.set_postfix(loss=f"{state.history[-1]['loss']:.4f}", lr=f"{state.history[-1]['lr']:.4g}", **best)
+        last = state.history[-1] if state.history else {}
+        if last.get("iteration") == it and "loss" in last:  # this iteration was logged (not skipped as non-finite)
+            bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{last['lr']:.4g}", **best)
     ckpt.save(syn, state, m.iterations, gen)
     skipped = {}
     if how.skip_loss_above is not None:

@@ -182,7 +182,7 @@ def train_on_set(
             loss.backward()
             opt.step()
         if ((epoch + 1) % check_every == 0 or epoch == schedule.epochs - 1) and bool(diverged):
-            raise DDError(f"training diverged (loss {float(loss)}) by epoch {epoch} with lr={lr}; use a smaller lr")
+            raise DDError(f"training diverged (loss {float(loss.detach())}) by epoch {epoch} with lr={lr}; use a smaller lr")
 
 
 def evaluate_set(

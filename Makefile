@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo table-digits test test-all lint bench clean
+.PHONY: install demo table-digits test test-all lint bench gpu-check clean
 
 install: $(STAMP)
 
@@ -51,6 +51,13 @@ test-all: install
 # Quick CPU versions of the speed/memory benchmarks (tables printed, JSON + PNG in benchmarks/results/).
 bench: install
 	$(PY) benchmarks/meta_grad.py --quick
+
+# On a GPU machine, once: the cuda tests, the golden meta-gradients on the GPU, every digits preset through
+# dd-distill, meta-gradient engines vs the reference pattern, batched evaluation, a MiniLM outer step; one
+# pass/fail table, JSON in benchmarks/results/gpu_check.json (under 10 minutes on an H200; see
+# benchmarks/README.md). Dry run on a CPU: $(PY) benchmarks/gpu_check.py --device cpu --quick
+gpu-check: install
+	$(PY) benchmarks/gpu_check.py
 
 lint: install
 	$(VENV)/bin/ruff check dd tests benchmarks

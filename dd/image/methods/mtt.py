@@ -5,8 +5,8 @@ expert's parameters theta_s, trains it for `syn_steps` SGD steps on
 (augmented) synthetic minibatches with the learned lr, and minimises
     ||theta_N - theta*_{s+M}||^2 / ||theta*_s - theta*_{s+M}||^2
 over the images (and the lr, and optionally soft labels). The meta-gradient
-comes from the configured engine in dd.inner; `reverse` (default) is exact with
-activation memory that does not grow with syn_steps.
+comes from the configured engine in dd.inner: `auto` (default) is exact within a memory budget,
+`reverse` exact with activation memory that does not grow with syn_steps.
 
 All randomness of the distillation comes from one torch.Generator, the stream
 ("distill", seed), whose state is checkpointed, so a resumed run reaches exactly

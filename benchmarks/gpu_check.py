@@ -16,8 +16,8 @@ Sections (`--sections`, a comma list, default all), and their plan on an H200 (e
 has not run on a GPU yet; each section's cap is what bounds it if an estimate is wrong):
 
 1. tests: `pytest -m cuda -q tests` in a subprocess with DD_REQUIRE_CUDA=1 (a missing GPU fails those
-   tests instead of skipping them) and DD_DEVICE=cuda; passes and failures counted. Skipped on
-   --device cpu. ~30 s (collecting the suite), capped at 90 s.
+   tests instead of skipping them; each names device=cuda itself, since the suite pins DD_DEVICE=cpu);
+   passes and failures counted. Skipped on --device cpu. ~30 s (collecting the suite), capped at 90 s.
 2. golden: the float64 meta-gradient of one MTT outer iteration on the golden case (tests/data/reference,
    built with tests/test_golden.py's own helpers), both plans (full/, mini/), for every engine in
    dd.inner.ENGINES plus `auto` held to one-step segments (a budget of 1e-6 MB, so its segmented path
@@ -171,11 +171,11 @@ class Budget:
 
 
 def section_tests(args, out: list[dict]) -> None:
-    """`pytest -m cuda -q tests` with DD_REQUIRE_CUDA=1 and DD_DEVICE=cuda; its counts."""
+    """`pytest -m cuda -q tests` with DD_REQUIRE_CUDA=1; its counts."""
     if args.device == "cpu":
         out.append(row("tests", "pytest -m cuda", "not run: needs a GPU", "0 failed", "skipped"))
         return
-    env = dict(os.environ, DD_REQUIRE_CUDA="1", DD_DEVICE="cuda", WANDB_MODE="disabled", HF_HUB_OFFLINE="1")
+    env = dict(os.environ, DD_REQUIRE_CUDA="1", WANDB_MODE="disabled", HF_HUB_OFFLINE="1")
     t0 = time.perf_counter()
     cap = CAPS[args.device]["tests"]
     try:

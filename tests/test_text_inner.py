@@ -195,3 +195,27 @@ def test_real_starts_are_cut_to_the_longest_initial_example(backbone):
                      torch.device("cpu")).inputs_embeds.shape[1] == 20
     assert Distilled(clf, data, method(), 2, torch.Generator().manual_seed(0),
                      torch.device("cpu")).inputs_embeds.shape[1] == 32  # N(0,1) starts: dataset.max_length
+
+
+def test_balanced_real_batches_give_every_class_its_share_and_cycle_each_class():
+    from dd.text.methods.attention_labels import real_batch
+
+    labels = torch.tensor([0] * 40 + [1] * 7 + [2] * 3)  # imbalanced 40 / 7 / 3
+    pool = torch.arange(100, 150)
+    seen = {c: [] for c in range(3)}
+    for step in range(14):
+        idx = real_batch(pool, step, 8, seed=0, labels=labels)
+        assert len(idx) == 9  # ceil(8 / 3) = 3 per class, interleaved
+        got = labels[idx - 100]
+        assert got.tolist() == [0, 1, 2] * 3
+        assert torch.equal(idx, real_batch(pool, step, 8, seed=0, labels=labels))  # a pure function of (seed, step)
+        for c in range(3):
+            seen[c] += idx[got == c].tolist()
+    # each class walks through whole permutations of its members: 3 examples of class 2 appear once per 3 draws
+    for c, n in ((0, 40), (1, 7), (2, 3)):
+        members = set(pool[labels == c].tolist())
+        for e in range(len(seen[c]) // n):
+            assert set(seen[c][e * n : (e + 1) * n]) == members
+    # proportional batches keep the training shares (no class forced in)
+    prop = torch.cat([real_batch(pool, s, 10, seed=0) for s in range(5)])
+    assert sorted(prop.tolist()) == pool.tolist()

@@ -79,6 +79,13 @@ def test_cli_writes_results_comparisons_and_a_loadable_set(tmp_path):
     assert t["lr"].shape == (1,) and (t["lr"] > 0).all()
     assert ds.meta["backbone"].startswith("tiny_bert") and ds.meta["class_names"][0].startswith("synthetic")
     assert len(ds.meta["preview"]) == n and (out / "preview.txt").is_file()
+    # preview.txt: per example its label vector and the 3 key positions its [CLS] attention label weights most
+    preview = (out / "preview.txt").read_text().splitlines()
+    share = t["attention_labels"][:, :, :, 0].mean(dim=(1, 2))
+    for j, line in enumerate(preview):
+        assert line.startswith(f"{j} class=") and "label=[" in line
+        where = [int(p.split(":")[0]) for p in line.split(" | attends ")[1].split()]
+        assert where == share[j].topk(3).indices.tolist()
 
     # the exported set re-trains to the very accuracy reported (same backbone, seeds and protocol)
     from dd.data.text import load_text_dataset

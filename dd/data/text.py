@@ -12,9 +12,10 @@ from pathlib import Path
 
 import torch
 
+from dd.data.corpora import CORPORA, corpus_classes
 from dd.errors import DDError
 
-SOURCES = ("synthetic", "hf", "files", "fortunes")
+SOURCES = ("synthetic", "hf", "files", "fortunes", "corpus")
 FILE_TYPES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 
 
@@ -158,28 +159,41 @@ def fortune_entries(path: Path) -> list[str]:
     return [" ".join(block.split()) for block in re.split(r"^%[ \t]*$", text, flags=re.M) if block.strip()]
 
 
-def fortune_splits(cfg) -> tuple[RawSplit, RawSplit, list[str]]:
-    """A topic task built from fortune files: the label is the file (category) an entry comes from.
+def split_by_class(cfg, by_class: dict[str, list[str]]) -> tuple[RawSplit, RawSplit]:
+    """A fixed, seed-free split: within each class, every cfg.stride-th text (in the source's order) is
+    kept (the first cfg.class_sizes[class] of them where given), and kept text i goes to test when
+    i % test_every == test_every - 1, to train otherwise."""
+    sizes = dict(cfg.class_sizes or {})
+    unknown = sorted(set(sizes) - set(by_class))
+    if unknown or any(v < 1 for v in sizes.values()):
+        raise DDError(f"dataset.class_sizes={sizes}: give a positive count per class among {', '.join(by_class)}")
+    train, test = RawSplit([], None, []), RawSplit([], None, [])
+    for c, (name, texts) in enumerate(by_class.items()):
+        kept = texts[:: cfg.stride][: sizes.get(name)]
+        if len(kept) < cfg.test_every:
+            raise DDError(f"dataset '{cfg.name}': class '{name}' has {len(kept)} text(s) (stride {cfg.stride}); "
+                          f"a train/test split needs at least test_every={cfg.test_every}")
+        for i, text in enumerate(kept):
+            split = test if i % cfg.test_every == cfg.test_every - 1 else train
+            split.texts.append(text)
+            split.labels.append(c)
+    return train, test
 
-    Split, fixed and seed-free: within each category, entry i (in file order) goes to test when
-    i % test_every == test_every - 1, to train otherwise.
-    """
+
+def fortune_splits(cfg) -> tuple[RawSplit, RawSplit, list[str]]:
+    """A topic task built from fortune files: the label is the file (category) an entry comes from,
+    split by `split_by_class`."""
     root = Path(cfg.root or FORTUNES_DIR).expanduser()
     if not cfg.categories or len(cfg.categories) < 2:
         raise DDError(f"dataset.categories={list(cfg.categories or [])}: give two or more fortune files (e.g. computers, politics)")
-    if cfg.test_every < 2:
-        raise DDError(f"dataset.test_every={cfg.test_every} is not allowed; it must be at least 2")
-    train, test = RawSplit([], None, []), RawSplit([], None, [])
-    for c, name in enumerate(cfg.categories):
+    by_class = {}
+    for name in cfg.categories:
         path = root / name
         if not path.is_file():
             raise DDError(f"dataset '{cfg.name}': no fortune file {path}; install Debian's package "
                           "(apt-get install fortunes) or point dataset.root at a folder of fortune files")
-        for i, entry in enumerate(fortune_entries(path)):
-            split = test if i % cfg.test_every == cfg.test_every - 1 else train
-            split.texts.append(entry)
-            split.labels.append(c)
-    return train, test, [str(n) for n in cfg.categories]
+        by_class[str(name)] = fortune_entries(path)
+    return *split_by_class(cfg, by_class), list(by_class)
 
 
 # --- local files -------------------------------------------------------------------------------
@@ -261,6 +275,11 @@ def check_text_dataset(cfg) -> None:
             raise DDError(f"dataset.label_noise={cfg.label_noise} is not allowed; it must be in [0, 1)")
     if cfg.source == "hf" and not cfg.hf_path:
         raise DDError(f"dataset '{cfg.name}' has source=hf but no dataset.hf_path")
+    if cfg.source in ("corpus", "fortunes") and (cfg.stride < 1 or cfg.test_every < 2):
+        raise DDError(f"dataset.stride={cfg.stride}, dataset.test_every={cfg.test_every}: stride must be >= 1 "
+                      "and test_every >= 2")
+    if cfg.source == "corpus" and cfg.corpus not in CORPORA:
+        raise DDError(f"dataset.corpus '{cfg.corpus}' is unknown; choose one of: {', '.join(CORPORA)}")
     if cfg.train_limit is not None and cfg.train_limit <= 0:
         raise DDError(f"dataset.train_limit={cfg.train_limit} is not allowed; give a positive number or null")
 
@@ -274,6 +293,9 @@ def load_text_dataset(cfg, tokenizer) -> TextDataset:
         train, test, names = hf_splits(cfg)
     elif cfg.source == "fortunes":
         train, test, names = fortune_splits(cfg)
+    elif cfg.source == "corpus":
+        by_class = corpus_classes(cfg)
+        (train, test), names = split_by_class(cfg, by_class), list(by_class)
     else:
         train, test, names = file_splits(cfg)
     if cfg.train_limit is not None:

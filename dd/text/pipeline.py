@@ -116,14 +116,21 @@ def text_set(syn: TextSynSet, clf, data, cfg, resolved: dict, evaluation: dict) 
     return DistilledSet(tensors, meta)
 
 
-def preview_lines(clf, t, data, labels, max_tokens: int | None = None) -> list[str]:
-    """Each example as its nearest vocabulary tokens (cosine to the word-embedding table)."""
+def preview_lines(clf, t, data, labels, max_tokens: int | None = None, top: int = 3) -> list[str]:
+    """Each example as its nearest vocabulary tokens (cosine to the word-embedding table), its label, and
+    where its attention label looks: the `top` key positions of the first query row ([CLS]), averaged over
+    layers and heads, as position:token (share of the attention)."""
     lines = []
     for j, tokens in enumerate(clf.nearest_tokens(t.inputs_embeds)):
-        words = [w[0] for w in tokens][:max_tokens]
+        words = [w[0] for w in tokens]
         label = labels[j]
         tag = data.class_names[int(label)] if label.dim() == 0 else "[" + ", ".join(f"{v:.2f}" for v in label.tolist()) + "]"
-        lines.append(f"{j} class={data.class_names[j % data.num_classes]} label={tag}: {' '.join(words)}")
+        line = f"{j} class={data.class_names[j % data.num_classes]} label={tag}: {' '.join(words[:max_tokens])}"
+        if t.attention_labels is not None:
+            share = t.attention_labels[j, :, :, 0].float().mean(dim=(0, 1)).cpu()  # (L,) over the keys
+            values, where = share.topk(min(top, len(share)))
+            line += " | attends " + " ".join(f"{p}:{words[p]}({v:.2f})" for v, p in zip(values.tolist(), where.tolist()))
+        lines.append(line)
     return lines
 
 

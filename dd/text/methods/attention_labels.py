@@ -83,7 +83,9 @@ class AttentionLabelsConfig:
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0
     epochs: int = 30  # passes over the real training set (one outer step per real batch)
-    max_steps: int | None = 300  # stop after this many outer steps (null: run `epochs` epochs)
+    # stop after this many outer steps (null: run `epochs` epochs); 600: measured on debian_sections, 300 -> 900
+    # steps took accuracy 79.0 -> 82.6 and its spread over evaluation runs 3.4 -> 1.6 points
+    max_steps: int | None = 600
     # the real batches the outer loss is taken on: proportional (classes in their training shares, as the
     # paper) | balanced (ceil(real_batch_size / classes) of every class: the prior earns the set nothing)
     outer_batches: str = "proportional"

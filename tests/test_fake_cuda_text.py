@@ -94,6 +94,12 @@ def test_random_starts_and_hard_labels_with_mean_pooling_are_device_clean_on_cud
     assert per_step == [OUTER_STEP_SYNCS] * 2, fake_cuda.report()
 
 
+def test_balanced_outer_batches_are_drawn_on_the_host_and_cost_no_wait_on_cuda(fake_cuda, monkeypatch, tmp_path):
+    """method.outer_batches=balanced: the per-class draw is made on the host; an outer step still waits once."""
+    per_step = syncs_per_outer_step(fake_cuda, monkeypatch, tmp_path, "method.outer_batches=balanced")
+    assert per_step == [OUTER_STEP_SYNCS] * 2, fake_cuda.report()
+
+
 def test_non_finite_outer_step_is_skipped_after_one_transfer_on_cuda(fake_cuda, monkeypatch, tmp_path):
     real = al.meta_gradient
     calls = {"n": 0}

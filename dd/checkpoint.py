@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from dd import dist
 from dd.errors import DDError
 from dd.fsutil import write_file
 
@@ -39,6 +40,14 @@ def load_checkpoint(path: Path, digest: str) -> dict:
     return saved
 
 
+def check_world_size(saved: int, path: Path) -> None:
+    """A run resumes with the number of processes that wrote its checkpoint: sums over ranks are taken in
+    another order with another count, so the resumed run would not be the uninterrupted one bit for bit."""
+    if saved != dist.world():
+        raise DDError(f"{path} was written by a job of {saved} process(es) but this one has {dist.world()}; "
+                      f"resume with {saved} (torchrun --nproc-per-node {saved}) or start a new run folder")
+
+
 @dataclass
 class Checkpointer:
     """A distillation loop's checkpoint: the learned tensors with their optimisers (anything with
@@ -50,7 +59,9 @@ class Checkpointer:
 
     def save(self, learned, state, next_it: int, gen: torch.Generator | None = None) -> None:
         state.next_it = next_it
-        blob = {"digest": self.digest, **learned.state_dict(), "state": asdict(state)}
+        if not dist.is_main():  # every rank holds the same state: rank 0 of a job writes it
+            return
+        blob = {"digest": self.digest, **learned.state_dict(), "state": asdict(state), "world_size": dist.world()}
         if gen is not None:
             blob["gen_state"] = gen.get_state()
         write_file(self.path, lambda p: torch.save(blob, p))
@@ -58,6 +69,7 @@ class Checkpointer:
     def restore(self, learned, state_type: type, gen: torch.Generator | None = None):
         """Loads the checkpoint into `learned` (and `gen`); returns the loop state."""
         saved = load_checkpoint(self.path, self.digest)
+        check_world_size(saved.get("world_size", 1), self.path)
         learned.load_state_dict(saved)
         if gen is not None:
             gen.set_state(saved["gen_state"])

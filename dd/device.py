@@ -10,6 +10,7 @@ import os
 
 import torch
 
+from dd import dist
 from dd.errors import DDError
 
 DEVICE_ENV = "DD_DEVICE"  # the default of the `device` key (the tests pin it to cpu)
@@ -21,10 +22,14 @@ def available() -> str:
 
 
 def resolve_device(name: str) -> torch.device:
-    """`auto` (CUDA when there is one), `cpu`, `cuda` or `cuda:N`; an unusable one is refused in one line."""
+    """`auto` (CUDA when there is one; in a job of several processes, rank i's GPU cuda:LOCAL_RANK), `cpu`,
+    `cuda` or `cuda:N`; an unusable one is refused in one line."""
     name = str(name).strip()
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        _, world, local = dist.launched()
+        return torch.device("cuda", local % torch.cuda.device_count()) if world > 1 else torch.device("cuda")
     if name == "cpu":
         return torch.device("cpu")
     if name == "cuda" or name.startswith("cuda:"):
@@ -65,4 +70,6 @@ def describe(device: torch.device) -> dict:
     else:
         record["threads"] = torch.get_num_threads()
     record["torch"] = torch.__version__
+    if dist.world() > 1:
+        record["world_size"] = dist.world()
     return record

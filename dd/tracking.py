@@ -8,6 +8,8 @@ import logging
 import os
 from pathlib import Path
 
+from dd import dist
+
 log = logging.getLogger(__name__)
 
 
@@ -78,6 +80,8 @@ def _settings(wandb):
 
 def make_tracker(logger_cfg, config: dict, out_dir: Path, name: str, group: str | None = None) -> Tracker:
     if logger_cfg.name == "none" or os.environ.get("WANDB_MODE") == "disabled":
+        return Tracker()
+    if logger_cfg.name == "wandb" and not dist.is_main():  # one run per job: rank 0 logs
         return Tracker()
     if logger_cfg.name == "wandb":
         return WandbTracker(logger_cfg, config, out_dir, name, group)

@@ -8,12 +8,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from dd import dist  # noqa: E402
 from dd.fsutil import write_file  # noqa: E402
 
 
 def save_grid(pixels: torch.Tensor, labels: torch.Tensor, class_names: list[str], path: str | Path,
               max_per_class: int = 10, title: str | None = None) -> None:
-    """pixels: (N,C,H,W) in [0,1]; labels: hard (N,) or soft (N,classes)."""
+    """pixels: (N,C,H,W) in [0,1]; labels: hard (N,) or soft (N,classes). Drawn by rank 0 of a job only."""
+    if not dist.is_main():
+        return
     pixels = pixels.detach().cpu().clamp(0, 1)
     hard = labels.argmax(1) if labels.dim() == 2 else labels
     rows = [(c, (hard == c).nonzero().flatten()[:max_per_class]) for c in range(len(class_names))]
@@ -41,6 +44,8 @@ def save_grid(pixels: torch.Tensor, labels: torch.Tensor, class_names: list[str]
 
 def save_curves(history: list[dict], path: str | Path, title: str | None = None) -> None:
     """Matching loss per iteration and test accuracy at each evaluation, on two panels."""
+    if not dist.is_main():  # rank 0 of a job draws
+        return
     losses = [(h["iteration"], h["loss"]) for h in history if "loss" in h]
     evals = [(h["iteration"], 100 * h["acc_mean"], 100 * h["acc_std"]) for h in history if "acc_mean" in h]
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))

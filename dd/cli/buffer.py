@@ -9,7 +9,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from dd.cli.common import CONF_DIR, check_choices, guarded
+from dd.cli.common import CONF_DIR, check_choices, guarded, job_output_dir, rank_argv
 from dd.config import register_configs
 
 PROG = "dd-buffer"
@@ -17,13 +17,17 @@ register_configs()
 
 
 def build(cfg: DictConfig) -> None:
+    from dd import dist
     from dd.device import resolve_device
     from dd.image.experts import build_buffer, expert_ids
     from dd.image.pipeline import load_data
 
     device = resolve_device(cfg.device)
+    dist.init(device)  # under torchrun / srun the ranks share the experts out (dd.image.experts.build_buffer)
     data = load_data(cfg)
     buffer = build_buffer(cfg, data, device, ids=expert_ids(cfg.buffer), progress=cfg.progress)
+    if not dist.is_main():
+        return
     records = buffer.records()
     accs = [r["test_accuracy"] for r in records]
     print(f"buffer {buffer.folder}: {len(records)} experts, {cfg.buffer.epochs} epochs each, "
@@ -37,6 +41,7 @@ def _app(cfg: DictConfig) -> None:
 
 def main() -> None:
     guarded(PROG, lambda: check_choices(sys.argv[1:]))
+    sys.argv = rank_argv(sys.argv)  # several processes (torchrun, srun): one run folder, rank 0's
     _app()
 
 

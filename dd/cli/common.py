@@ -1,6 +1,9 @@
 """What every dd-* entry point shares: the conf/ folder, choice checks, clean errors."""
 
+import atexit
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -48,6 +51,39 @@ def guarded(prog: str, fn: Callable[[], object]) -> object:
         return fn()
     except DDError as e:
         fail(prog, e)
+
+
+# what a rank other than 0 must not hand Hydra: its own run or sweep folder (rank 0's is the job's)
+_RANK0_ONLY = ("hydra.run.dir=", "hydra.sweep.dir=", "hydra.output_subdir=", "hydra/job_logging=")
+
+
+def rank_argv(argv: list[str]) -> list[str]:
+    """The command line for this process of a job. In one process, and on rank 0, it is `argv`; ranks
+    1.. get a private scratch run folder, no .hydra/ copy and no log file, so that only rank 0's folder
+    holds the run (`job_output_dir` hands every rank that folder, where checkpoints are read on resume)."""
+    from dd import dist
+
+    r, w, _ = dist.launched()
+    if w <= 1 or r == 0:
+        return argv
+    scratch = tempfile.mkdtemp(prefix=f"dd-rank{r}-")
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+    kept = [a for a in argv[1:] if not a.lstrip("+~").startswith(_RANK0_ONLY)]
+    return [argv[0], *kept, f"hydra.run.dir={scratch}", f"hydra.sweep.dir={scratch}", "hydra.output_subdir=null",
+            "hydra/job_logging=disabled"]
+
+
+def job_output_dir(cfg) -> tuple[Path, str | None]:
+    """The run folder and sweep name of this job (see hydra_output_dir). In a job of several processes this
+    joins its process group first (dd.dist.init, on the run's device) and every rank gets rank 0's folder."""
+    from dd import dist
+    from dd.device import resolve_device
+
+    out_dir, group = hydra_output_dir()
+    if dist.init(resolve_device(cfg.device)):
+        out_dir, group = dist.broadcast((str(out_dir), group))
+        out_dir = Path(out_dir)
+    return out_dir, group
 
 
 def hydra_output_dir() -> tuple[Path, str | None]:

@@ -10,7 +10,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from dd.cli.common import CONF_DIR, check_choices, guarded, hydra_output_dir
+from dd.cli.common import CONF_DIR, check_choices, guarded, job_output_dir, rank_argv
 from dd.config import register_configs
 
 PROG = "dd-distill"
@@ -21,9 +21,13 @@ register_configs()
 def _app(cfg: DictConfig) -> float:
     from dd.pipeline import run
 
-    out_dir, group = hydra_output_dir()
+    out_dir, group = guarded(PROG, lambda: job_output_dir(cfg))
     results = guarded(PROG, lambda: run(cfg, out_dir, group=group))
     acc = results["accuracy"]
+    from dd import dist
+
+    if not dist.is_main():  # rank 0 of a job reports
+        return acc["mean"]
     print(
         f"{results['method']} {results['dataset']} ipc={results['ipc']}: test accuracy "
         f"{100 * acc['mean']:.2f} ± {100 * acc['std']:.2f}% over {len(acc['per_model'])} {results['model']} models "
@@ -38,6 +42,7 @@ def _app(cfg: DictConfig) -> float:
 
 def main() -> None:
     guarded(PROG, lambda: check_choices(sys.argv[1:]))
+    sys.argv = rank_argv(sys.argv)  # several processes (torchrun, srun): one run folder, rank 0's
     _app()
 
 

@@ -109,10 +109,14 @@ class DSA:
             steps.append((name, _TRANSFORMS[name].draw(r, shape)))
         return steps
 
-    def __call__(self, x: Tensor, seed: int) -> Tensor:
+    def __call__(self, x: Tensor, seed: int, rows: slice | None = None, batch: int | None = None) -> Tensor:
+        """x augmented with the call `seed` makes. With `rows`, x is those rows of a batch of `batch` images
+        (a rank's share, dd.dist): each gets exactly what it would get in the whole batch."""
         if not self.names or x.shape[0] == 0:
             return x
-        steps = self.plan(seed, x.shape)
+        steps = self.plan(seed, x.shape if rows is None else (batch, *x.shape[1:]))
+        if rows is not None:
+            steps = [(name, [p[rows] for p in params]) for name, params in steps]
         for (name, _), params in zip(steps, _on_device([p for _, p in steps], x.device)):
             x = _TRANSFORMS[name].apply(x, *params)
         return x

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from dd import seeds
+from dd import dist, seeds
 from dd.data import DSA, ImageDataset
 from dd.device import to_device
 from dd.errors import DDError
@@ -238,9 +238,15 @@ def evaluate_set(
                  model_options(model_cfg)[0], len(model_seeds))
         batched = False
     train = _train_batched if batched else _train_sequential
-    with phase(precision["tf32"], device, precision["autocast"]):
-        accs, predictions = train(sets, data, model_cfg, eval_cfg, schedule, lr, model_seeds, dsa, device, progress,
-                                  desc, predict)
+    # in a job of several processes each rank trains models rank, rank + world, ... (dd.dist); the same models
+    mine = dist.strided(list(range(len(model_seeds))))
+    accs, predictions = [], (None if predict is None else [])  # a rank left without a model (K < world)
+    if mine:
+        with phase(precision["tf32"], device, precision["autocast"]):
+            accs, predictions = train([sets[k] for k in mine], data, model_cfg, eval_cfg, schedule, lr,
+                                      [model_seeds[k] for k in mine], dsa, device, progress and dist.is_main(), desc,
+                                      None if predict is None else [predict[k] for k in mine])
+    accs, predictions = in_model_order(mine, accs, predictions)
     return EvalResult(
         per_model=accs,
         mean=float(np.mean(accs)),
@@ -251,6 +257,20 @@ def evaluate_set(
         seconds=time.perf_counter() - start,
         predictions=predictions,
     )
+
+
+def in_model_order(mine: list[int], accs: list[float], predictions: list | None) -> tuple[list[float], list | None]:
+    """Every rank's results (models `mine` each) gathered on every rank, in model order."""
+    if dist.world() <= 1:
+        return accs, predictions
+    accs_all: dict[int, float] = {}
+    preds_all: dict[int, torch.Tensor] = {}
+    for ks, a, p in dist.gather((mine, accs, None if predictions is None else [t.cpu() for t in predictions])):
+        accs_all.update(zip(ks, a))
+        if p is not None:
+            preds_all.update(zip(ks, p))
+    order = sorted(accs_all)
+    return [accs_all[k] for k in order], ([preds_all[k] for k in order] if predictions is not None else None)
 
 
 def per_model_sets(images, labels, k: int) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -26,7 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from dd import seeds
+from dd import dist, seeds
 from dd.data import DSA, ImageDataset
 from dd.device import to_device
 from dd.errors import DDError
@@ -262,7 +262,9 @@ def expert_ids(buffer_cfg) -> list[int]:
 
 
 def build_buffer(cfg, data: ImageDataset, device, ids: list[int] | None = None, progress: bool = True) -> Buffer:
-    """Train every expert in `ids` that the buffer does not hold yet."""
+    """Train every expert in `ids` that the buffer does not hold yet. In a job of several processes (dd.dist)
+    the ranks deal the missing experts out round-robin, each writes its own, and all return once every
+    expert is in the folder."""
     b = cfg.buffer
     if b.epochs <= 0 or b.lr <= 0 or b.batch_size <= 0:
         raise DDError(f"buffer.epochs={b.epochs}, buffer.lr={b.lr}, buffer.batch_size={b.batch_size}: all must be positive")
@@ -270,9 +272,12 @@ def build_buffer(cfg, data: ImageDataset, device, ids: list[int] | None = None, 
     folder = Path(b.dir) if b.dir else default_buffer_dir(cfg, identity)
     buffer = Buffer.open(folder, identity, create=True)
     ids = expert_ids(b) if ids is None else ids
-    todo = [i for i in ids if i not in set(buffer.finished())]
-    if len(todo) < len(ids):
+    # rank 0's view of what is missing, so that every rank deals out the same list
+    todo = dist.broadcast([i for i in ids if i not in set(buffer.finished())])
+    if len(todo) < len(ids) and dist.is_main():
         log.info("buffer %s: %d of %d experts already done, skipping them", folder, len(ids) - len(todo), len(ids))
+    everyone = todo
+    todo = dist.strided(todo)
     parallel = experts_at_once(b.get("parallel"), len(todo), cfg, data, device)
     precision = of_phase(b)
     check_autocast(precision["autocast"], "buffer.autocast")
@@ -293,9 +298,28 @@ def build_buffer(cfg, data: ImageDataset, device, ids: list[int] | None = None, 
             write_file(buffer.file(eid), lambda p, t=traj: save_file({"trajectory": t.contiguous()}, str(p)))
             write_json(buffer.record_path(eid), {"id": eid, "init_seed": seed.init, "data_seed": seed.data,
                                                  "test_accuracy": acc, "seconds": seconds,
-                                                 "num_params": traj.shape[1], "trained_with": len(chunk),
+                                                 "num_params": traj.shape[1], "trained_with": len(chunk), "rank": dist.rank(),
                                                  "trained_on": str(device), "precision": precision})
             log.info("expert %d: test accuracy %.2f%% (%.0fs)", eid, 100 * acc, seconds)
         bar.update(len(chunk))
     bar.close()
+    if dist.world() > 1:
+        wait_for_experts(buffer, everyone)
     return buffer
+
+
+def wait_for_experts(buffer: Buffer, ids: list[int], poll_s: float = 2.0) -> None:
+    """Wait until every expert in `ids` is in the folder (the other ranks write theirs). The files, not a
+    collective, are watched: ranks may finish far apart, longer than a collective may wait; but when no
+    expert has arrived for the job's collective timeout (DD_DIST_TIMEOUT_S), a rank is taken for dead."""
+    missing = set(ids) - set(buffer.finished())
+    patience = dist.timeout().total_seconds()
+    last = time.monotonic()
+    while missing:
+        time.sleep(poll_s)
+        now_missing = missing - set(buffer.finished())
+        if now_missing != missing:
+            missing, last = now_missing, time.monotonic()
+        elif time.monotonic() - last > patience:
+            raise DDError(f"experts {sorted(missing)} of {buffer.folder} never arrived from the other ranks "
+                          f"({patience:.0f} s without progress; DD_DIST_TIMEOUT_S sets it): did a rank die?")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from dd import precision, seeds
+from dd import dist, precision, seeds
 from dd.data import load_image_dataset
 from dd.device import describe, resolve_device
 from dd.errors import DDError
@@ -86,7 +86,7 @@ def run_image(cfg: DictConfig, out_dir: str | Path, group: str | None = None) ->
             )
         timings["evaluate_s"] = evaluation.seconds
         model_name, model_opts = model_options(cfg.model)
-        if syn.export and cfg.export:
+        if syn.export and cfg.export and dist.is_main():  # one writer per job
             model = {"name": model_name, **model_opts}
             export_set(syn, "distilled", ["best", "latest"], evaluation, data, cfg, model, resolved, out_dir, tracker)
             if syn.last is not None:
@@ -111,7 +111,8 @@ def run_image(cfg: DictConfig, out_dir: str | Path, group: str | None = None) ->
             "config": resolved,
         }
         tracker.summary({"test_acc_mean": evaluation.mean, "test_acc_std": evaluation.std})
-        write_json(out_dir / "results.json", results)
+        if dist.is_main():
+            write_json(out_dir / "results.json", results)
         return results
     finally:
         tracker.finish()
@@ -167,8 +168,6 @@ def evaluate_exported(cfg: DictConfig, out_dir: str | Path, group: str | None = 
     finally:
         tracker.finish()
     name, options = model_options(model_cfg)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(Path(cfg.path) / META_FILE, out_dir / "set_meta.json")
     results = {
         "accuracy": {"mean": result.mean, "std": result.std, "per_model": result.per_model},
         "method": ds.meta.get("method"),
@@ -189,5 +188,8 @@ def evaluate_exported(cfg: DictConfig, out_dir: str | Path, group: str | None = 
     if robust is not None:
         results["timings"]["robust_s"] = sum(c["seconds"] for c in robust["conditions"].values()
                                              if "same_run_as" not in c)
-    write_json(out_dir / "results.json", results)
+    if dist.is_main():  # one writer per job
+        out_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(Path(cfg.path) / META_FILE, out_dir / "set_meta.json")
+        write_json(out_dir / "results.json", results)
     return results

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import torch
 
-from dd import hostmem
+from dd import dist, hostmem
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,8 @@ def _lr_at(lr: torch.Tensor, i: int) -> torch.Tensor:
 
 def steps_that_fit(step_loss, theta0, learnables, lr, memory_budget_mb: float | None) -> int:
     per_step = graph_bytes_of_step(step_loss, theta0, learnables, lr)
-    return max(1, budget_bytes(memory_budget_mb, theta0.device) // per_step)
+    # ranks of a data-parallel job must cut the loop the same way (their collectives pair up): the smallest
+    return dist.all_min(max(1, budget_bytes(memory_budget_mb, theta0.device) // per_step))
 
 
 def segmented(step_loss, outer, theta0, learnables, lr, num_steps: int, k: int):

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from dd import precision, seeds
+from dd import dist, precision, seeds
 from dd.config import EvalConfig
 from dd.data.text import load_text_dataset
 from dd.device import describe, resolve_device
@@ -159,6 +159,9 @@ def results_of(name: str, evaluation, data, cfg, model_name: str, timings: dict,
 
 def run_text(cfg: DictConfig, out_dir: str | Path, group: str | None = None) -> dict:
     out_dir = Path(out_dir)
+    if dist.world() > 1:
+        raise DDError(f"text runs are one process; this job has {dist.world()} (run dd-distill without torchrun/srun "
+                      "tasks; image runs share their work over processes)")
     check_text_config(cfg)
     device = resolve_device(cfg.device)
     precision.start_run(cfg)

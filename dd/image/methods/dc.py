@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from dd import seeds
+from dd import dist, seeds
 from dd.checkpoint import CHECKPOINT, Checkpointer, run_digest
 from dd.data import DSA
 from dd.data.augment import parse_strategy
@@ -119,16 +119,17 @@ def gradient_distance(real_grads, syn_grads) -> torch.Tensor:
 
 
 def matching_loss(net: torch.nn.Module, real: list[torch.Tensor], syn: list[torch.Tensor], dsa: DSA | None,
-                  aug_seeds: list[int]) -> torch.Tensor:
+                  aug_seeds: list[int], classes: list[int] | None = None) -> torch.Tensor:
     """sum_c gradient_distance(grad of CE on real[c], grad of CE on syn[c]), differentiable in syn.
 
-    real[c], syn[c]: (n, C, H, W) images of class c. With DSA, both batches of a class are augmented
-    with the same seed aug_seeds[c] (Siamese; `dsa` is batchwise, so one transform per batch)."""
+    real[c], syn[c]: (n, C, H, W) images of class classes[c] (default: class c). With DSA, both batches of a
+    class are augmented with the same seed aug_seeds[c] (Siamese; `dsa` is batchwise, so one transform per batch)."""
     params = [p for p in net.parameters() if p.requires_grad]
     total = syn[0].new_zeros(())
-    for c, (x_real, x_syn) in enumerate(zip(real, syn, strict=True)):
+    classes = range(len(real)) if classes is None else classes
+    for c, x_real, x_syn, aug_seed in zip(classes, real, syn, aug_seeds, strict=True):
         if dsa is not None:
-            x_real, x_syn = dsa(x_real, seed=aug_seeds[c]), dsa(x_syn, seed=aug_seeds[c])
+            x_real, x_syn = dsa(x_real, seed=aug_seed), dsa(x_syn, seed=aug_seed)
         y_real = torch.full((len(x_real),), c, dtype=torch.long, device=x_real.device)
         y_syn = torch.full((len(x_syn),), c, dtype=torch.long, device=x_syn.device)
         g_real = [g.detach() for g in torch.autograd.grad(set_loss(net(x_real), y_real), params)]
@@ -173,20 +174,27 @@ def real_batches(class_images: list[torch.Tensor], batch_real: int, gen: torch.G
 def iteration(net: torch.nn.Module, syn: LearnedImages, class_images: list[torch.Tensor], aug: Augment, m,
               outer_loop: int, inner_loop: int, gen: torch.Generator) -> float:
     """One iteration on a fresh network: outer_loop image steps, with inner_loop network epochs on the
-    synthetic set between them. Returns the matching loss per class and outer step (as the paper logs)."""
+    synthetic set between them. Returns the matching loss per class and outer step (as the paper logs).
+
+    In a job of several processes (dd.dist) each rank matches the classes dealt to it; a class's images get
+    their whole gradient on one rank, and the ranks add their parts before the (replicated) image step."""
     net.train()
     num_classes = len(class_images)
+    mine = dist.strided(list(range(num_classes)))
     total = torch.zeros((), device=syn.images.device)
     for ol in range(outer_loop):
         real = real_batches(class_images, m.batch_real, gen)
         aug_seeds = [int(torch.randint(2**31 - 1, (1,), generator=gen)) for _ in range(num_classes)]
-        loss = matching_loss(net, real, [syn.of_class(c) for c in range(num_classes)], aug.match, aug_seeds)
+        loss = matching_loss(net, [real[c] for c in mine], [syn.of_class(c) for c in mine], aug.match,
+                             [aug_seeds[c] for c in mine], classes=mine)
         syn.opt.zero_grad(set_to_none=True)
         loss.backward()
+        dist.all_sum_([syn.images.grad])
         syn.opt.step()
         total += loss.detach()
         if ol < outer_loop - 1:
             train_network(net, syn, inner_loop, m, aug.train, gen)
+    dist.all_sum_([total])
     return float(total) / (num_classes * outer_loop)  # the iteration's one host read
 
 
@@ -229,6 +237,7 @@ def set_up(ctx: RunContext) -> Run:
     check_ipc(data, cfg.ipc)
     check_method(m, cfg.ipc, fresh_model(cfg.model, data, seeds.derive("dc_net", cfg.seed, 0), "cpu"))
     outer_loop, inner_loop = loops(m, cfg.ipc)
+    dist.require_share(data.num_classes, "classes", "each rank matches whole classes")
     images, labels = initial_images(data, cfg.ipc, m.init, seeds.generator("dc_init", cfg.seed))
     syn = LearnedImages.create(images.to(device), labels.to(device), cfg.ipc, m.lr_img, m.momentum_img)
     state, ckpt = LoopState(), Checkpointer(ctx.out_dir / CHECKPOINT, run_digest(cfg))

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from dd import seeds
+from dd import dist, seeds
 from dd.checkpoint import CHECKPOINT, Checkpointer, run_digest
 from dd.data import DSA
 from dd.device import to_device
@@ -77,6 +77,7 @@ def check_method(m, data, ipc: int) -> None:
         raise DDError(f"method.momentum={m.momentum} is not allowed; it must be in [0, 1)")
     if m.init not in INITS:
         raise DDError(f"method.init '{m.init}' is unknown; choose one of: {', '.join(INITS)}")
+    dist.require_share(data.num_classes, "classes", "each rank matches whole classes")
     if m.dsa:
         DSA(m.dsa_strategy)  # an unknown transform name is refused here, with DSA's message
 
@@ -143,14 +144,19 @@ def dm_iteration(syn: LearnedImages, net: torch.nn.Module, real_by_class: list[t
     host read; the classes' real indices reach the device in one copy)."""
     moved = to_device(torch.cat([b.real_idx for b in plan]), real_by_class[0].device).split(
         [len(b.real_idx) for b in plan])
-    reals = [x[idx] for x, idx in zip(real_by_class, moved, strict=True)]
-    syns = [syn.of_class(c) for c in range(len(plan))]
-    loss = dm_loss(net.embed, reals, syns, dsa, [b.aug_seed for b in plan], together=model_has_state(net))
-    value = float(loss.detach())
+    # in a job of several processes each rank takes the classes dealt to it (dd.dist): a class's images get
+    # their whole gradient there, and the ranks add their parts before the (replicated) image step
+    mine = dist.strided(list(range(len(plan))))
+    reals = [real_by_class[c][moved[c]] for c in mine]
+    syns = [syn.of_class(c) for c in mine]
+    loss = dm_loss(net.embed, reals, syns, dsa, [plan[c].aug_seed for c in mine], together=model_has_state(net))
+    total = dist.all_sum_([loss.detach().clone()])[0]
+    value = float(total)
     if not math.isfinite(value):
         raise DDError(f"the distribution-matching loss is not finite ({value}); lower method.lr_img")
     syn.opt.zero_grad(set_to_none=True)
     loss.backward()
+    dist.all_sum_([syn.images.grad])
     syn.opt.step()
     return value
 
@@ -182,6 +188,12 @@ def set_up(ctx: RunContext) -> Setup:
     """Checks, the initial images (or the checkpoint's), the real images per class, the augmentation."""
     cfg, data, m = ctx.cfg, ctx.data, ctx.cfg.method
     check_method(m, data, cfg.ipc)
+    if dist.world() > 1:
+        with torch.device("meta"):  # shapes only
+            probe = iteration_network(cfg.model, data, cfg.seed, 0, "meta")
+        if model_has_state(probe):
+            raise DDError("a BatchNorm model embeds every class in one batch, which processes sharing out the "
+                          f"classes cannot do; use an instance-norm model or run one process (this job has {dist.world()})")
     gen = seeds.generator("distill", cfg.seed)
     images, labels = initial_images(data, cfg.ipc, m.init, gen)
     syn = LearnedImages.create(images.to(ctx.device), labels.to(ctx.device), cfg.ipc, m.lr_img, m.momentum)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from dd import seeds
+from dd import dist, seeds
 from dd.checkpoint import CHECKPOINT, Checkpointer, run_digest
 from dd.data import DSA
 from dd.device import to_device
@@ -100,6 +100,23 @@ def check_method(m, inner, buffer_epochs: int) -> None:
     check_matching(m, inner, buffer_epochs, rates=("lr_lr", "lr_label"))
     if m.pix_init not in ("real", "noise"):
         raise DDError(f"method.pix_init '{m.pix_init}' is unknown; choose one of: real, noise")
+
+
+def check_world(n: int, batch_syn: int | None, model: torch.nn.Module) -> None:
+    """Several processes share out every student step's batch (dd.dist): each needs an image of it, and the
+    model must treat images one by one (BatchNorm's batch statistics would differ per share)."""
+    w = dist.world()
+    if w <= 1:
+        return
+    batch = n if batch_syn is None else min(batch_syn, n)
+    smallest = n % batch or batch  # a pass over the set ends with the remainder
+    if smallest < w:
+        raise DDError(f"method.batch_syn={batch_syn} with {n} synthetic images makes student steps of {smallest} "
+                      f"images, fewer than the {w} processes that share each step; choose batch_syn so that it and "
+                      f"the remainder {n} mod batch_syn are both at least {w}")
+    if any(isinstance(mod, torch.nn.modules.batchnorm._BatchNorm) for mod in model.modules()):
+        raise DDError(f"model.norm=batchnorm computes statistics over each batch, which {w} processes would each "
+                      "take over their own share; use instancenorm (the default) or run one process")
 
 
 def initial_images(data, ipc: int, how: str, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -242,17 +259,30 @@ def outer_iteration(syn: Synthetic, student: FlatModel, segment: Segment, plan, 
     is returned without updating anything. `inner` is the inner-loop config (engine, optimizer, memory_budget_mb).
     The host waits once, after the meta-gradient, for the loss and the finite check (MetaGrad.host)."""
     plan = plan_on_device(plan, syn.images.device)
+    sharded = dist.world() > 1
 
     def step_loss(theta, learn, i):
         idx, aug_seed = plan[i]
-        x = learn[0][idx]
+        if not sharded:
+            x = learn[0][idx]
+            if dsa is not None:
+                x = dsa(x, seed=aug_seed)
+            return set_loss(student(theta, x), syn.targets(learn, idx))
+        # data parallel: this rank's share of the batch, augmented as in the whole batch, its loss weighted by
+        # its share, and theta entering through dd.dist so the gradient (and its own gradient) sums over ranks
+        rows = dist.share(len(idx))
+        mine = idx[rows]
+        x = learn[0][mine]
         if dsa is not None:
-            x = dsa(x, seed=aug_seed)
-        return set_loss(student(theta, x), syn.targets(learn, idx))
+            x = dsa(x, seed=aug_seed, rows=rows, batch=len(idx))
+        loss = set_loss(student(dist.replicated_to_local(theta), x), syn.targets(learn, mine))
+        return loss * (len(mine) / len(idx))
 
     res = meta_gradient(inner.engine, step_loss, lambda theta_n: matching_loss(theta_n, segment), segment.start,
                         syn.learnables(), syn.syn_lr, len(plan), optimizer=inner.optimizer,
                         memory_budget_mb=inner.memory_budget_mb)
+    if sharded:  # each rank holds the part of the images' (and labels') gradient its shares made
+        dist.all_sum_(res.grads)
     if updates(res, skip_loss_above):
         syn.apply(res, min_lr)
     return res
@@ -368,6 +398,7 @@ def match_trajectories(ctx: RunContext, how: Matching) -> SynSet:
     dsa = DSA(flip=data.flip) if m.dsa else None
     gen = seeds.generator("distill", cfg.seed)
     syn = how.initial_synthetic(ctx, buffer, experts, student, gen)
+    check_world(len(syn.labels), m.batch_syn, student.module)
     state, ckpt = LoopState(), Checkpointer(ctx.out_dir / CHECKPOINT, run_digest(cfg))
     if cfg.resume:
         state = ckpt.restore(syn, LoopState, gen)

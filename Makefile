@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo table-digits test test-all lint bench gpu-check corpora clean
+.PHONY: install demo table-digits test test-all lint bench gpu-check slurm-check corpora clean
 
 install: $(STAMP)
 
@@ -64,6 +64,13 @@ bench: install
 # benchmarks/README.md). Dry run on a CPU: $(PY) benchmarks/gpu_check.py --device cpu --quick
 gpu-check: install
 	$(PY) benchmarks/gpu_check.py
+
+# SLURM for real (issue 21): a one-node cluster on this machine (Debian's slurmctld, slurmd and munge, installed
+# when missing; tests/slurm/cluster.sh), then sharded experts, a 2x2 grid, a 2-task job and two preemptions through
+# it, each compared with the local result; report in benchmarks/results/slurm_check.json. Needs root (apt-get, the
+# daemons); about 15 minutes on 2 cores. `make test` never needs SLURM.
+slurm-check: install
+	WANDB_MODE=disabled $(PY) -m pytest -q -m slow tests/test_slurm.py
 
 lint: install
 	$(VENV)/bin/ruff check dd tests benchmarks

@@ -3,6 +3,7 @@
 import hashlib
 import json
 import logging
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,6 +24,26 @@ def run_digest(cfg) -> str:
     keys = {k: cfg[k] for k in ("dataset", "model", "method", "inner", "ipc", "seed")}
     text = json.dumps(OmegaConf.to_container(OmegaConf.create(keys), resolve=True), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def requeued() -> bool:
+    """Whether this is a SLURM job started again after a requeue (preemption, `scontrol requeue`, or submitit
+    at the time limit): SLURM counts the restarts in SLURM_RESTART_COUNT."""
+    try:
+        return int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
+    except ValueError:
+        return False
+
+
+def should_resume(cfg, path: Path) -> bool:
+    """resume=true, or a requeued SLURM job that finds its own checkpoint in its run folder: it carries on
+    from there (and reaches the images an uninterrupted run reaches)."""
+    if cfg.resume:
+        return True
+    if requeued() and Path(path).is_file():
+        log.info("requeued SLURM job (restart %s): resuming from %s", os.environ.get("SLURM_RESTART_COUNT"), path)
+        return True
+    return False
 
 
 def load_checkpoint(path: Path, digest: str) -> dict:

@@ -170,7 +170,7 @@ def distill_run(overrides: list[str], out: str) -> dict:
     return {"results": results, "images": images, "rank": dist.rank()}
 
 
-@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("method", ["dc", "dm", "mtt"])  # dsa is dc's class sharing with augmentation
 def test_two_processes_distill_what_one_does(method, tmp_path):
     overrides = [*RUN, *METHODS[method], f"buffer.dir={tmp_path / 'buffer'}"]
     one = distill_run(overrides, str(tmp_path / "one"))
@@ -195,3 +195,35 @@ def test_two_processes_distill_what_one_does(method, tmp_path):
         records = Buffer.open(tmp_path / "buffer2").records()
         assert sorted(r["id"] for r in records) == [0, 1, 2]
         assert sorted(r["rank"] for r in records) == [0, 0, 1]  # dealt round-robin: 0 and 2 to rank 0
+
+
+def test_auto_device_under_torchrun_is_the_local_rank_gpu(monkeypatch):
+    from dd.device import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setenv("RANK", "5")
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert resolve_device("auto") == torch.device("cuda", 1)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("RANK", "0")
+    assert resolve_device("auto") == torch.device("cuda")
+
+
+def test_srun_tasks_are_ranks_and_find_their_rendezvous(monkeypatch):
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.setenv(key, "-")  # so that teardown restores what was there before, set or not
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("SLURM_PROCID", "3")
+    monkeypatch.setenv("SLURM_LOCALID", "1")
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "4")
+    monkeypatch.setenv("SLURM_JOB_NODELIST", "gpu[12-13,20],cpu7")
+    monkeypatch.setenv("SLURM_JOB_ID", "123456")
+    assert dist.launched() == (3, 4, 1)
+    dist._slurm_rendezvous()
+    import os
+
+    assert os.environ["MASTER_ADDR"] == "gpu12" and os.environ["MASTER_PORT"] == str(20000 + 123456 % 20000)
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "1")  # a batch script, or one task: one process
+    assert dist.launched() == (0, 1, 0)

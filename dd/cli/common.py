@@ -1,6 +1,7 @@
 """What every dd-* entry point shares: the conf/ folder, choice checks, clean errors."""
 
 import atexit
+import logging
 import shutil
 import sys
 import tempfile
@@ -26,6 +27,9 @@ def check_choices(argv: list[str]) -> None:
             continue
         key, value = arg.split("=", 1)
         key = key.lstrip("+~")
+        if key == "hydra/launcher" and value == "slurm":
+            check_slurm()
+            continue
         if key == "device" and "(" not in value:
             from dd.device import resolve_device
 
@@ -38,6 +42,17 @@ def check_choices(argv: list[str]) -> None:
         for v in value.split(","):
             if v and v not in known:
                 raise DDError(f"{key} '{v}' is unknown; choose one of: {', '.join(known)}")
+
+
+def check_slurm() -> None:
+    """hydra/launcher=slurm needs the submitit launcher plugin and SLURM's commands on this machine."""
+    import importlib.util
+
+    if importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None:
+        raise DDError("hydra/launcher=slurm needs the submitit launcher: pip install 'ddlab[launchers]'")
+    if shutil.which("sbatch") is None:
+        raise DDError("hydra/launcher=slurm needs SLURM, but there is no sbatch on this machine's PATH; run on a "
+                      "cluster's login node, or use hydra/launcher=local")
 
 
 def fail(prog: str, err: Exception) -> None:
@@ -83,6 +98,10 @@ def job_output_dir(cfg) -> tuple[Path, str | None]:
     if dist.init(resolve_device(cfg.device)):
         out_dir, group = dist.broadcast((str(out_dir), group))
         out_dir = Path(out_dir)
+        if not dist.is_main():  # tasks of one SLURM job share a folder: rank 0 writes the run's log file
+            root = logging.getLogger()
+            for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
+                root.removeHandler(handler)
     return out_dir, group
 
 

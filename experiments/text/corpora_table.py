@@ -1,6 +1,10 @@
 """The real-corpus table: one row per text run, grouped by corpus, beside the corpus' full fine-tuning.
 
     python experiments/text/corpora_table.py outputs/corpora/*/*      [--json table.json]
+    python experiments/text/corpora_table.py outputs/new/*/attention_labels --earlier experiments/text/results/corpora_table.json
+
+`--earlier` adds the rows of a table written before (its --json) for every (corpus, method) that the run
+folders given do not have: the baselines need not be run again when only the distillation changed.
 
 Each argument is a dd-distill run folder (its results.json). Columns: accuracy and macro-F1 (mean ± std over
 the evaluation runs), the share of runs predicting a single class, the majority-class rate of the test split,
@@ -34,6 +38,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", type=Path)
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--earlier", type=Path, default=None, help="a table JSON written before: its rows fill the gaps")
     args = p.parse_args()
     by_corpus = defaultdict(list)
     for run in args.runs:
@@ -42,6 +47,13 @@ def main() -> None:
             meta = run / "distilled" / "meta.json"
             row["classes"] = json.loads(meta.read_text())["num_classes"] if meta.is_file() else None
             by_corpus[row["dataset"]].append(row)
+    if args.earlier:
+        for row in json.loads(args.earlier.read_text()):
+            have = {r["method"] for r in by_corpus[row["dataset"]]}
+            if row["method"] not in have:
+                row.pop("targets", None)
+                row["label"] = row["label"].split(" (")[0] + " (earlier run)"
+                by_corpus[row["dataset"]].append(row)
     out = []
     print("| corpus | method | accuracy % | macro-F1 % | single-class runs | % of full FT | minutes | targets |")
     print("|---|---|---|---|---|---|---|---|")

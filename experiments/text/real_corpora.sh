@@ -3,15 +3,16 @@
 # random_text, herding_text and full fine-tuning (MiniLM, 1 example per class, 10 evaluation runs), then the table.
 #   make corpora && apt-get install fortunes && apt-get update     (once: the data)
 #   bash experiments/text/real_corpora.sh outputs/corpora [corpus ...]
+#   METHODS=attention_labels bash experiments/text/real_corpora.sh outputs/new    # only the distillation
 set -euo pipefail
 out=${1:-outputs/corpora}
 shift || true
 corpora=${*:-fortunes rotten_tomatoes rotten_tomatoes_3class debian_sections debates_2016}
 bin=$(dirname "$0")/../../.venv/bin
 for d in $corpora; do
-  for m in attention_labels random_text herding_text full_finetune; do
+  for m in ${METHODS:-attention_labels random_text herding_text full_finetune}; do
     [ -f "$out/$d/$m/results.json" ] && continue  # done already: the table is resumable
-    OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} "$bin/dd-distill" dataset="$d" model=minilm ipc=1 eval.num_models=10 \
+    "$bin/dd-distill" dataset="$d" model=minilm ipc=1 eval.num_models=10 \
       method="$m" hydra.run.dir="$out/$d/$m"
   done
 done

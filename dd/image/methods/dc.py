@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dd import dist, seeds
-from dd.checkpoint import CHECKPOINT, Checkpointer, run_digest
+from dd.checkpoint import CHECKPOINT, Checkpointer, run_digest, should_resume
 from dd.data import DSA
 from dd.data.augment import parse_strategy
 from dd.device import to_device
@@ -241,7 +241,7 @@ def set_up(ctx: RunContext) -> Run:
     images, labels = initial_images(data, cfg.ipc, m.init, seeds.generator("dc_init", cfg.seed))
     syn = LearnedImages.create(images.to(device), labels.to(device), cfg.ipc, m.lr_img, m.momentum_img)
     state, ckpt = LoopState(), Checkpointer(ctx.out_dir / CHECKPOINT, run_digest(cfg))
-    if cfg.resume:
+    if should_resume(cfg, ckpt.path):
         state = ckpt.restore(syn, LoopState)
     class_images = [data.train_x[data.indices_of_class(c)].to(device) for c in range(data.num_classes)]
     log.info("%s: %d iterations, outer_loop %d, inner_loop %d, dsa %s", m.name, m.iterations, outer_loop,

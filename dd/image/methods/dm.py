@@ -31,7 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dd import dist, seeds
-from dd.checkpoint import CHECKPOINT, Checkpointer, run_digest
+from dd.checkpoint import CHECKPOINT, Checkpointer, run_digest, should_resume
 from dd.data import DSA
 from dd.device import to_device
 from dd.errors import DDError, require_positive
@@ -200,7 +200,7 @@ def set_up(ctx: RunContext) -> Setup:
     real_by_class = [data.train_x[data.indices_of_class(c)].to(ctx.device) for c in range(data.num_classes)]
     dsa = DSA(m.dsa_strategy, flip=data.flip, batchwise=True) if m.dsa else None
     state, ckpt = LoopState(), Checkpointer(ctx.out_dir / CHECKPOINT, run_digest(cfg))
-    if cfg.resume:
+    if should_resume(cfg, ckpt.path):
         state = ckpt.restore(syn, LoopState, gen)
     return Setup(syn, real_by_class, dsa, gen, state, ckpt)
 

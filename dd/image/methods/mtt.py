@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from dd import dist, seeds
-from dd.checkpoint import CHECKPOINT, Checkpointer, run_digest
+from dd.checkpoint import CHECKPOINT, Checkpointer, run_digest, should_resume
 from dd.data import DSA
 from dd.device import to_device
 from dd.errors import DDError, require_positive
@@ -400,7 +400,7 @@ def match_trajectories(ctx: RunContext, how: Matching) -> SynSet:
     syn = how.initial_synthetic(ctx, buffer, experts, student, gen)
     check_world(len(syn.labels), m.batch_syn, student.module)
     state, ckpt = LoopState(), Checkpointer(ctx.out_dir / CHECKPOINT, run_digest(cfg))
-    if cfg.resume:
+    if should_resume(cfg, ckpt.path):
         state = ckpt.restore(syn, LoopState, gen)
 
     bar = tqdm(range(state.next_it, m.iterations + 1), desc=f"{m.name} {data.name} ipc={cfg.ipc}",

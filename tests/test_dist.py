@@ -162,7 +162,6 @@ def distill_run(overrides: list[str], out: str) -> dict:
     register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
-    before = set(Path(out).rglob("*")) if Path(out).exists() else set()
     dist.barrier()
     results = run(cfg, out)
     dist.barrier()  # rank 0 has written everything

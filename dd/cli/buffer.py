@@ -9,7 +9,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from dd.cli.common import CONF_DIR, check_choices, guarded, job_output_dir, rank_argv
+from dd.cli.common import CONF_DIR, check_choices, guarded, rank_argv
 from dd.config import register_configs
 
 PROG = "dd-buffer"

@@ -269,7 +269,7 @@ def outer_iteration(syn: Synthetic, student: FlatModel, segment: Segment, plan, 
                 x = dsa(x, seed=aug_seed)
             return set_loss(student(theta, x), syn.targets(learn, idx))
         # data parallel: this rank's share of the batch, augmented as in the whole batch, its loss weighted by
-        # its share, and theta entering through dd.dist so the gradient (and its own gradient) sums over ranks
+        # its share; theta enters through dd.dist, so its gradient is summed over ranks, exactly under double backward
         rows = dist.share(len(idx))
         mine = idx[rows]
         x = learn[0][mine]

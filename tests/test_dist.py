@@ -149,7 +149,7 @@ METHODS = {
 
 
 def distill_run(overrides: list[str], out: str) -> dict:
-    """dd.pipeline.run as dd-distill calls it; what it returned, the images, and the files this rank wrote."""
+    """dd.pipeline.run as dd-distill calls it: what it returned, and (rank 0) the exported images."""
     from pathlib import Path
 
     from hydra import compose, initialize_config_dir

@@ -118,7 +118,10 @@ def init(device: torch.device | str = "cpu") -> bool:
         _slurm_rendezvous()
         os.environ.setdefault("RANK", str(r))
         os.environ.setdefault("WORLD_SIZE", str(w))
-    kwargs = {"device_id": device} if backend == "nccl" and device.index is not None else {}
+    kwargs = {}
+    if backend == "nccl" and device.index is not None:
+        torch.cuda.set_device(device)  # object collectives (gather, broadcast) stage through the current GPU
+        kwargs["device_id"] = device
     dist.init_process_group(backend=backend, rank=r, world_size=w, timeout=timeout(), **kwargs)
     return True
 

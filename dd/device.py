@@ -22,14 +22,16 @@ def available() -> str:
 
 
 def resolve_device(name: str) -> torch.device:
-    """`auto` (CUDA when there is one; in a job of several processes, rank i's GPU cuda:LOCAL_RANK), `cpu`,
-    `cuda` or `cuda:N`; an unusable one is refused in one line."""
+    """`auto` (CUDA when there is one), `cpu`, `cuda` or `cuda:N`; an unusable one is refused in one line.
+    In a job of several processes (dd.dist) `auto` and `cuda` mean this rank's GPU, cuda:LOCAL_RANK."""
     name = str(name).strip()
     if name == "auto":
         if not torch.cuda.is_available():
             return torch.device("cpu")
-        _, world, local = dist.launched()
-        return torch.device("cuda", local % torch.cuda.device_count()) if world > 1 else torch.device("cuda")
+        name = "cuda"
+    _, world, local = dist.launched()
+    if name == "cuda" and world > 1 and torch.cuda.is_available():
+        return torch.device("cuda", local % torch.cuda.device_count())
     if name == "cpu":
         return torch.device("cpu")
     if name == "cuda" or name.startswith("cuda:"):

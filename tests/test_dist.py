@@ -205,6 +205,8 @@ def test_auto_device_under_torchrun_is_the_local_rank_gpu(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "8")
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert resolve_device("auto") == torch.device("cuda", 1)
+    assert resolve_device("cuda") == torch.device("cuda", 1)
+    assert resolve_device("cuda:3") == torch.device("cuda", 3)  # a named GPU is taken as named
     monkeypatch.setenv("WORLD_SIZE", "1")
     monkeypatch.setenv("RANK", "0")
     assert resolve_device("auto") == torch.device("cuda")

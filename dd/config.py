@@ -12,7 +12,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from dd.registry import methods
+from dd.lm.config import LMCorpusConfig, LMModelConfig, PruneConfig
+from dd.registry import schemas
 
 
 @dataclass
@@ -186,6 +187,7 @@ class Config:
     resume: bool = False  # continue from the run folder's checkpoint (give the folder with hydra.run.dir=...)
     export: bool = True
     progress: bool = True
+    prune: PruneConfig = field(default_factory=PruneConfig)  # language-model data pruning (dd.lm)
 
 
 @dataclass
@@ -207,9 +209,8 @@ class EvalSetConfig:
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
-    for method in methods().values():  # each method's schema sits beside it (dd.registry)
-        if method.schema is not None:
-            cs.store(group="method", name=method.schema_name, node=method.schema)
+    for name, schema in schemas().items():  # each method's schema sits beside it (dd.registry)
+        cs.store(group="method", name=name, node=schema)
     cs.store(name="eval_set_schema", node=EvalSetConfig)
     cs.store(group="dataset", name="image_schema", node=ImageDatasetConfig)
     cs.store(group="model", name="model_schema", node=ModelConfig)
@@ -217,3 +218,5 @@ def register_configs() -> None:
     cs.store(group="logger", name="logger_schema", node=LoggerConfig)
     cs.store(group="dataset", name="text_schema", node=TextDatasetConfig)
     cs.store(group="model", name="text_model_schema", node=TextModelConfig)
+    cs.store(group="dataset", name="lm_corpus_schema", node=LMCorpusConfig)
+    cs.store(group="model", name="lm_model_schema", node=LMModelConfig)

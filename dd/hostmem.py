@@ -67,3 +67,12 @@ def free_in_heap() -> int:
         return 0
     mallinfo2.restype = _MallInfo2
     return int(mallinfo2().fordblks)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024

@@ -1,7 +1,8 @@
 """The method registry: every method module registers itself here, with its kind and config schema.
 
-Adding a method is one module under dd/image/methods/ or dd/text/methods/ plus one YAML under
-conf/method/. The module decorates its entry point:
+Adding a method is one module under dd/image/methods/, dd/text/methods/ or dd/lm/selectors/ plus
+one YAML under conf/method/. A name is unique within its kind; `random` is both an image coreset and
+a language-model pruning selector, and the dataset's kind picks which. The module decorates its entry point:
 
     @register("dm", kind="image", schema=DMConfig)
     def distill(ctx: RunContext) -> SynSet: ...
@@ -21,8 +22,8 @@ import torch
 from dd.errors import DDError
 from dd.tracking import Tracker
 
-KINDS = ("image", "text")
-_PACKAGES = ("dd.image.methods", "dd.text.methods")
+KINDS = ("image", "text", "lm")
+_PACKAGES = ("dd.image.methods", "dd.text.methods", "dd.lm.selectors")
 
 
 @dataclass
@@ -40,13 +41,13 @@ class RunContext:
 @dataclass(frozen=True)
 class Method:
     name: str
-    kind: str  # image | text: which pipeline runs it, and which datasets it takes
-    run: Callable  # (RunContext) -> SynSet (image) or TextSynSet (text)
+    kind: str  # image | text | lm: which pipeline runs it, and which datasets it takes
+    run: Callable  # (RunContext) -> SynSet (image) or TextSynSet (text); lm: (LMRunContext, n_keep) -> Selection
     schema: type | None  # the config dataclass; stored for Hydra as method/<schema_name>
     schema_name: str
 
 
-_METHODS: dict[str, Method] = {}
+_METHODS: dict[tuple[str, str], Method] = {}  # (kind, name) -> method
 _discovered = False
 
 
@@ -56,9 +57,10 @@ def register(name: str, *, kind: str, schema: type | None = None, schema_name: s
         raise ValueError(f"kind '{kind}' is unknown; choose one of: {', '.join(KINDS)}")
 
     def add(fn: Callable) -> Callable:
-        if name in _METHODS and _METHODS[name].run is not fn:
-            raise ValueError(f"method '{name}' is registered twice ({_METHODS[name].run.__module__}, {fn.__module__})")
-        _METHODS[name] = Method(name, kind, fn, schema, schema_name or f"{name}_schema")
+        old = _METHODS.get((kind, name))
+        if old is not None and old.run is not fn:
+            raise ValueError(f"{kind} method '{name}' is registered twice ({old.run.__module__}, {fn.__module__})")
+        _METHODS[(kind, name)] = Method(name, kind, fn, schema, schema_name or f"{name}_schema")
         return fn
 
     return add
@@ -77,12 +79,26 @@ def discover() -> None:
 
 
 def methods(kind: str | None = None) -> dict[str, Method]:
-    """{name: Method} of every method (of one kind), in registration order."""
+    """{name: Method} of the methods of one kind, in registration order (no kind: the first of each name)."""
     discover()
-    return {n: m for n, m in _METHODS.items() if kind is None or m.kind == kind}
+    found: dict[str, Method] = {}
+    for (k, n), m in _METHODS.items():
+        if (kind is None or k == kind) and n not in found:
+            found[n] = m
+    return found
 
 
-def get(name: str) -> Method:
+def schemas() -> dict[str, type]:
+    """{schema_name: config dataclass} of every method of every kind."""
+    discover()
+    return {m.schema_name: m.schema for m in _METHODS.values() if m.schema is not None}
+
+
+def get(name: str, kind: str | None = None) -> Method:
+    """Method `name` of `kind` (no kind, or none of that kind: of any kind, so the caller can say it mismatches)."""
+    discover()
+    if kind is not None and (kind, name) in _METHODS:
+        return _METHODS[(kind, name)]
     found = methods().get(name)
     if found is None:
         raise DDError(f"method '{name}' is unknown; choose one of: {', '.join(methods())}")

@@ -9,8 +9,6 @@ main results.json summarises them under "comparison".
 """
 
 import logging
-import resource
-import sys
 import time
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from dd.device import describe, resolve_device
 from dd.errors import DDError
 from dd.export import DistilledSet
 from dd.fsutil import write_file, write_json
+from dd.hostmem import peak_rss_mb
 from dd.models.bert import TextClassifier, load_backbone
 from dd.registry import get, methods
 from dd.text.base import TextRunContext, TextSynSet
@@ -31,12 +30,6 @@ from dd.tracking import Tracker, make_tracker
 
 log = logging.getLogger(__name__)
 PREVIEW_TOKENS = 24  # decoded positions per example kept in meta.json
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process (ru_maxrss is KiB on Linux, bytes on macOS)."""
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2**20 if sys.platform == "darwin" else rss / 1024
 
 
 def compare_configs(cfg: DictConfig) -> dict[str, DictConfig]:

@@ -3,6 +3,7 @@
     dd-distill method=random dataset=digits ipc=10
     dd-distill experiment=digits_mtt_ipc1
     dd-distill -m method=random,herding,kcenter ipc=1,10,50 seed=0,1,2
+    dd-distill experiment=lm_prune_fortunes method=nll prune.keep=0.5 seed=0
 """
 
 import sys
@@ -23,6 +24,13 @@ def _app(cfg: DictConfig) -> float:
 
     out_dir, group = guarded(PROG, lambda: job_output_dir(cfg))
     results = guarded(PROG, lambda: run(cfg, out_dir, group=group))
+    if results.get("kind") == "lm":
+        ppl = results["perplexity"]
+        print(f"{results['method']} {results['dataset']} keep={results['kept_fraction']:.3f} "
+              f"({results['kept_documents']} documents): test perplexity {ppl['mean']:.3f} ± {ppl['std']:.3f} "
+              f"over {len(ppl['per_seed'])} {results['model']} models; worst domain "
+              f"{results['worst_domain']['domain']} {results['worst_domain']['perplexity']:.2f} -> {out_dir}")
+        return ppl["mean"]
     acc = results["accuracy"]
     from dd import dist
 

@@ -1,6 +1,7 @@
 """dd-table: the paper table (mean ± std per method x dataset-IPC) from run or multirun folders.
 
     dd-table multirun/2026-11-22/10-00-00 --format md --reference experiments/digits/published.yaml --plot acc.png
+    dd-table outputs/lm_curve --plot curve.png --json curve.json      # language-model pruning: the perplexity curve
 """
 
 import argparse
@@ -18,7 +19,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--format", default="md", choices=["md", "csv", "latex"])
     p.add_argument("--reference", help="published.yaml with the paper's figures")
     p.add_argument("--by-model", action="store_true", help="one row per method x model (cross-architecture)")
-    p.add_argument("--plot", help="write accuracy-vs-IPC per method to this PNG")
+    p.add_argument("--plot", help="write accuracy-vs-IPC (pruning runs: perplexity-vs-fraction kept) per method to this PNG")
+    p.add_argument("--json", help="pruning runs: write the curve's cells to this JSON file")
     p.add_argument("--stat", default="accuracy", choices=STATS,
                    help="accuracy: fresh models on the exported set (default); paper_max: the reference code's "
                         "figure, the best evaluation during distillation, picked on the test split")
@@ -28,6 +30,15 @@ def main(argv: list[str] | None = None) -> None:
         results = find_results(args.paths)
         if not results:
             raise DDError(f"no results.json found under {', '.join(args.paths)}")
+        if any(r.get("kind") == "lm" for r in results):  # language-model pruning: perplexity, not accuracy
+            from dd.lm import curve
+
+            curves = curve.collect(results)
+            print(curve.render(curves), end="")
+            curve.write_outputs(curves, args.plot, args.json)
+            results = [r for r in results if r.get("kind") != "lm"]
+            if not results:
+                return
         cells = collect(results, by_model=args.by_model, stat=args.stat)
         ref = load_reference(args.reference) if args.reference else None
         if args.stat != "accuracy" and args.format == "md":

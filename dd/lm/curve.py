@@ -1,0 +1,133 @@
+"""The pruning curve from run folders: held-out perplexity per method x kept fraction (mean ± std over seeds),
+full data beside it, the worst domain's perplexity, and a plot of perplexity against the fraction kept.
+
+In every column the methods whose mean is below random's at that fraction are marked `<`, so "better
+than random" can be read off without arithmetic.
+"""
+
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from dd.fsutil import write_file, write_json
+
+FULL = "full data"
+
+
+def label_of(r: dict) -> str:
+    m = r.get("config", {}).get("method", {})
+    if r["method"] == "random" and r["kept_fraction"] >= 1.0:
+        return FULL
+    if r["method"] == "nll" and m.get("iwf"):
+        return "nll+iwf"
+    if r["method"] == "perplexity_band":
+        return f"perplexity_band:{m.get('band', 'middle')}"
+    if r["method"] == "doremi" and m.get("weights") == "uniform":
+        return "doremi:uniform"
+    return r["method"]
+
+
+def point_of(r: dict) -> str:
+    return f"n={r['budget']}" if r.get("budget") else f"{r['keep']:g}"
+
+
+def collect(results: list[dict]) -> dict:
+    """{dataset: {label: {point: {"ppl": [...], "worst": [...], "seconds": [...]}}}} of the lm runs."""
+    out: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(lambda: defaultdict(list))))
+    for r in results:
+        if r.get("kind") != "lm":
+            continue
+        cell = out[r["dataset"]][label_of(r)][point_of(r)]
+        cell["ppl"].extend(r["perplexity"]["per_seed"])
+        cell["worst"].append(r["worst_domain"]["perplexity"])
+        cell["seconds"].append(r.get("timings", {}).get("total_s", float("nan")))
+    return out
+
+
+def fmt(values: list[float]) -> str:
+    return f"{np.mean(values):.2f} ± {np.std(values):.2f}" if len(values) > 1 else f"{values[0]:.2f}"
+
+
+def points_of(rows: dict) -> list[str]:
+    pts = {p for label, cells in rows.items() if label != FULL for p in cells}
+    return sorted(pts, key=lambda p: (p.startswith("n="), float(p[2:]) if p.startswith("n=") else float(p)))
+
+
+def render(curves: dict) -> str:
+    lines = []
+    for dataset, rows in sorted(curves.items()):
+        pts = points_of(rows)
+        rnd = rows.get("random", {})
+        lines.append(f"**{dataset}**: test perplexity (lower is better), mean ± std over seeds; "
+                     "`<` below random at that fraction\n")
+        lines.append("| method | " + " | ".join(f"keep {p}" for p in pts) + " |")
+        lines.append("|---|" + "---|" * len(pts))
+        if FULL in rows:
+            full = rows[FULL]["1"]["ppl"]
+            lines.append(f"| {FULL} (keep 1.0) | " + " | ".join(fmt(full) for _ in pts) + " |")
+        for label in sorted(k for k in rows if k != FULL):
+            cells = []
+            for p in pts:
+                c = rows[label].get(p)
+                if c is None:
+                    cells.append("")
+                    continue
+                better = label != "random" and p in rnd and np.mean(c["ppl"]) < np.mean(rnd[p]["ppl"])
+                cells.append(fmt(c["ppl"]) + (" <" if better else ""))
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append("")
+        lines.append(f"**{dataset}**: worst domain's perplexity (mean over seeds)\n")
+        lines.append("| method | " + " | ".join(f"keep {p}" for p in pts) + " |")
+        lines.append("|---|" + "---|" * len(pts))
+        for label in sorted(rows):
+            if label == FULL:
+                w = rows[FULL]["1"]["worst"]
+                lines.append(f"| {FULL} | " + " | ".join(f"{np.mean(w):.2f}" for _ in pts) + " |")
+                continue
+            lines.append(f"| {label} | " + " | ".join(f"{np.mean(rows[label][p]['worst']):.2f}" if p in rows[label]
+                                                       else "" for p in pts) + " |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def as_json(curves: dict) -> dict:
+    return {d: {label: {p: {"mean": float(np.mean(c["ppl"])), "std": float(np.std(c["ppl"])), "n": len(c["ppl"]),
+                            "worst_domain_mean": float(np.mean(c["worst"])), "seconds": c["seconds"]}
+                        for p, c in cells.items()} for label, cells in rows.items()} for d, rows in curves.items()}
+
+
+def plot(curves: dict, path: str | Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(curves), figsize=(6 * len(curves), 4.2), squeeze=False)
+    for ax, (dataset, rows) in zip(axes[0], sorted(curves.items()), strict=True):
+        for label in sorted(k for k in rows if k != FULL):
+            pts = [p for p in points_of(rows) if p in rows[label] and not p.startswith("n=")]
+            if not pts:
+                continue
+            x = [float(p) for p in pts]
+            y = [np.mean(rows[label][p]["ppl"]) for p in pts]
+            e = [np.std(rows[label][p]["ppl"]) for p in pts]
+            style = {"color": "black", "linestyle": ":"} if label == "random" else {}
+            ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=label, **style)
+        if FULL in rows:
+            ax.axhline(np.mean(rows[FULL]["1"]["ppl"]), color="grey", linestyle="--", label=FULL)
+        ax.set_xlabel("fraction of training documents kept")
+        ax.set_ylabel("held-out perplexity")
+        ax.set_title(dataset)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    write_file(path, lambda p: fig.savefig(p, dpi=120, format="png"))
+    plt.close(fig)
+
+
+def write_outputs(curves: dict, plot_path: str | None, json_path: str | None) -> None:
+    if plot_path:
+        plot(curves, plot_path)
+    if json_path:
+        write_json(json_path, as_json(curves))

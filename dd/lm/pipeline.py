@@ -1,0 +1,219 @@
+"""One pruning run: load the corpus, score and select its training documents, train a causal LM on what
+is kept, and report held-out perplexity overall and per domain.
+
+Every point of a pruning curve trains for the same number of tokens (prune.tokens) unless
+prune.epochs asks for passes over the kept documents instead; the selection's scores and the probe
+models are cached (dd.lm.cache), so a sweep over keep ratios and seeds scores each corpus once.
+"""
+
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from dd import dist, seeds
+from dd.device import describe, resolve_device
+from dd.errors import DDError, require_positive
+from dd.fsutil import write_file, write_json
+from dd.hostmem import peak_rss_mb
+from dd.lm.base import LMRunContext, Selection
+from dd.lm.corpus import load_corpus
+from dd.lm.model import build_model, doc_nll, perplexities, train, windows
+from dd.lm.tokenizer import build_tokenizer
+from dd.registry import get, methods
+from dd.tracking import make_tracker
+
+log = logging.getLogger(__name__)
+
+
+def check_prune_config(cfg: DictConfig) -> None:
+    if cfg.model.get("kind") != "lm":
+        raise DDError(f"model={cfg.model.name} is not a language model; a language-model corpus "
+                      f"(dataset={cfg.dataset.name}) takes model=gpt2_tiny (or model.name_or_path=<HF causal LM folder>)")
+    p = cfg.prune
+    if not 0 < p.keep <= 1:
+        raise DDError(f"prune.keep={p.keep} is not allowed; it must be in (0, 1] (the fraction of documents kept)")
+    if p.budget is not None and p.budget <= 0:
+        raise DDError(f"prune.budget={p.budget} is not allowed; it must be a positive number of documents")
+    if p.epochs is not None:
+        require_positive({"epochs": p.epochs}, "prune")
+    require_positive({k: p[k] for k in ("runs", "tokens", "batch_size", "lr", "eval_batch_size", "probe_tokens")}, "prune")
+    if not 0 <= p.warmup < 1 or not 0 <= p.min_lr_ratio <= 1:
+        raise DDError(f"prune.warmup={p.warmup} must be in [0, 1) and prune.min_lr_ratio={p.min_lr_ratio} in [0, 1]")
+    for path in (p.init_from, cfg.model.get("name_or_path")):
+        if path and not Path(path).expanduser().exists():
+            raise DDError(f"{path} does not exist; give a local Hugging Face causal LM folder")
+
+
+def documents_to_keep(cfg: DictConfig, n_train: int) -> int:
+    p = cfg.prune
+    if p.budget is not None:
+        if p.budget > n_train:
+            raise DDError(f"prune.budget={p.budget} is more than the {n_train} training documents of "
+                          f"dataset={cfg.dataset.name}; give at most {n_train}")
+        return int(p.budget)
+    return max(1, round(p.keep * n_train))
+
+
+def train_steps(cfg: DictConfig, kept_tokens: int) -> int:
+    p, per_step = cfg.prune, cfg.prune.batch_size * cfg.model.context
+    tokens = p.epochs * kept_tokens if p.epochs is not None else p.tokens
+    return max(1, math.ceil(tokens / per_step))
+
+
+def main_model(cfg: DictConfig, vocab_size: int, k: int):
+    init = cfg.prune.init_from
+    if init:
+        return build_model(OmegaConf.merge(cfg.model, {"name_or_path": init}), vocab_size, 0)
+    return build_model(cfg.model, vocab_size, cfg.seed, purpose="lm_init") if k == 0 else \
+        build_model(cfg.model, vocab_size, seeds.derive("lm_run", cfg.seed, k), purpose="lm_init")
+
+
+def export_kept(out_dir: Path, ctx: LMRunContext, sel: Selection, provenance: dict) -> dict:
+    """The kept documents with their scores and the selection's provenance: jsonl, parquet, and a HF dataset."""
+    import pandas as pd
+
+    frame = pd.DataFrame({
+        "text": [ctx.corpus.docs["train"][i] for i in sel.kept],
+        "domain": [ctx.corpus.domains["train"][i] for i in sel.kept],
+        "doc_index": sel.kept,
+        "rank": range(len(sel.kept)),
+        "score": [float(sel.scores[i]) for i in sel.kept] if sel.scores is not None else [math.nan] * len(sel.kept),
+    })
+    folder = out_dir / "kept"
+    write_file(folder / "kept.jsonl", lambda p: frame.to_json(p, orient="records", lines=True, force_ascii=False))
+    write_file(folder / "kept.parquet", lambda p: frame.to_parquet(p, index=False))
+    write_json(folder / "provenance.json", provenance)
+    files = {"jsonl": str(folder / "kept.jsonl"), "parquet": str(folder / "kept.parquet")}
+    try:
+        import datasets
+
+        from dd.fsutil import atomic_dir
+
+        datasets.disable_progress_bars()
+        with atomic_dir(folder / "hf") as tmp:
+            datasets.Dataset.from_pandas(frame, preserve_index=False).save_to_disk(str(tmp))
+        files["hf"] = str(folder / "hf")
+    except ImportError:
+        pass
+    return files
+
+
+def run_lm(cfg: DictConfig, out_dir: str | Path, group: str | None = None) -> dict:
+    out_dir = Path(out_dir)
+    if dist.world() > 1:
+        raise DDError(f"language-model pruning runs are one process; this job has {dist.world()}")
+    check_prune_config(cfg)
+    method = get(cfg.method.name, "lm")
+    if method.kind != "lm":
+        raise DDError(f"method '{cfg.method.name}' does not prune language-model corpora; choose one of: "
+                      f"{', '.join(methods('lm'))}")
+    device = resolve_device(cfg.device)
+    p = cfg.prune
+    cache_dir = Path(p.cache_dir).expanduser() / "lm"
+    timings, start = {}, time.perf_counter()
+
+    t0 = time.perf_counter()
+    corpus = load_corpus(cfg.dataset)
+    n_keep = documents_to_keep(cfg, len(corpus.docs["train"]))
+    tok = build_tokenizer(cfg.model, corpus.docs["train"], corpus.fingerprint, cache_dir)
+    ids = {s: tok.encode(docs) for s, docs in corpus.docs.items()}
+    timings["data_s"] = time.perf_counter() - t0
+    ctx = LMRunContext(cfg, corpus, tok, ids, device, out_dir, cache_dir, cfg.progress)
+
+    t0 = time.perf_counter()
+    sel = method.run(ctx, n_keep)
+    timings["select_s"] = time.perf_counter() - t0
+    kept_ids = [ids["train"][i] for i in sel.kept]
+    kept_tokens = sum(len(x) + 1 for x in kept_ids)
+    train_tokens = sum(len(x) + 1 for x in ids["train"])
+    steps = train_steps(cfg, kept_tokens)
+    trained = steps * p.batch_size * cfg.model.context
+    log.info("%s keeps %d of %d documents (%d of %d tokens); training %d steps (%d tokens, %.2f passes)",
+             cfg.method.name, len(sel.kept), len(ids["train"]), kept_tokens, train_tokens, steps, trained,
+             trained / kept_tokens)
+
+    tracker = make_tracker(cfg.logger, OmegaConf.to_container(cfg, resolve=True), out_dir, name=out_dir.name, group=group)
+    try:
+        runs, curves = [], []
+        timings["train_s"] = timings["evaluate_s"] = 0.0
+        for k in range(p.runs):
+            t0 = time.perf_counter()
+            model = main_model(cfg, tok.vocab_size, k)
+            gen = seeds.generator("lm_data", cfg.seed, k)
+            curve = train(model, windows(kept_ids, tok.eot, p.batch_size, cfg.model.context, gen), steps, p, device,
+                          desc=f"train {k + 1}/{p.runs}", progress=cfg.progress)
+            timings["train_s"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            found = {}
+            for split in ("test", "val"):
+                if ids[split]:
+                    nll, count = doc_nll(model, ids[split], tok.eot, cfg.model.context, p.eval_batch_size, device)
+                    found[split] = perplexities(nll, count, corpus.domains[split])
+            timings["evaluate_s"] += time.perf_counter() - t0
+            runs.append(found)
+            curves.append(curve)
+            tracker.log({"test_perplexity": found["test"]["perplexity"], "run": k})
+            log.info("run %d: test perplexity %.3f", k, found["test"]["perplexity"])
+        results = lm_results(cfg, corpus, sel, runs, curves, n_keep, kept_tokens, train_tokens, trained)
+        provenance = {"method": cfg.method.name, "method_config": OmegaConf.to_container(cfg.method, resolve=True),
+                      "keep": p.keep, "budget": p.budget, "seed": cfg.seed, "corpus": corpus.name,
+                      "corpus_fingerprint": corpus.fingerprint, "score": sel.score_name, **sel.info}
+        score_file = sel.info.get("score_file")
+        if score_file and Path(score_file).exists() and Path(score_file).parent != out_dir:
+            write_file(out_dir / "scores.json", lambda dst: shutil.copyfile(score_file, dst))
+            results["scores_file"] = str(out_dir / "scores.json")
+        if p.export:
+            results["export"] = export_kept(out_dir, ctx, sel, provenance)
+        timings["total_s"] = time.perf_counter() - start
+        timings["peak_rss_mb"] = peak_rss_mb()
+        results["timings"] = timings
+        results["device"] = describe(device)
+        results["config"] = OmegaConf.to_container(cfg, resolve=True)
+        tracker.summary({"test_perplexity": results["perplexity"]["mean"]})
+        write_json(out_dir / "results.json", results)
+        return results
+    finally:
+        tracker.finish()
+
+
+def lm_results(cfg, corpus, sel: Selection, runs: list[dict], curves: list[list[float]], n_keep: int,
+               kept_tokens: int, train_tokens: int, trained: int) -> dict:
+    test = [r["test"] for r in runs]
+    ppl = [r["perplexity"] for r in test]
+    domains = sorted(test[0]["per_domain"])
+    per_domain = {d: float(np.mean([r["per_domain"][d] for r in test])) for d in domains}
+    worst = max(per_domain, key=per_domain.get)
+    kept_domains = [corpus.domains["train"][i] for i in sel.kept]
+    out = {
+        "kind": "lm",
+        "method": cfg.method.name,
+        "dataset": corpus.name,
+        "model": cfg.model.name,
+        "seed": cfg.seed,
+        "keep": cfg.prune.keep if cfg.prune.budget is None else None,
+        "budget": cfg.prune.budget,
+        "kept_documents": len(sel.kept),
+        "kept_fraction": len(sel.kept) / len(corpus.docs["train"]),
+        "kept_token_fraction": kept_tokens / train_tokens,
+        "tokens": {"train_split": train_tokens, "kept": kept_tokens, "trained": trained,
+                   "passes_over_kept": trained / kept_tokens, "test": test[0]["tokens"]},
+        "perplexity": {"mean": float(np.mean(ppl)), "std": float(np.std(ppl)), "per_seed": ppl},
+        "per_domain": per_domain,
+        "domain_mean": float(np.mean(list(per_domain.values()))),
+        "worst_domain": {"domain": worst, "perplexity": per_domain[worst]},
+        "kept_per_domain": {d: kept_domains.count(d) for d in sorted(set(corpus.domains["train"]))},
+        "selection": {"score": sel.score_name, **{k: v for k, v in sel.info.items() if k != "score_file"}},
+        "loss_curve": [float(np.mean(c[max(0, i - 10): i + 1])) for c in curves[-1:] for i in range(0, len(c), max(1, len(c) // 50))],
+        "corpus": {**corpus.summary(), "fingerprint": corpus.fingerprint},
+    }
+    if all("val" in r for r in runs):
+        val = [r["val"]["perplexity"] for r in runs]
+        out["val_perplexity"] = {"mean": float(np.mean(val)), "std": float(np.std(val)), "per_seed": val}
+    if cfg.prune.runs == 1:
+        out["perplexity"]["note"] = "one model per run: the spread over seeds comes from a sweep over seed"
+    return out

@@ -356,3 +356,25 @@ def test_random_is_a_coreset_for_images_and_a_selector_for_corpora():
 
     assert get("random", "image").kind == "image" and get("random", "lm").kind == "lm"
     assert get("nll", "image").kind == "lm"  # the caller names the mismatch
+
+
+def test_cli_trains_a_hugging_face_model_folder_with_its_tokenizer(tmp_path, toy_file):
+    """model.name_or_path: a local HF causal LM is trained on the kept documents, read by its own tokenizer."""
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    from dd.lm.tokenizer import build_tokenizer
+
+    docs = [json.loads(line)["text"] for line in toy_file.read_text().splitlines()]
+    tok = build_tokenizer(OmegaConf.create({"name_or_path": None, "tokenizer": "bpe", "vocab_size": 280}), docs, "t", tmp_path)
+    folder = tmp_path / "hf_lm"
+    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok.backend, eos_token="<|endoftext|>")
+    hf_tok.save_pretrained(folder)
+    GPT2LMHeadModel(GPT2Config(vocab_size=tok.vocab_size, n_positions=64, n_embd=16, n_layer=1, n_head=2)).save_pretrained(folder)
+    out = tmp_path / "run"
+    r = run_cli([*LM_TINY, f"dataset.train_file={toy_file}", "method=random", "prune.keep=0.5", "prune.tokens=2000",
+                 f"model.name_or_path={folder}", f"hydra.run.dir={out}"], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((out / "results.json").read_text())
+    c = lmcorpus.load_corpus(corpus_cfg(train_file=str(toy_file), test_fraction=0.1, val_fraction=0.05))
+    assert res["tokens"]["test"] == sum(len(hf_tok(d, add_special_tokens=False)["input_ids"]) + 1 for d in c.docs["test"])
+    assert 1 < res["perplexity"]["mean"] < 10 * tok.vocab_size

@@ -5,6 +5,7 @@
 """
 
 import argparse
+from pathlib import Path
 
 from dd.cli.common import guarded
 from dd.errors import DDError
@@ -35,8 +36,11 @@ def main(argv: list[str] | None = None) -> None:
 
             curves = curve.collect(results)
             print(curve.render(curves), end="")
-            curve.write_outputs(curves, args.plot, args.json)
             results = [r for r in results if r.get("kind") != "lm"]
+            plot_path = args.plot
+            if plot_path and results:  # the accuracy plot of the other runs takes --plot
+                plot_path = str(Path(plot_path).with_name(Path(plot_path).stem + "_lm.png"))
+            curve.write_outputs(curves, plot_path, args.json)
             if not results:
                 return
         cells = collect(results, by_model=args.by_model, stat=args.stat)

@@ -20,6 +20,7 @@ from dd.fsutil import write_file, write_json
 from dd.lm.base import LMRunContext
 
 SCORE_FORMAT = 1
+RECIPE_VERSION = 1  # bump when the probe training changes: cached models and scores keyed by it are made anew
 
 
 def key_of(*parts) -> str:
@@ -30,7 +31,8 @@ def model_recipe(ctx: LMRunContext) -> dict:
     p = ctx.cfg.prune
     return {"model": OmegaConf.to_container(ctx.cfg.model, resolve=True), "tokenizer": ctx.tokenizer.id,
             "tokens": p.probe_tokens, "batch_size": p.batch_size, "lr": p.lr, "warmup": p.warmup,
-            "min_lr_ratio": p.min_lr_ratio, "weight_decay": p.weight_decay, "seed": p.probe_seed}
+            "min_lr_ratio": p.min_lr_ratio, "weight_decay": p.weight_decay, "grad_clip": p.grad_clip,
+            "seed": p.probe_seed, "version": RECIPE_VERSION}
 
 
 def provenance(ctx: LMRunContext, scorer: str, recipe: dict) -> dict:
@@ -40,7 +42,7 @@ def provenance(ctx: LMRunContext, scorer: str, recipe: dict) -> dict:
 
 
 def check_provenance(found: dict, wanted: dict, path: Path) -> None:
-    for key in ("scorer", "corpus_fingerprint", "documents", "recipe"):
+    for key in ("format", "scorer", "corpus_fingerprint", "documents", "recipe"):
         if found.get(key) != wanted[key]:
             if key == "corpus_fingerprint":
                 what = (f"it scores another corpus (its training split hashes to {str(found.get(key))[:12]}, "
@@ -51,8 +53,12 @@ def check_provenance(found: dict, wanted: dict, path: Path) -> None:
             raise DDError(f"prune.scores_file={path} does not fit this run: {what}")
 
 
-def cached_scores(ctx: LMRunContext, scorer: str, recipe: dict, compute: Callable[[], np.ndarray]) -> tuple[np.ndarray, Path]:
-    """The scores of (corpus, scorer, recipe): read from prune.scores_file or the cache, else computed and cached."""
+def cached_scores(ctx: LMRunContext, scorer: str, recipe: dict, compute: Callable[[], np.ndarray],
+                  length: int | None = -1) -> tuple[np.ndarray, Path]:
+    """The scores of (corpus, scorer, recipe): read from prune.scores_file or the cache, else computed and cached.
+    `length`: how many a file must hold (-1: one per training document; None: any)."""
+    if length == -1:
+        length = len(ctx.corpus.docs["train"])
     wanted = provenance(ctx, scorer, recipe)
     given = ctx.cfg.prune.scores_file
     path = Path(given).expanduser() if given else ctx.cache_dir / "scores" / f"{scorer}_{key_of(wanted)}.json"
@@ -63,6 +69,9 @@ def cached_scores(ctx: LMRunContext, scorer: str, recipe: dict, compute: Callabl
         except (json.JSONDecodeError, KeyError, TypeError, ValueError):
             raise DDError(f"{path} is not a ddlab score file (JSON with provenance and scores); delete it or give another") from None
         check_provenance(found, wanted, path)
+        if not np.isfinite(scores).all() or (length is not None and len(scores) != length):
+            raise DDError(f"{path} holds {len(scores)} scores{'' if np.isfinite(scores).all() else ' (some not finite)'}; "
+                          f"this run needs {length} finite ones; delete it or give another")
         return scores, path
     if given:
         raise DDError(f"prune.scores_file={given} does not exist")

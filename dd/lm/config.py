@@ -64,7 +64,7 @@ class PruneConfig:
     # the same number of training tokens at every keep (the pruning papers' comparison) ...
     tokens: int = 400_000
     epochs: float | None = None  # ... or this many passes over the kept documents instead
-    batch_size: int = 16
+    batch_size: int = 8  # windows per step: 8 x 128 tokens (16 left a third of the seeds on a plateau; README)
     lr: float = 2e-3
     min_lr_ratio: float = 0.1  # cosine decay to lr * this
     warmup: float = 0.05  # fraction of the steps
@@ -76,5 +76,6 @@ class PruneConfig:
     probe_seed: int = 0
     cache_dir: str = "${oc.env:DD_CACHE,'~/.cache/ddlab'}"
     scores_file: str | None = None  # reuse a score file; one from another corpus or probe is refused
-    init_from: str | None = None  # start the trained model from this HF folder or cached model (fine-tuning)
+    init_from: str | None = None  # start the trained model from this HF causal LM folder (fine-tuning; with
+    # model.name_or_path set to the same folder, its own tokenizer reads the corpus)
     export: bool = True  # write the kept documents (jsonl + parquet) with their scores

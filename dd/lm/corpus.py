@@ -34,7 +34,8 @@ class LMCorpus:
 def fingerprint(docs: list[str], domains: list[str]) -> str:
     h = hashlib.sha256()
     for text, domain in zip(docs, domains, strict=True):
-        h.update(domain.encode() + b"\0" + text.encode() + b"\1")
+        for field in (domain.encode(), text.encode()):  # length-prefixed: no two splits hash alike
+            h.update(len(field).to_bytes(8, "little") + field)
     return h.hexdigest()
 
 
@@ -121,6 +122,11 @@ def load_corpus(cfg) -> LMCorpus:
     for key in ("test_fraction", "val_fraction"):
         if not 0 <= cfg[key] < 1:
             raise DDError(f"dataset.{key}={cfg[key]} is not allowed; it must be in [0, 1)")
+    if cfg.test_fraction + cfg.val_fraction >= 1:
+        raise DDError(f"dataset.test_fraction={cfg.test_fraction} and dataset.val_fraction={cfg.val_fraction} leave "
+                      "nothing to train on; their sum must be below 1")
+    if cfg.max_docs is not None and cfg.max_docs <= 0:
+        raise DDError(f"dataset.max_docs={cfg.max_docs} is not allowed; it must be a positive number (or null)")
     if cfg.source == "files":
         if not cfg.train_file:
             raise DDError("dataset=lm_files needs dataset.train_file=<jsonl, csv, tsv, parquet or txt file>")

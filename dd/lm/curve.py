@@ -6,26 +6,29 @@ than random" can be read off without arithmetic.
 """
 
 from collections import defaultdict
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 
 from dd.fsutil import write_file, write_json
+from dd.registry import get
 
 FULL = "full data"
 
 
 def label_of(r: dict) -> str:
-    m = r.get("config", {}).get("method", {})
-    if r["method"] == "random" and r["kept_fraction"] >= 1.0:
+    """The method, with every setting that differs from its schema's default (so two recipes never share a cell);
+    perplexity_band always names its band."""
+    if r["method"] == "random" and point_of(r) == "1":
         return FULL
-    if r["method"] == "nll" and m.get("iwf"):
-        return "nll+iwf"
-    if r["method"] == "perplexity_band":
-        return f"perplexity_band:{m.get('band', 'middle')}"
-    if r["method"] == "doremi" and m.get("weights") == "uniform":
-        return "doremi:uniform"
-    return r["method"]
+    m = r.get("config", {}).get("method", {})
+    schema = get(r["method"], "lm").schema
+    defaults = {f.name: f.default for f in fields(schema)} if schema else {}
+    diffs = [f"{k}={v}" for k, v in m.items() if k in defaults and k != "name" and v != defaults[k]]
+    if r["method"] == "perplexity_band" and "band" not in "".join(diffs):
+        diffs.insert(0, f"band={m.get('band', defaults.get('band'))}")
+    return r["method"] + (f" ({', '.join(diffs)})" if diffs else "")
 
 
 def point_of(r: dict) -> str:
@@ -41,7 +44,10 @@ def collect(results: list[dict]) -> dict:
         cell = out[r["dataset"]][label_of(r)][point_of(r)]
         cell["ppl"].extend(r["perplexity"]["per_seed"])
         cell["worst"].append(r["worst_domain"]["perplexity"])
-        cell["seconds"].append(r.get("timings", {}).get("total_s", float("nan")))
+        t = r.get("timings", {})
+        cell["seconds"].append(t.get("total_s", float("nan")))
+        for stage in ("select_s", "train_s", "evaluate_s"):
+            cell[stage].append(t.get(stage, float("nan")))
     return out
 
 
@@ -88,6 +94,20 @@ def render(curves: dict) -> str:
             lines.append(f"| {label} | " + " | ".join(f"{np.mean(rows[label][p]['worst']):.2f}" if p in rows[label]
                                                        else "" for p in pts) + " |")
         lines.append("")
+        lines.append(f"**{dataset}**: time per stage (seconds; scoring is paid by a scorer's first run, then cached)\n")
+        lines.append("| method | runs | scoring (first run) | selecting (later runs, median) | training (median) | "
+                     "evaluation (median) | all runs |")
+        lines.append("|---|---|---|---|---|---|---|")
+        for label in sorted(rows):
+            cells = list(rows[label].values())
+            sel = [v for c in cells for v in c["select_s"]]
+            lines.append(f"| {label} | {len(sel)} | {max(sel):.0f} | {np.median(sorted(sel)[:-1] or sel):.1f} | "
+                         f"{np.median([v for c in cells for v in c['train_s']]):.0f} | "
+                         f"{np.median([v for c in cells for v in c['evaluate_s']]):.0f} | "
+                         f"{sum(v for c in cells for v in c['seconds']):.0f} |")
+        total = sum(v for cells in rows.values() for c in cells.values() for v in c["seconds"])
+        lines.append(f"\nAll {sum(len(c['seconds']) for cells in rows.values() for c in cells.values())} runs: "
+                     f"{total / 60:.1f} minutes of run time (process start-up not included).\n")
     return "\n".join(lines) + "\n"
 
 

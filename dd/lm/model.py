@@ -58,11 +58,14 @@ def windows(docs: list[list[int]], eot: int, rows: int, context: int, gen: torch
 
 
 def mixture_windows(by_domain: list[list[list[int]]], weights: torch.Tensor, eot: int, rows: int, context: int,
-                    gen: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Endless batches whose every row comes from one domain's own stream, the domain drawn by `weights`."""
-    streams = [windows(docs, eot, 1, context, gen) for docs in by_domain]
+                    seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Endless batches whose every row comes from one domain's own stream, the domain drawn by `weights`
+    (the draws of domains and each domain's shuffles are streams of their own, derived from `seed`)."""
+    streams = [windows(docs, eot, 1, context, seeds.generator("lm_mixture_shuffle", seed, d))
+               for d, docs in enumerate(by_domain)]
+    pick_gen = seeds.generator("lm_mixture_pick", seed)
     while True:
-        pick = torch.multinomial(weights, rows, replacement=True, generator=gen)
+        pick = torch.multinomial(weights, rows, replacement=True, generator=pick_gen)
         pairs = [next(streams[d]) for d in pick.tolist()]
         yield torch.cat([x for x, _ in pairs]), torch.cat([y for _, y in pairs]), pick
 
@@ -92,6 +95,8 @@ def train(model, batches: Iterator, steps: int, cfg, device: torch.device, loss_
           progress: bool = True) -> list[float]:
     """`steps` AdamW steps on `batches`; loss_fn(model, batch) -> scalar replaces the mean token loss.
     Returns the loss curve (one value per step, fetched from the device every 50 steps, not every step)."""
+    if cfg.grad_clip is not None and cfg.grad_clip < 0:
+        raise DDError(f"prune.grad_clip={cfg.grad_clip} is not allowed; it must be >= 0 (0 = no clipping)")
     model.to(device).train()
     opt = optimizer(model, cfg)
     curve, pending = [], []

@@ -68,7 +68,12 @@ def train_steps(cfg: DictConfig, kept_tokens: int) -> int:
 def main_model(cfg: DictConfig, vocab_size: int, k: int):
     init = cfg.prune.init_from
     if init:
-        return build_model(OmegaConf.merge(cfg.model, {"name_or_path": init}), vocab_size, 0)
+        model = build_model(OmegaConf.merge(cfg.model, {"name_or_path": init}), vocab_size, 0)
+        if model.get_input_embeddings().num_embeddings < vocab_size:
+            raise DDError(f"prune.init_from={init} embeds {model.get_input_embeddings().num_embeddings} token ids, fewer "
+                          f"than this run's tokenizer makes ({vocab_size}); give model.name_or_path={init} too, so its "
+                          "own tokenizer reads the corpus")
+        return model
     return build_model(cfg.model, vocab_size, cfg.seed, purpose="lm_init") if k == 0 else \
         build_model(cfg.model, vocab_size, seeds.derive("lm_run", cfg.seed, k), purpose="lm_init")
 

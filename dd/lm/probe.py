@@ -5,6 +5,8 @@ model on a random part of it; DoReMi's reference and proxy models on a domain mi
 trained for prune.probe_tokens tokens with the main model's recipe and cached (dd.lm.cache).
 """
 
+import hashlib
+
 import numpy as np
 import torch
 
@@ -29,12 +31,14 @@ def probe_model(ctx: LMRunContext, role: str, docs: list[int], recipe: dict | No
         train(model, stream, steps_for(p.probe_tokens, ctx), p, ctx.device, desc=role, progress=ctx.progress)
         return model
 
-    subset = "all" if len(docs) == len(ctx.ids["train"]) else seeds.derive("subset", len(docs), *docs[:64])
+    subset = "all" if len(docs) == len(ctx.ids["train"]) else hashlib.sha256(str(docs).encode()).hexdigest()[:16]
     return cached_model(ctx, role, {"docs": len(docs), "subset": subset, **(recipe or {})}, make)
 
 
-def mean_nll(ctx: LMRunContext, model: torch.nn.Module) -> np.ndarray:
-    """Every training document's NLL per token (nats): the length-normalised information of the seed paper."""
-    nll, count = doc_nll(model, ctx.ids["train"], ctx.tokenizer.eot, ctx.cfg.model.context,
+def mean_nll(ctx: LMRunContext, model: torch.nn.Module, docs: list[int] | None = None) -> np.ndarray:
+    """NLL per token (nats) of training documents `docs` (all by default): the seed paper's length-normalised
+    information."""
+    ids = ctx.ids["train"] if docs is None else [ctx.ids["train"][i] for i in docs]
+    nll, count = doc_nll(model, ids, ctx.tokenizer.eot, ctx.cfg.model.context,
                          ctx.cfg.prune.eval_batch_size, ctx.device, progress=ctx.progress, desc="score")
     return (nll / count).numpy()

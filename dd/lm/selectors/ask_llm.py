@@ -44,6 +44,9 @@ def first_token(tok, word: str, what: str) -> int:
 @torch.no_grad()
 def p_yes(model, tok, texts: list[str], m, device: torch.device, progress: bool) -> np.ndarray:
     yes, no = first_token(tok, m.yes, "yes"), first_token(tok, m.no, "no")
+    if yes == no:
+        raise DDError(f"method.yes={m.yes!r} and method.no={m.no!r} start with the same token ({yes}) in the asked "
+                      "model's tokenizer; give answers whose first tokens differ")
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"  # the answer's logits sit at the last position of every row

@@ -95,6 +95,8 @@ def select(ctx: LMRunContext, n_keep: int) -> Selection:
         return kernel_density(emb, m.bandwidth)
 
     recipe = {"embedder": m.embedder, "bandwidth": m.bandwidth, "max_length": m.max_length}
+    if m.embedder == "tfidf":  # its SVD is seeded
+        recipe["svd_seed"] = ctx.cfg.prune.probe_seed
     density, path = cached_scores(ctx, "density", recipe, compute)
-    kept = inverse_propensity_sample(density, n_keep, seeds.generator("lm_select", ctx.cfg.seed))
+    kept = inverse_propensity_sample(density, n_keep, seeds.generator("lm_density_sample", ctx.cfg.seed))
     return Selection(kept, density, "kernel density", {"score_file": str(path)})

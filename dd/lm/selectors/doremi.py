@@ -54,29 +54,31 @@ def domain_weights(ctx: LMRunContext, names: list[str], step_size: float, smooth
         x, y, dom = batch
         proxy = token_losses(model, x, y)  # (rows, context)
         with torch.no_grad():
-            excess_tok = (proxy.detach() - token_losses(reference, x, y)).clamp_min(0).mean(1).double()
-        onehot = torch.nn.functional.one_hot(dom, k).double()  # rows x domains
+            excess_tok = (proxy.detach() - token_losses(reference, x, y)).clamp_min(0).mean(1)
+        # the weights live on the host (k numbers); the losses stay on the device
+        onehot = torch.nn.functional.one_hot(dom.cpu(), k).double()  # rows x domains
         rows = onehot.sum(0)
         present = rows > 0
-        excess = (onehot.T @ excess_tok.cpu()) / rows.clamp_min(1)
+        excess = (onehot.T @ excess_tok.double().cpu()) / rows.clamp_min(1)
         log_alpha = state["alpha"].log()
         log_alpha[present] += step_size * excess[present]
         alpha = torch.softmax(log_alpha, 0)
         alpha = (1 - smoothing) * alpha + smoothing / k
         state["alpha"], state["sum"], state["n"] = alpha, state["sum"] + alpha, state["n"] + 1
-        per_domain = (onehot.T.to(proxy.device).float() @ proxy.mean(1)) / rows.clamp_min(1).to(proxy.device).float()
-        return (alpha.to(proxy.device).float()[present.to(proxy.device)] * per_domain[present.to(proxy.device)]).sum()
+        # each domain's mean row loss, weighted by alpha (domains absent from the batch weigh 0)
+        weight = torch.where(present, alpha / rows.clamp_min(1), 0.0) @ onehot.T  # per row
+        return (weight.to(proxy.device, proxy.dtype) * proxy.mean(1)).sum()
 
     def proxy_weights() -> np.ndarray:
         model = build_model(mcfg, ctx.tokenizer.vocab_size, p.probe_seed, purpose="lm_proxy")
-        gen = seeds.generator("lm_proxy_data", p.probe_seed)
-        stream = mixture_windows(by_domain, torch.full((k,), 1.0 / k), ctx.tokenizer.eot, p.batch_size, mcfg.context, gen)
+        stream = mixture_windows(by_domain, torch.full((k,), 1.0 / k), ctx.tokenizer.eot, p.batch_size, mcfg.context,
+                                 seed=seeds.derive("lm_proxy_data", p.probe_seed))
         train(model, stream, steps_for(p.probe_tokens, ctx), p, ctx.device, loss_fn=dro_loss, desc="doremi proxy",
               progress=ctx.progress)
         return (state["sum"] / state["n"]).numpy()
 
     recipe = {"probe": model_recipe(ctx), "step_size": step_size, "smoothing": smoothing, "domains": names}
-    weights, _ = cached_scores(ctx, "doremi_weights", recipe, proxy_weights)  # one weight per domain, in `names` order
+    weights, _ = cached_scores(ctx, "doremi_weights", recipe, proxy_weights, length=k)  # one per domain, `names` order
     return weights
 
 
@@ -104,6 +106,11 @@ def select(ctx: LMRunContext, n_keep: int) -> Selection:
     if m.weights not in WEIGHTS:
         raise DDError(f"method.weights={m.weights} is unknown; choose one of: {', '.join(WEIGHTS)}")
     require_positive({"step_size": m.step_size})
+    if not 0 <= m.smoothing <= 1:
+        raise DDError(f"method.smoothing={m.smoothing} is not allowed; it must be in [0, 1]")
+    if ctx.cfg.prune.budget is not None:
+        raise DDError(f"method=doremi keeps a fraction of the training tokens (prune.keep), not a number of documents; "
+                      f"drop prune.budget={ctx.cfg.prune.budget}")
     domains = ctx.corpus.domains["train"]
     names = sorted(set(domains))
     if len(names) < 2:
@@ -118,7 +125,7 @@ def select(ctx: LMRunContext, n_keep: int) -> Selection:
     dom = np.array([index[d] for d in domains])
     sizes = np.bincount(dom, weights=lengths, minlength=len(names))
     target = token_shares(weights, sizes, lengths.sum() * n_keep / len(lengths))
-    order = torch.randperm(len(domains), generator=seeds.generator("lm_select", ctx.cfg.seed)).tolist()
+    order = torch.randperm(len(domains), generator=seeds.generator("lm_doremi_order", ctx.cfg.seed)).tolist()
     kept, got = [], np.zeros(len(names))
     for i in order:  # documents at random, each domain until its share is met (the last one taken if closer)
         d = dom[i]

@@ -1,6 +1,7 @@
 """perplexity_band: keep the low, middle or high band of a small reference model's perplexity
-(Marion et al. 2023; Ankner et al. 2024). The reference model is trained on a random part of the
-training split (`method.reference_fraction`), as those papers train it apart from what it scores."""
+(Marion et al. 2023; Ankner et al. 2024). Those papers score data the reference model did not train
+on; to score every training document that way, the split is cut in two random halves and each half is
+scored by a reference trained on the other (cross-fitting: two reference models, both cached)."""
 
 from dataclasses import dataclass
 
@@ -22,7 +23,6 @@ BANDS = ("low", "middle", "high")
 class BandConfig:
     name: str = MISSING
     band: str = "middle"  # low | middle | high
-    reference_fraction: float = 0.5
 
 
 def band_of(perplexity: np.ndarray, n_keep: int, band: str) -> list[int]:
@@ -40,13 +40,20 @@ def select(ctx: LMRunContext, n_keep: int) -> Selection:
     m = ctx.cfg.method
     if m.band not in BANDS:
         raise DDError(f"method.band={m.band} is unknown; choose one of: {', '.join(BANDS)}")
-    if not 0 < m.reference_fraction <= 1:
-        raise DDError(f"method.reference_fraction={m.reference_fraction} is not allowed; it must be in (0, 1]")
     n = len(ctx.ids["train"])
-    part = torch.randperm(n, generator=seeds.generator("lm_reference_subset", ctx.cfg.prune.probe_seed))
-    part = sorted(part[: max(1, round(m.reference_fraction * n))].tolist())
-    recipe = {"probe": model_recipe(ctx), "reference_fraction": m.reference_fraction}
-    nll, path = cached_scores(ctx, "reference_nll", recipe, lambda: mean_nll(ctx, probe_model(ctx, "reference", part)))
+    if n < 2:
+        raise DDError(f"method=perplexity_band needs at least 2 training documents; dataset={ctx.corpus.name} has {n}")
+    order = torch.randperm(n, generator=seeds.generator("lm_reference_halves", ctx.cfg.prune.probe_seed)).tolist()
+    halves = [sorted(order[: n // 2]), sorted(order[n // 2:])]
+
+    def cross_fitted() -> np.ndarray:
+        nll = np.empty(n)
+        for h in (0, 1):  # the reference trained on one half scores the other
+            scored = halves[1 - h]
+            nll[scored] = mean_nll(ctx, probe_model(ctx, f"reference{h}", halves[h]), scored)
+        return nll
+
+    nll, path = cached_scores(ctx, "reference_nll", {"probe": model_recipe(ctx), "fit": "2 halves, crossed"}, cross_fitted)
     perplexity = np.exp(nll)
     return Selection(band_of(perplexity, n_keep, m.band), perplexity, "reference perplexity",
                      {"score_file": str(path), "band": m.band})

@@ -1,15 +1,16 @@
 """zip: Entropy Law's greedy selection of data with a low compression ratio (Yin et al. 2024). No model.
 
-A document's compression ratio is its length over its zlib-compressed length; a low ratio means
-little redundancy. The greedy order is built in rounds of three stages:
-  global   the k1 documents of lowest current ratio are re-scored by their ratio *given what is
-           already selected* (the marginal compressed size, after the selected text);
+A set's compression ratio is its length over its zlib-compressed length; a low ratio means little
+redundancy. The greedy order grows a selection D in rounds of three stages, each scoring a candidate x
+by the ratio of the union, |D + x| / C(D + x):
+  global   the k1 candidates of lowest current score are re-scored against the selection as it is now;
   coarse   the k2 lowest of them go on;
   fine     k3 are taken one at a time, each the lowest given the selection so far.
-Ratios outside a round keep their last value (a lazy greedy). The marginal size comes from a copy
-of a zlib compressor that has seen the selected text, so zlib's 32 KB window is the context, as it
-is when the reference compresses the concatenated selection. The order is the score (rank 0 first)
-and is cached, so every keep ratio reads a prefix of it.
+Scores outside a round keep their last value (a lazy greedy; the first scores are each document's own
+ratio, the union ratio with an empty selection). C(D + x) is C(D) plus what a copy of a zlib
+compressor that has seen D adds for x, so zlib's 32 KB window is the context, as it is when the
+reference compresses the concatenated selection. The order is the score (rank 0 first) and is
+cached, so every keep ratio reads a prefix of it.
 """
 
 import zlib
@@ -19,7 +20,7 @@ import numpy as np
 from omegaconf import MISSING
 from tqdm.auto import tqdm
 
-from dd.errors import require_positive
+from dd.errors import DDError, require_positive
 from dd.lm.base import LMRunContext, Selection, top
 from dd.lm.cache import cached_scores
 from dd.registry import register
@@ -34,10 +35,10 @@ class ZipConfig:
     level: int = 9  # zlib level
 
 
-def marginal_ratio(state, text: bytes) -> float:
+def added_size(state, text: bytes) -> int:
+    """Compressed bytes `text` adds after what `state` (a zlib compressor) has seen."""
     probe = state.copy()
-    size = len(probe.compress(text)) + len(probe.flush(zlib.Z_SYNC_FLUSH))
-    return len(text) / max(1, size)
+    return len(probe.compress(text)) + len(probe.flush(zlib.Z_SYNC_FLUSH))
 
 
 def greedy_order(texts: list[bytes], k1: int, k2: int, k3: int, level: int, progress: bool = False) -> np.ndarray:
@@ -46,19 +47,23 @@ def greedy_order(texts: list[bytes], k1: int, k2: int, k3: int, level: int, prog
     left = np.ones(len(texts), dtype=bool)
     state = zlib.compressobj(level)
     rank = np.empty(len(texts), dtype=np.int64)
-    done = 0
+    done = size_in = size_out = 0  # the selection's raw and compressed bytes
+
+    def union_ratio(i: int) -> float:
+        return (size_in + len(texts[i])) / max(1, size_out + added_size(state, texts[i]))
+
     with tqdm(total=len(texts), desc="zip", disable=not progress, mininterval=2, leave=False) as bar:
         while done < len(texts):
             pool = np.flatnonzero(left)
             pool = pool[np.argsort(ratio[pool], kind="stable")[:k1]]
             for i in pool:
-                ratio[i] = marginal_ratio(state, texts[i])
+                ratio[i] = union_ratio(i)
             pool = list(pool[np.argsort(ratio[pool], kind="stable")[:k2]])
             for _ in range(min(k3, len(pool))):
-                scores = [marginal_ratio(state, texts[i]) for i in pool]
+                scores = [union_ratio(i) for i in pool]
                 best = pool.pop(int(np.argmin(scores)))
-                state.compress(texts[best])
-                state.flush(zlib.Z_SYNC_FLUSH)
+                size_in += len(texts[best])
+                size_out += len(state.compress(texts[best])) + len(state.flush(zlib.Z_SYNC_FLUSH))
                 left[best] = False
                 rank[best] = done
                 done += 1
@@ -70,6 +75,8 @@ def greedy_order(texts: list[bytes], k1: int, k2: int, k3: int, level: int, prog
 def select(ctx: LMRunContext, n_keep: int) -> Selection:
     m = ctx.cfg.method
     require_positive({"k1": m.k1, "k2": m.k2, "k3": m.k3})
+    if not 0 <= m.level <= 9:
+        raise DDError(f"method.level={m.level} is not a zlib level; it must be in 0..9")
     texts = [d.encode("utf-8") for d in ctx.corpus.docs["train"]]
     recipe = {"k1": m.k1, "k2": m.k2, "k3": m.k3, "level": m.level}
     rank, path = cached_scores(ctx, "zip", recipe,

@@ -35,10 +35,17 @@ class ZipConfig:
     level: int = 9  # zlib level
 
 
-def added_size(state, text: bytes) -> int:
-    """Compressed bytes `text` adds after what `state` (a zlib compressor) has seen."""
+def marker_size(state) -> int:
+    """Bytes a sync flush emits when nothing is pending: the marker that ends every measurement below."""
+    return len(state.copy().flush(zlib.Z_SYNC_FLUSH))
+
+
+def added_size(state, text: bytes, marker: int | None = None) -> int:
+    """Compressed bytes `text` adds after what `state` (a zlib compressor) has seen, without the ~5 bytes of
+    the sync marker (left in, they would favour short documents)."""
     probe = state.copy()
-    return len(probe.compress(text)) + len(probe.flush(zlib.Z_SYNC_FLUSH))
+    size = len(probe.compress(text)) + len(probe.flush(zlib.Z_SYNC_FLUSH))
+    return max(1, size - (marker_size(state) if marker is None else marker))
 
 
 def greedy_order(texts: list[bytes], k1: int, k2: int, k3: int, level: int, progress: bool = False) -> np.ndarray:
@@ -48,9 +55,10 @@ def greedy_order(texts: list[bytes], k1: int, k2: int, k3: int, level: int, prog
     state = zlib.compressobj(level)
     rank = np.empty(len(texts), dtype=np.int64)
     done = size_in = size_out = 0  # the selection's raw and compressed bytes
+    marker = marker_size(state)
 
     def union_ratio(i: int) -> float:
-        return (size_in + len(texts[i])) / max(1, size_out + added_size(state, texts[i]))
+        return (size_in + len(texts[i])) / max(1, size_out + added_size(state, texts[i], marker))
 
     with tqdm(total=len(texts), desc="zip", disable=not progress, mininterval=2, leave=False) as bar:
         while done < len(texts):
@@ -63,7 +71,10 @@ def greedy_order(texts: list[bytes], k1: int, k2: int, k3: int, level: int, prog
                 scores = [union_ratio(i) for i in pool]
                 best = pool.pop(int(np.argmin(scores)))
                 size_in += len(texts[best])
-                size_out += len(state.compress(texts[best])) + len(state.flush(zlib.Z_SYNC_FLUSH))
+                size_out += added_size(state, texts[best], marker)
+                state.compress(texts[best])
+                state.flush(zlib.Z_SYNC_FLUSH)
+                marker = marker_size(state)
                 left[best] = False
                 rank[best] = done
                 done += 1
@@ -78,7 +89,7 @@ def select(ctx: LMRunContext, n_keep: int) -> Selection:
     if not 0 <= m.level <= 9:
         raise DDError(f"method.level={m.level} is not a zlib level; it must be in 0..9")
     texts = [d.encode("utf-8") for d in ctx.corpus.docs["train"]]
-    recipe = {"k1": m.k1, "k2": m.k2, "k3": m.k3, "level": m.level}
+    recipe = {"k1": m.k1, "k2": m.k2, "k3": m.k3, "level": m.level, "version": 2}
     rank, path = cached_scores(ctx, "zip", recipe,
                                lambda: greedy_order(texts, m.k1, m.k2, m.k3, m.level, ctx.progress))
     return Selection(top(rank, n_keep, highest=False), rank, "zip greedy rank", {"score_file": str(path)})

@@ -164,7 +164,7 @@ def run_lm(cfg: DictConfig, out_dir: str | Path, group: str | None = None) -> di
             curves.append(curve)
             tracker.log({"test_perplexity": found["test"]["perplexity"], "run": k})
             log.info("run %d: test perplexity %.3f", k, found["test"]["perplexity"])
-        results = lm_results(cfg, corpus, sel, runs, curves, n_keep, kept_tokens, train_tokens, trained)
+        results = lm_results(cfg, corpus, sel, runs, curves, kept_tokens, train_tokens, trained)
         provenance = {"method": cfg.method.name, "method_config": OmegaConf.to_container(cfg.method, resolve=True),
                       "keep": p.keep, "budget": p.budget, "seed": cfg.seed, "corpus": corpus.name,
                       "corpus_fingerprint": corpus.fingerprint, "score": sel.score_name, **sel.info}
@@ -186,7 +186,7 @@ def run_lm(cfg: DictConfig, out_dir: str | Path, group: str | None = None) -> di
         tracker.finish()
 
 
-def lm_results(cfg, corpus, sel: Selection, runs: list[dict], curves: list[list[float]], n_keep: int,
+def lm_results(cfg, corpus, sel: Selection, runs: list[dict], curves: list[list[float]],
                kept_tokens: int, train_tokens: int, trained: int) -> dict:
     test = [r["test"] for r in runs]
     ppl = [r["perplexity"] for r in test]

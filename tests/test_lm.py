@@ -386,3 +386,20 @@ def test_cli_trains_a_hugging_face_model_folder_with_its_tokenizer(tmp_path, toy
     c = lmcorpus.load_corpus(corpus_cfg(train_file=str(toy_file), test_fraction=0.1, val_fraction=0.05))
     assert res["tokens"]["test"] == sum(len(hf_tok(d, add_special_tokens=False)["input_ids"]) + 1 for d in c.docs["test"])
     assert 1 < res["perplexity"]["mean"] < 10 * tok.vocab_size
+
+
+def test_lm_training_and_scoring_are_device_clean_on_cuda(fake_cuda):
+    """The LM's training loop and document scoring "on CUDA" (tests/fake_cuda.py): no device mixes, and the
+    host waits only where the loss curve is fetched (every 50 steps) and where scores come back."""
+    cfg = OmegaConf.create({"lr": 3e-3, "warmup": 0.1, "min_lr_ratio": 0.1, "weight_decay": 0.0, "grad_clip": 1.0})
+    cuda = torch.device("cuda")
+    model = build_model(TINY_MODEL, 257, seed=0).to(cuda)  # the one-time weight copy is not the loop's
+    docs = [list(r["text"].encode()) for r in toy_records(30)]
+    stream = windows(docs, 256, rows=2, context=TINY_MODEL.context, gen=torch.Generator().manual_seed(0))
+    before = fake_cuda.syncs
+    from dd.lm.model import train
+
+    curve = train(model, stream, 100, cfg, cuda, progress=False)
+    assert len(curve) == 100 and fake_cuda.syncs - before == 2, fake_cuda.report()  # the 2 fetches of the curve
+    nll, count = doc_nll(model, docs[:5], 256, TINY_MODEL.context, 4, cuda)
+    assert nll.device.type == "cpu" and (count > 0).all()

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from dd import seeds
+from dd.device import to_device
 from dd.errors import DDError
 
 
@@ -103,7 +104,7 @@ def train(model, batches: Iterator, steps: int, cfg, device: torch.device, loss_
     for step in tqdm(range(steps), desc=desc, disable=not progress, mininterval=2, leave=False):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, cfg)
-        batch = [t.to(device, non_blocking=True) for t in next(batches)]
+        batch = [to_device(t, device) for t in next(batches)]  # pinned, no wait for the GPU
         loss = loss_fn(model, batch) if loss_fn else token_losses(model, batch[0], batch[1]).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -55,7 +55,8 @@ def domain_weights(ctx: LMRunContext, names: list[str], step_size: float, smooth
         proxy = token_losses(model, x, y)  # (rows, context)
         with torch.no_grad():
             excess_tok = (proxy.detach() - token_losses(reference, x, y)).clamp_min(0).mean(1)
-        # the weights live on the host (k numbers); the losses stay on the device
+        # the weights live on the host (k numbers): one small copy per proxy step, a host wait on CUDA that
+        # DoReMi's weight update needs; the losses stay on the device
         onehot = torch.nn.functional.one_hot(dom.cpu(), k).double()  # rows x domains
         rows = onehot.sum(0)
         present = rows > 0

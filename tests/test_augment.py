@@ -211,3 +211,26 @@ def test_cpu_and_gpu_apply_the_same_transforms(mode, applied):
         (a * weights).sum().backward()
         (b * weights.cuda()).sum().backward()
         torch.testing.assert_close(gpu.grad.cpu(), cpu.grad, atol=1e-10, rtol=1e-10)
+
+
+def _cut_probability(size: int, side: int) -> list[float]:
+    """Closed form: the centre c is uniform on 0..size (size + 1 values) for an even side, 0..size-1 for an
+    odd one (the reference's rand_cutout); row r is cut iff c - side//2 <= r < c - side//2 + side."""
+    centres = range(size + 1 - side % 2)
+    return [sum(c - side // 2 <= r < c - side // 2 + side for c in centres) / len(centres) for r in range(size)]
+
+
+@pytest.mark.parametrize("size", [32, 16, 18])  # sides 16 (cifar), 8 (digits) and 9 (odd)
+def test_cutout_rows_and_columns_cut_as_often_as_the_reference(size):
+    side = int(size * augment.CUTOUT + 0.5)
+    expected = torch.tensor(_cut_probability(size, side), dtype=torch.float64)
+    n = 200_000
+    # the other axis 2 px wide: its side is 1, so each image is cut in exactly one column (or row) of it
+    for shape, axis in (((n, 1, size, 2), 2), ((n, 1, 2, size), 1)):
+        y = DSA("cutout")(torch.ones(shape), seed=size)
+        cut = (y[:, 0] == 0).any(dim=axis).double().mean(0)  # per row (or column): the fraction of images cut there
+        sigma = (expected * (1 - expected) / n).sqrt()
+        assert ((cut - expected).abs() <= 5 * sigma + 1e-12).all(), (cut, expected)
+    if side % 2 == 0:  # the centre reaches `size`: a band of only the last side/2 rows, which 0..size-1 never gives
+        assert expected[-1] == pytest.approx((side // 2 + 1) / (size + 1))
+        assert expected[-1] - (side // 2) / size > 10 * sigma[-1]  # the old range's figure is far outside the bound

@@ -222,14 +222,22 @@ def _crop(x: Tensor, ty: Tensor, tx: Tensor) -> Tensor:
     return out.permute(0, 3, 1, 2)
 
 
+def _cut_sizes(shape) -> tuple[int, int]:
+    return int(shape[-2] * CUTOUT + 0.5), int(shape[-1] * CUTOUT + 0.5)
+
+
 def _draw_cutout(r: _Rand, shape) -> list[Tensor]:
-    return [r.randint(0, shape[-2]), r.randint(0, shape[-1])]
+    """The square's centre per axis, as the reference's rand_cutout draws it: 0..size for an even side
+    (so a band can cover only the last side/2 rows), 0..size-1 for an odd one."""
+    ch, cw = _cut_sizes(shape)
+    return [r.randint(0, shape[-2] + 1 - ch % 2), r.randint(0, shape[-1] + 1 - cw % 2)]
 
 
 def _cutout(x: Tensor, cy: Tensor, cx: Tensor) -> Tensor:
-    """Zero a square of side CUTOUT*size centred at a random pixel (clipped at borders)."""
+    """Zero a square of side CUTOUT*size whose rows are cy - side//2 .. cy - side//2 + side - 1 (and columns
+    likewise), clipped at the borders."""
     n, _, h, w = x.shape
-    ch, cw = int(h * CUTOUT + 0.5), int(w * CUTOUT + 0.5)
+    ch, cw = _cut_sizes(x.shape)
     cy, cx = cy.long(), cx.long()
     y0, x0 = (cy - ch // 2)[:, None], (cx - cw // 2)[:, None]
     ys, xs = torch.arange(h, device=x.device)[None, :], torch.arange(w, device=x.device)[None, :]

@@ -6,7 +6,9 @@
 - hf:          a Hugging Face `datasets` dataset saved to disk (images + labels; text: embeddings,
                labels, decoded tokens)
 - mtt_pt:      images_best.pt / labels_best.pt / lr_best.pt, as the trajectory-matching code writes them
-- ddlab:       the reverse of mtt_pt: wrap such tensors into our format, given the dataset
+               (soft labels as log-probabilities: DATM's code softmaxes labels_best.pt)
+- ddlab:       the reverse: read other projects' sets (mtt, datm, dc, imagefolder, ncfm) into our
+               format, given the dataset (dd.importers)
 """
 
 import re
@@ -17,12 +19,12 @@ import torch
 from PIL import Image
 
 from dd.errors import DDError
-from dd.export import DistilledSet, image_set
+from dd.export import DistilledSet
 from dd.fsutil import atomic_dir
+from dd.importers import from_mtt_pt  # noqa: F401  (the reverse of to_mtt_pt lives with the other importers)
 from dd.viz import save_grid
 
 FORMATS = ("png", "imagefolder", "hf", "mtt_pt", "ddlab")
-MTT_FILES = ("images_best.pt", "labels_best.pt", "lr_best.pt")
 
 
 def _class_names(ds: DistilledSet) -> list[str]:
@@ -99,35 +101,13 @@ def to_mtt_pt(ds: DistilledSet, out: Path) -> Path:
     _needs_images(ds, "mtt_pt")
     with atomic_dir(out) as tmp:
         torch.save(ds.images.clone(), tmp / "images_best.pt")
-        torch.save(ds.labels.clone(), tmp / "labels_best.pt")
+        labels = ds.labels
+        if labels.dim() == 2:  # DATM reads labels_best.pt as logits (softmax at T=1); log p gives back p
+            labels = labels.float().clamp_min(1e-30).log()
+        torch.save(labels.clone(), tmp / "labels_best.pt")
         if ds.lr is not None:
             torch.save(ds.lr.reshape(()).clone() if ds.lr.numel() == 1 else ds.lr.clone(), tmp / "lr_best.pt")
     return out
-
-
-def from_mtt_pt(folder: Path, data, *, ipc: int | None = None, method: str = "mtt") -> DistilledSet:
-    """Wrap images_best.pt / labels_best.pt [/ lr_best.pt] (loaded with weights_only) for `data` (an ImageDataset)."""
-    tensors = {}
-    for name in MTT_FILES:
-        path = folder / name
-        if not path.is_file():
-            if name == "lr_best.pt":
-                continue
-            raise DDError(f"{path} is missing; an mtt_pt folder holds {', '.join(MTT_FILES)} (lr optional)")
-        try:
-            tensors[name] = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise DDError(f"{path} cannot be loaded as a tensor file ({type(e).__name__}); it may be corrupt") from None
-    images, labels = tensors["images_best.pt"].float(), tensors["labels_best.pt"]
-    if images.dim() != 4 or list(images.shape[1:]) != [data.channels, *data.image_size]:
-        raise DDError(f"images_best.pt has shape {list(images.shape)} but {data.name} images are "
-                      f"[N, {data.channels}, {data.image_size[0]}, {data.image_size[1]}]")
-    if labels.dim() == 1:
-        labels = labels.long()
-    counts = torch.bincount(labels if labels.dim() == 1 else labels.argmax(1), minlength=data.num_classes)
-    ipc = ipc or int(counts.max())
-    return image_set(images, labels, data, lr=tensors.get("lr_best.pt"), method=method, ipc=ipc,
-                     model={"name": "unknown"}, extra_meta={"imported_from": str(folder)})
 
 
 WRITERS = {"png": to_png, "imagefolder": to_imagefolder, "hf": to_hf, "mtt_pt": to_mtt_pt}

@@ -28,6 +28,9 @@ class ImageDatasetConfig:
     stats: str | None = None
     image_size: int | None = None
     train_limit: int | None = None
+    # training images per class held out of the train split (class-balanced, the same for every seed: the
+    # stream ("holdout_split", 0)); methods score selection rounds on them with method.select=val
+    holdout_per_class: int = 0
 
 
 @dataclass

@@ -11,6 +11,12 @@ sweep, and the table says so.
 
 When runs carry DD-Ranking's robust scores (dd-eval eval.protocol=robust), each dataset-IPC column
 gets two more, LRS and ARS: mean ± std over the runs' per-run scores, pooled like the accuracies.
+
+A cell whose runs picked their set (or its lr) on the test split (results.json `selection.split` test:
+the reference code's selection rounds, method.select=test) is marked †; runs that picked on held-out
+training images (method.select=val) or picked nothing are not. When runs carry a `storage` block
+(sets with stored soft labels), the column gets a "labels/images" column beside it: the labels' bytes,
+the images' bytes and their ratio, means over the cell's runs.
 """
 
 import json
@@ -41,6 +47,13 @@ ROBUST_CAPTION = ("LRS, ARS: DD-Ranking's label- and augmentation-robust scores 
                   "from accuracies as fractions, so in [0, 1]; mean ± std over runs, n = robust runs. "
                   "DD-Ranking's own code passes percentages: its published scores are not on this scale")
 
+TEST_PICK_MARK = "†"
+TEST_PICK_CAPTION = (f"{TEST_PICK_MARK} these runs picked their set (or its lr) on the test split (selection rounds "
+                     "scored on the test split, as the reference code does; method.select=test): the figure PEEKED AT "
+                     "THE SPLIT IT REPORTS. method.select=val picks on held-out training images instead")
+STORAGE_CAPTION = ("labels/images: the bytes of the stored soft labels beside the images' bytes (means over the "
+                   "cell's runs; the ratio is labels over images)")
+
 SELECTED_MARK = "*"
 SELECTED_CAPTION = (f"{SELECTED_MARK} selected: the best row of its sweep in that column by mean test accuracy "
                     "(the reference's protocol for a published figure; this choice PEEKS AT THE TEST SPLIT)")
@@ -54,6 +67,8 @@ class Cell:
     # per-run robust scores (runs of dd-eval eval.protocol=robust only), pooled like accs
     robust: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in ROBUST_SCORES})
     robust_runs: int = 0
+    test_picked: int = 0  # runs that picked their set (or lr) on the test split
+    storage: list[dict] = field(default_factory=list)  # the runs' `storage` blocks (sets with stored soft labels)
 
     @property
     def mean(self) -> float:
@@ -101,6 +116,18 @@ def sweep_labels(results: list[dict], base_rows: list[str]) -> list[str | None]:
     return labels
 
 
+def selection_split(r: dict) -> str | None:
+    """The split a run picked its set (or lr) on: results.json's `selection.split` (null: no pick); for runs
+    recorded before that block, test where they had selection rounds (paper_max; DC's method.select=best) or
+    say so (text: selected_on_test_split), else None."""
+    if "selection" in r:
+        return (r["selection"] or {}).get("split")
+    legacy = (r.get("config") or {}).get("method") or {}
+    if "paper_max" in r or r.get("selected_on_test_split") or legacy.get("select") == "best":
+        return "test"
+    return None
+
+
 def collect(results: list[dict], by_model: bool = False, stat: str = "accuracy") -> dict[tuple, Cell]:
     """{(row, dataset, ipc): Cell}; row is the method (plus the model when by_model, plus the swept settings
     when the method's runs differ in them); stat is one of STATS."""
@@ -117,6 +144,9 @@ def collect(results: list[dict], by_model: bool = False, stat: str = "accuracy")
         figure = r.get("paper_max", r["accuracy"]) if stat == "paper_max" else r["accuracy"]
         cell.accs.extend(figure["per_model"])
         cell.runs += 1
+        cell.test_picked += selection_split(r) == "test"
+        if r.get("storage"):
+            cell.storage.append(r["storage"])
         if "robust" in r:
             for score in ROBUST_SCORES:
                 cell.robust[score].extend(r["robust"][score]["per_model"])
@@ -169,6 +199,24 @@ def _robust_text(c: Cell | None, score: str) -> str:
     return f"{np.mean(values):.3f} ± {np.std(values):.3f} (n={c.robust_runs})"
 
 
+def _bytes(n: float) -> str:
+    """1234567 -> '1.2 MB' (decimal units)."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" or n >= 10 else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError  # unreachable
+
+
+def _storage_text(c: Cell | None) -> str:
+    if c is None or not c.storage:
+        return ""
+    labels = float(np.mean([s["labels_bytes"] for s in c.storage]))
+    images = float(np.mean([s["images_bytes"] for s in c.storage]))
+    ratio = f" ({labels / images:.1f}x)" if images > 0 else ""
+    return f"{_bytes(labels)} / {_bytes(images)}{ratio}"
+
+
 def render(cells: dict[tuple, Cell], fmt: str = "md", reference: dict | None = None) -> str:
     reference = reference or {}
     picked = selected(cells)
@@ -179,15 +227,20 @@ def render(cells: dict[tuple, Cell], fmt: str = "md", reference: dict | None = N
     ref_rows = sorted({r for r, _, _ in reference} - set(rows))
     # LRS and ARS columns beside an accuracy column when some run in it carries robust scores
     robust_cols = {(d, i) for (_, d, i), c in cells.items() if c.robust_runs}
+    # a labels/images column beside an accuracy column when some run in it stores soft labels
+    storage_cols = {(d, i) for (_, d, i), c in cells.items() if c.storage}
     header = ["method"]
     for d, i in columns:
         header += [f"{d} ipc{i}"] + ([f"{d} ipc{i} {s.upper()}" for s in ROBUST_SCORES] if (d, i) in robust_cols else [])
+        header += [f"{d} ipc{i} labels/images"] if (d, i) in storage_cols else []
     body = []
     for row in rows:
         line = [row]
         for d, i in columns:
             c = cells.get((row, d, i), cells.get((row, d, None)))
             text = "" if c is None else f"{_fmt(c.mean, c.std)} (n={c.runs})"
+            if c is not None and c.test_picked:
+                text += f" {TEST_PICK_MARK}"
             if (row, d, i) in picked:
                 text += f" {SELECTED_MARK}"
             method = row.split(" (")[0].split(" [")[0]
@@ -197,6 +250,8 @@ def render(cells: dict[tuple, Cell], fmt: str = "md", reference: dict | None = N
             line.append(text)
             if (d, i) in robust_cols:
                 line += [_robust_text(c, s) for s in ROBUST_SCORES]
+            if (d, i) in storage_cols:
+                line.append(_storage_text(c))
         body.append(line)
     for row in ref_rows:  # published rows with no run of ours, for context
         cells_of = [reference.get((row, d, i), reference.get((row, d, None))) for d, i in columns]
@@ -204,6 +259,7 @@ def render(cells: dict[tuple, Cell], fmt: str = "md", reference: dict | None = N
             line = [f"{row} (paper)"]
             for (d, i), c in zip(columns, cells_of):
                 line += ["" if c is None else _fmt(*c)] + (["", ""] if (d, i) in robust_cols else [])
+                line += [""] if (d, i) in storage_cols else []
             body.append(line)
     if fmt == "csv":
         import csv
@@ -213,7 +269,7 @@ def render(cells: dict[tuple, Cell], fmt: str = "md", reference: dict | None = N
         csv.writer(buf).writerows([header, *body])
         return buf.getvalue()
     if fmt == "latex":
-        esc = lambda s: s.replace("±", r"$\pm$").replace("_", r"\_")  # noqa: E731
+        esc = lambda s: s.replace("±", r"$\pm$").replace("_", r"\_").replace(TEST_PICK_MARK, r"$^\dagger$")  # noqa: E731
         lines = [r"\begin{tabular}{l" + "c" * (len(header) - 1) + "}", r"\toprule",
                  " & ".join(map(esc, header)) + r" \\", r"\midrule"]
         lines += [" & ".join(map(esc, line)) + r" \\" for line in body]
@@ -227,6 +283,11 @@ def render(cells: dict[tuple, Cell], fmt: str = "md", reference: dict | None = N
     out += ["| " + " | ".join(str(x).ljust(w) for x, w in zip(line, widths)) + " |" for line in body]
     if robust_cols:
         out += ["", ROBUST_CAPTION]
+    if storage_cols:
+        kinds = sorted({str(s["labels"]) for c in cells.values() for s in c.storage if s.get("labels")})
+        out += ["", STORAGE_CAPTION + (f"; labels: {'; '.join(kinds)}" if kinds else "")]
+    if any(c.test_picked for c in cells.values()):
+        out += ["", TEST_PICK_CAPTION]
     if picked:
         out += ["", SELECTED_CAPTION]
     return "\n".join(out) + "\n"

@@ -129,6 +129,7 @@ def test_an_iteration_makes_outer_loop_image_steps_and_trains_the_net_only_betwe
     ("method.momentum_img=1.0", "method.momentum_img=1.0"),
     ("method.outer_loop=0", "method.outer_loop=0"),
     ("method.select=max", "method.select 'max' is unknown"),
+    ("method.select=best", "method.select=best is now method.select=test"),
     ("method.dsa_strategy=crop_blur", "DSA transform 'blur'"),
     ("ipc=20", "ipc=20 has no published"),
     ("model=convnet_bn", "BatchNorm"),
@@ -162,13 +163,14 @@ def test_resume_reaches_the_same_images(tmp_path, monkeypatch):
     assert len([h for h in b["state"]["history"] if "loss" in h]) == 4
 
 
-def test_select_best_reports_the_best_round_on_fresh_models_and_keeps_the_last(tmp_path):
-    results = run(config("method=dc", "method.select=best", "method.eval_every=2"), tmp_path / "run")
+def test_select_test_reports_the_best_round_on_fresh_models_and_keeps_the_last(tmp_path):
+    results = run(config("method=dc", "method.select=test", "method.eval_every=2"), tmp_path / "run")
     best = load(tmp_path / "run" / "distilled")
     last = load(tmp_path / "run" / "distilled_last")
     assert best.meta["best_iteration"] in (0, 2, 4)  # rounds at 0 and 2, and the final set
     assert last.meta["iteration"] == 4
     assert results["accuracy"]["per_model"] == best.meta["evaluation"]["per_model"]
+    assert results["selection"] == {"split": "test", "rounds": 3, "iteration": best.meta["best_iteration"]}
 
 
 def cli(*args):

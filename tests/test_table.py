@@ -273,3 +273,56 @@ def test_runs_without_differing_settings_are_not_a_sweep(tmp_path, capsys):
     write_runs(tmp_path)
     table_main([str(tmp_path)])
     assert "selected" not in capsys.readouterr().out
+
+
+def _write(root, folder, method, accs, ipc=1, **extra):
+    d = root / folder
+    d.mkdir(parents=True)
+    (d / "results.json").write_text(json.dumps({
+        "accuracy": {"mean": float(np.mean(accs)), "std": float(np.std(accs)), "per_model": accs},
+        "method": method, "dataset": "digits", "ipc": ipc, "model": "convnet", "seed": 0, **extra,
+    }))
+
+
+def test_runs_that_picked_on_the_test_split_are_marked_and_the_caption_says_so(tmp_path, capsys):
+    _write(tmp_path, "mtt", "mtt", [0.6], selection={"split": "test", "rounds": 3, "iteration": 2})
+    _write(tmp_path, "datm", "datm", [0.6], selection={"split": "val", "rounds": 3, "iteration": 2})
+    _write(tmp_path, "dc", "dc", [0.5], selection=None)  # select=last: no pick
+    _write(tmp_path, "old_mtt", "mtt_old", [0.6], paper_max={"mean": 0.7, "std": 0.0, "per_model": [0.7]})
+    _write(tmp_path, "old_dc", "dc_old", [0.5], config={"method": {"select": "best"}})
+    _write(tmp_path, "random", "random", [0.3])
+    table_main([str(tmp_path)])
+    out = capsys.readouterr().out
+    rows = {m: r["digits ipc1"] for m, r in _md_table(out)[1].items() if "digits ipc1" in r}
+    marked = {m for m, text in rows.items() if "†" in text}
+    assert marked == {"mtt", "mtt_old", "dc_old"}  # recorded test picks, and runs from before the block
+    assert rows["mtt"].endswith("(n=1) †")
+    assert "PEEKED AT THE SPLIT IT REPORTS" in out and "method.select=val" in out
+    assert r"$^\dagger$" in render(collect(find_results([tmp_path])), fmt="latex")
+    for folder in ("mtt", "old_mtt", "old_dc"):
+        (tmp_path / folder / "results.json").unlink()
+    table_main([str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "†" not in out  # val picks and no picks: no mark, no caption
+
+
+def test_stored_soft_labels_get_a_labels_images_column(tmp_path, capsys):
+    storage = {"labels": "fp16 logits of every class, 300 epochs"}
+    _write(tmp_path, "a", "sre2l", [0.5], storage={**storage, "images_bytes": 40_000, "labels_bytes": 1_000_000})
+    _write(tmp_path, "b", "sre2l", [0.6], storage={**storage, "images_bytes": 42_000, "labels_bytes": 1_400_000})
+    _write(tmp_path, "c", "random", [0.3])
+    _write(tmp_path, "d", "random", [0.8], ipc=10)  # a column without stored labels gets no extra column
+    table_main([str(tmp_path)])
+    out = capsys.readouterr().out
+    header, rows = _md_table(out)
+    # means over the cell's runs: 1.2 MB of labels, 41 KB of images, 1.2e6 / 41e3 = 29.27
+    assert rows["sre2l"]["digits ipc1 labels/images"] == "1.2 MB / 41 KB (29.3x)"
+    assert rows["random"]["digits ipc1 labels/images"] == ""
+    assert "digits ipc10 labels/images" not in header and header.index("digits ipc1 labels/images") == 2
+    assert "the bytes of the stored soft labels beside the images' bytes" in out
+    assert "labels: fp16 logits of every class, 300 epochs" in out
+    _write(tmp_path, "e", "sre2l", [0.4], ipc=10)
+    (tmp_path / "a" / "results.json").unlink()
+    (tmp_path / "b" / "results.json").unlink()
+    out = render(collect(find_results([tmp_path])))
+    assert "labels/images" not in out  # no run stores labels: no column, no caption

@@ -8,6 +8,7 @@ follow the same recipe.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import os
 import pickle
@@ -18,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dd import seeds
 from dd.data.zca import ZCA
 from dd.errors import DDError
 
@@ -69,6 +71,10 @@ class ImageDataset:
     std: list[float]
     zca: ZCA | None
     flip: bool  # whether horizontal flip is a label-preserving augmentation
+    # dataset.holdout_per_class > 0: the training images held out of train_x/train_y (class-balanced, in
+    # dataset order), which methods may score on (method.select=val) but never train on; else None
+    val_x: Tensor | None = None
+    val_y: Tensor | None = None
 
     @property
     def channels(self) -> int:
@@ -98,6 +104,13 @@ class ImageDataset:
             x = self.zca.apply(x)
         return x
 
+    def val_view(self) -> ImageDataset:
+        """This dataset with the held-out split in the place of the test split, so that an evaluation of
+        fresh models (dd.image.evaluate.evaluate_set) scores on the held-out images instead."""
+        if self.val_x is None:
+            raise DDError(f"{self.name} was loaded without held-out training images; set dataset.holdout_per_class")
+        return dataclasses.replace(self, test_x=self.val_x, test_y=self.val_y)
+
     def indices_of_class(self, c: int) -> Tensor:
         """Indices into the train split whose label is ``c``."""
         if not 0 <= int(c) < self.num_classes:
@@ -126,6 +139,7 @@ def load_image_dataset(
     image_size: int | None = None,
     train_limit: int | None = None,
     stats: str | None = None,
+    holdout_per_class: int = 0,
 ) -> ImageDataset:
     """Load ``name`` (one of IMAGE_DATASETS) into CPU tensors.
 
@@ -138,8 +152,16 @@ def load_image_dataset(
     split. Otherwise pixels are mean/std-normalised with ``stats``: None for the
     dataset's own statistics, or the name of another dataset in STATS (the
     reference code normalises CIFAR-100 with CIFAR-10's). ``stats`` is unused with ``zca``.
+
+    ``holdout_per_class``: move this many training images of every class (after ``train_limit``; the same
+    ones for every run: stream ("holdout_split", 0)) out of the train split into ``val_x``/``val_y``. The
+    ZCA is fitted without them; the mean/std are the train split's as before (like ``train_limit``, the
+    holdout does not move them).
     """
     _check_options(name, root, source, zca_eps, image_size, train_limit, stats)
+    if int(holdout_per_class) < 0:
+        raise DDError(f"dataset.holdout_per_class={holdout_per_class} is not allowed; give the training images "
+                      "per class to hold out (0: none)")
     raw = _load_raw(name, root, download, source, train_limit)
 
     if image_size is not None:
@@ -162,17 +184,26 @@ def load_image_dataset(
             )
     if train_limit is not None:
         raw.train_x, raw.train_y = raw.train_x[:train_limit], raw.train_y[:train_limit]
+    val_x = val_y = None
+    if holdout_per_class:
+        held = holdout_indices(raw.train_y, int(holdout_per_class), len(raw.class_names), name)
+        kept = torch.ones(len(raw.train_y), dtype=torch.bool)
+        kept[held] = False
+        val_x, val_y = raw.train_x[held], raw.train_y[held]
+        raw.train_x, raw.train_y = raw.train_x[kept], raw.train_y[kept]
 
     m = torch.tensor(mean).view(1, -1, 1, 1)
     s = torch.tensor(std).view(1, -1, 1, 1)
     train_x = ((raw.train_x - m) / s).contiguous()
     test_x = ((raw.test_x - m) / s).contiguous()
+    val_x = None if val_x is None else ((val_x - m) / s).contiguous()
 
     fitted = None
     if zca:
-        # Fitted on the train split only, applied to both splits.
+        # Fitted on the train split only (held-out images excluded), applied to every split.
         fitted = ZCA.fit(train_x, eps=float(zca_eps))
         train_x, test_x = fitted.apply(train_x), fitted.apply(test_x)
+        val_x = None if val_x is None else fitted.apply(val_x)
 
     return ImageDataset(
         name=name,
@@ -186,7 +217,23 @@ def load_image_dataset(
         std=[float(v) for v in std],
         zca=fitted,
         flip=name in FLIP,
+        val_x=val_x,
+        val_y=None if val_y is None else val_y.long(),
     )
+
+
+def holdout_indices(train_y: Tensor, per_class: int, num_classes: int, name: str) -> Tensor:
+    """Sorted indices of `per_class` training images of every class, drawn without replacement from the
+    stream ("holdout_split", 0): the same images whatever the run's seed, so one expert buffer serves them all."""
+    gen = seeds.generator("holdout_split", 0)
+    picks = []
+    for c in range(num_classes):
+        idx = torch.nonzero(train_y == c).flatten()
+        if len(idx) <= per_class:
+            raise DDError(f"dataset.holdout_per_class={per_class} is not allowed: class {c} of {name} has only "
+                          f"{len(idx)} training images (after train_limit); hold out fewer than {len(idx)}")
+        picks.append(idx[torch.randperm(len(idx), generator=gen)[:per_class]])
+    return torch.cat(picks).sort().values
 
 
 def _check_options(name, root, source, zca_eps, image_size, train_limit, stats) -> None:

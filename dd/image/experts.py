@@ -53,6 +53,8 @@ def buffer_identity(cfg, data: ImageDataset) -> dict:
             "train_limit": cfg.dataset.train_limit,
             "mean": [round(float(v), 6) for v in data.mean],
             "std": [round(float(v), 6) for v in data.std],
+            # only when set, so buffers made before the key existed keep their identity (and folder)
+            **({"holdout_per_class": holdout} if (holdout := int(cfg.dataset.get("holdout_per_class") or 0)) else {}),
         },
         "recipe": {"lr": float(b.lr), "batch_size": int(b.batch_size), "dsa": bool(b.dsa), "epochs": int(b.epochs),
                    # experts augment as the reference does: one DSA transform per batch

@@ -47,6 +47,7 @@ def load_data(cfg: DictConfig):
     return load_image_dataset(
         d.name, root=d.root, download=d.download, source=d.source, zca=d.zca, zca_eps=d.zca_eps,
         image_size=d.image_size, train_limit=d.train_limit, stats=d.get("stats"),
+        holdout_per_class=d.get("holdout_per_class") or 0,
     )
 
 
@@ -107,6 +108,8 @@ def run_image(cfg: DictConfig, out_dir: str | Path, group: str | None = None) ->
             "eval": {"epochs": evaluation.epochs, "lr": evaluation.lr, "num_models": len(evaluation.per_model),
                      "schedule": cfg.eval.schedule},
             **({"paper_max": syn.extra_meta["paper_max"]} if syn.extra_meta.get("paper_max") else {}),
+            # the split the method picked its set (or lr) on: test | val, or null (no pick; dd.image.rounds)
+            "selection": syn.extra_meta.get("selection"),
             "timings": {**timings, "total_s": time.perf_counter() - start},
             "config": resolved,
         }
@@ -127,7 +130,7 @@ def dataset_of(meta: dict, root: str | None):
     data = load_image_dataset(
         d["name"], root=d.get("root"), download=bool(d.get("download", False)), source=d.get("source", "torchvision"),
         zca=bool(meta.get("zca")), zca_eps=float(d.get("zca_eps", 0.1)), image_size=d.get("image_size"),
-        train_limit=d.get("train_limit"), stats=d.get("stats"),
+        train_limit=d.get("train_limit"), stats=d.get("stats"), holdout_per_class=d.get("holdout_per_class") or 0,
     )
     if [round(v, 4) for v in data.mean] != [round(float(v), 4) for v in meta["mean"]]:
         old_zca = " (ZCA is now fitted on raw pixels, so ZCA sets exported before that cannot be re-evaluated)"

@@ -27,7 +27,14 @@ from dd.errors import DDError
 from dd.image.base import SynSet
 from dd.image.experts import Buffer
 from dd.image.methods.coreset import check_ipc
-from dd.image.methods.mtt import Matching, MatchingConfig, Synthetic, check_matching, match_trajectories
+from dd.image.methods.mtt import (
+    Matching,
+    MatchingConfig,
+    Synthetic,
+    check_matching,
+    check_selection,
+    match_trajectories,
+)
 from dd.models import FlatModel
 from dd.registry import RunContext, register
 
@@ -154,5 +161,6 @@ def distill(ctx: RunContext) -> SynSet:
     m = ctx.cfg.method
     check_ipc(ctx.data, ctx.cfg.ipc)
     check_datm(m, ctx.cfg.inner, ctx.cfg.buffer.epochs)
+    check_selection(ctx.cfg)
     return match_trajectories(ctx, Matching(initial_synthetic, functools.partial(start_epoch_bound, m),
                                             m.skip_loss_above))

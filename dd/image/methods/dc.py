@@ -36,7 +36,15 @@ from dd.image.base import LearnedImages, SynSet
 from dd.image.evaluate import EvalResult, Schedule, evaluate_set, fresh_model, set_loss, train_on_set
 from dd.image.methods.coreset import check_ipc
 from dd.image.methods.mtt import initial_images
-from dd.image.rounds import check_eval_every, due, evaluation_round
+from dd.image.rounds import (
+    check_eval_every,
+    check_select,
+    due,
+    evaluation_round,
+    pick_lr,
+    selection_record,
+    split_of,
+)
 from dd.models import model_has_state
 from dd.registry import RunContext, register
 from dd.viz import save_curves
@@ -46,7 +54,7 @@ log = logging.getLogger(__name__)
 # The paper's (outer_loop, inner_loop) per images per class (the reference code's get_loops).
 PAPER_LOOPS = {1: (1, 1), 10: (10, 50), 50: (50, 10)}
 INITS = ("real", "noise")
-SELECTS = ("last", "best")
+SELECTS = ("last", "test", "val")
 
 
 @dataclass
@@ -65,7 +73,10 @@ class DCConfig:
     init: str = "noise"  # noise (DC's default) | real
     dsa: bool = False  # Siamese differentiable augmentation (method=dsa turns it on)
     dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"  # flip is dropped on digit-like data
-    select: str = "last"  # last: the final set, as the reference reports | best: the best evaluation round
+    # last: the final set, as the reference reports | test: the best evaluation round, scored on the test split
+    # (it peeks) | val: scored on the images dataset.holdout_per_class holds out of the training split
+    select: str = "last"
+    select_lrs: list[float] | None = None  # select=val: the evaluation lrs tried on the held-out split; null: eval.lr
     eval_every: int = 500  # evaluate fresh models every this many iterations (rounds it + 1); 0: never
     checkpoint_every: int = 100
 
@@ -93,8 +104,9 @@ def check_method(m, ipc: int, model: torch.nn.Module) -> None:
         raise DDError(f"method.momentum_img={m.momentum_img} is not allowed; it must be in [0, 1)")
     if m.init not in INITS:
         raise DDError(f"method.init '{m.init}' is unknown; choose one of: {', '.join(INITS)}")
-    if m.select not in SELECTS:
-        raise DDError(f"method.select '{m.select}' is unknown; choose one of: {', '.join(SELECTS)}")
+    if m.select == "best":
+        raise DDError(f"method.select=best is now method.select=test (the best round, picked on the test split); "
+                      f"choose one of: {', '.join(SELECTS)}")
     parse_strategy(m.dsa_strategy)  # names an unknown transform in one line
     loops(m, ipc)
     if model_has_state(model):
@@ -158,7 +170,7 @@ class LoopState:
 
     next_it: int = 0
     history: list = field(default_factory=list)  # {"iteration", "loss"} and evaluation rows
-    best: dict | None = None  # select=best: the set of the best evaluation round (picked on the test split)
+    best: dict | None = None  # select=test|val: the set of the best evaluation round (on that split)
     last_evaluation: dict | None = None
     iter_s: float = 0.0
 
@@ -210,11 +222,13 @@ def train_network(net: torch.nn.Module, syn: LearnedImages, epochs: int, m, dsa:
 
 
 def evaluate_round(ctx: RunContext, syn: LearnedImages, state: LoopState, it: int) -> None:
-    """An evaluation during distillation (round it + 1); select=best keeps the best round's images."""
+    """An evaluation during distillation (round it + 1); select=test|val scores it on that split and keeps the
+    best round's images (select=last: a round on the test split, for watching)."""
     images = syn.images.detach()
-    result = evaluation_round(ctx, state.history, images, syn.labels, it)
+    split = split_of(ctx.cfg.method.select)
+    result = evaluation_round(ctx, state.history, images, syn.labels, it, split=split or "test")
     state.last_evaluation = result.as_dict()
-    if ctx.cfg.method.select == "best" and (state.best is None or result.mean > state.best["evaluation"]["mean"]):
+    if split is not None and (state.best is None or result.mean > state.best["evaluation"]["mean"]):
         state.best = {"iteration": it, "images": images.cpu().clone(), "evaluation": result.as_dict()}
 
 
@@ -236,6 +250,7 @@ def set_up(ctx: RunContext) -> Run:
     cfg, data, device, m = ctx.cfg, ctx.data, ctx.device, ctx.cfg.method
     check_ipc(data, cfg.ipc)
     check_method(m, cfg.ipc, fresh_model(cfg.model, data, seeds.derive("dc_net", cfg.seed, 0), "cpu"))
+    check_select(cfg, SELECTS)
     outer_loop, inner_loop = loops(m, cfg.ipc)
     dist.require_share(data.num_classes, "classes", "each rank matches whole classes")
     images, labels = initial_images(data, cfg.ipc, m.init, seeds.generator("dc_init", cfg.seed))
@@ -268,14 +283,15 @@ def run_gradient_matching(ctx: RunContext) -> SynSet:
         r.state.history.append({"iteration": it, "loss": loss})
         ctx.tracker.log({"matching_loss": loss}, step=it)
         bar.set_postfix(loss=f"{loss:.4f}")
-    if m.select == "best":  # the final set competes too (the pipeline's round 0 never does)
+    if m.select != "last":  # the final set competes too (the pipeline's round 0 never does)
         evaluate_round(ctx, r.syn, r.state, m.iterations)
     r.ckpt.save(r.syn, r.state, m.iterations)
     return finish(ctx, r)
 
 
 def finish(ctx: RunContext, r: Run) -> SynSet:
-    """The set to report: the final images (select=last), or the best round's re-evaluated on fresh models."""
+    """The set to report: the final images (select=last), or the best round's re-evaluated on fresh models (at
+    the lr picked on the held-out split, with select_lrs)."""
     cfg, m = ctx.cfg, ctx.cfg.method
     save_curves(r.state.history, ctx.out_dir / "curves.png", title=f"{m.name} {ctx.data.name} ipc={cfg.ipc}")
     last = SynSet(images=r.syn.images.detach().cpu(), labels=r.syn.labels.cpu(),
@@ -287,12 +303,19 @@ def finish(ctx: RunContext, r: Run) -> SynSet:
         return SynSet(images=last.images, labels=last.labels, extra_meta={**meta, "iteration": m.iterations},
                       timings=timings)
     best = r.state.best
-    final = evaluate_set(best["images"], last.labels, ctx.data, cfg.model, cfg.eval, seed=cfg.seed, round=0,
+    lr, lr_rows = None, None
+    if m.get("select_lrs"):  # rounds after every selection round's (dd.image.rounds)
+        lr, lr_rows = pick_lr(ctx, best["images"], last.labels, m.select_lrs, m.iterations + 2)
+    final = evaluate_set(best["images"], last.labels, ctx.data, cfg.model, cfg.eval, lr=lr, seed=cfg.seed, round=0,
                          device=ctx.device, progress=ctx.progress, desc="evaluate best")
     fields = EvalResult.__dataclass_fields__
     last.evaluation = EvalResult(**{k: v for k, v in r.state.last_evaluation.items() if k in fields})
-    return SynSet(images=best["images"], labels=last.labels, evaluation=final, last=last, timings=timings,
-                  extra_meta={**meta, "best_iteration": best["iteration"], "selection_evaluation": best["evaluation"]})
+    selection = selection_record(ctx, m.select, r.state.history, best["iteration"], lr_rows, lr)
+    # a picked lr travels with the set (dd-eval trains with it, as the reported evaluation did); it is not learned
+    return SynSet(images=best["images"], labels=last.labels, lr=None if lr is None else torch.tensor(lr),
+                  evaluation=final, last=last, timings=timings,
+                  extra_meta={**meta, "best_iteration": best["iteration"], "selection_evaluation": best["evaluation"],
+                              "selection": selection})
 
 
 @register("dc", kind="image", schema=DCConfig)

@@ -18,7 +18,10 @@ state is checkpointed, so a resumed run reaches exactly the images of an uninter
 
 The set handed back is the final one, as the reference code reports it (the accuracy after the last
 iteration); the rounds evaluated every `eval_every` iterations are for watching the run, and the
-best of them is only recorded in the set's meta.
+best of them is only recorded in the set's meta. With `select=test|val` the rounds (and the final set,
+as one more round) score on that split and the best round's set is handed back instead, re-evaluated
+on fresh models (dd.image.rounds: `val` scores on held-out training images, and `select_lrs` picks
+the evaluation lr there).
 """
 
 import logging
@@ -36,10 +39,18 @@ from dd.data import DSA
 from dd.device import to_device
 from dd.errors import DDError, require_positive
 from dd.image.base import LearnedImages, SynSet
-from dd.image.evaluate import fresh_model
+from dd.image.evaluate import EvalResult, evaluate_set, fresh_model
 from dd.image.methods.coreset import check_ipc
 from dd.image.methods.mtt import initial_images
-from dd.image.rounds import check_eval_every, due, evaluation_round
+from dd.image.rounds import (
+    check_eval_every,
+    check_select,
+    due,
+    evaluation_round,
+    pick_lr,
+    selection_record,
+    split_of,
+)
 from dd.models import model_has_state
 from dd.registry import RunContext, register
 from dd.viz import save_curves
@@ -60,10 +71,15 @@ class DMConfig:
     dsa: bool = True  # Siamese augmentation of both batches (false: the raw images are embedded)
     dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
     eval_every: int = 2000  # the reference evaluates every 2000 iterations (and at 0); 0: never
+    # last: the final set (the reference) | test: the best round's set, scored on the test split (it peeks) |
+    # val: scored on the images dataset.holdout_per_class holds out of the training split
+    select: str = "last"
+    select_lrs: list[float] | None = None  # select=val: the evaluation lrs tried on the held-out split; null: eval.lr
     checkpoint_every: int = 500
 
 
 INITS = ("real", "noise")
+SELECTS = ("last", "test", "val")
 
 
 def check_method(m, data, ipc: int) -> None:
@@ -170,7 +186,9 @@ class LoopState:
 
     next_it: int = 0
     history: list = field(default_factory=list)  # {"iteration", "loss"} and evaluation rows
-    best: dict | None = None  # {"iteration", "evaluation"} of the best round (recorded, not selected)
+    # {"iteration", "evaluation"} of the best round: recorded (select=last), or selected with its "images"
+    best: dict | None = None
+    last_evaluation: dict | None = None
     iter_s: float = 0.0
 
 
@@ -188,6 +206,7 @@ def set_up(ctx: RunContext) -> Setup:
     """Checks, the initial images (or the checkpoint's), the real images per class, the augmentation."""
     cfg, data, m = ctx.cfg, ctx.data, ctx.cfg.method
     check_method(m, data, cfg.ipc)
+    check_select(cfg, SELECTS)
     if dist.world() > 1:
         with torch.device("meta"):  # shapes only
             probe = iteration_network(cfg.model, data, cfg.seed, 0, "meta")
@@ -206,10 +225,15 @@ def set_up(ctx: RunContext) -> Setup:
 
 
 def evaluate_round(ctx: RunContext, syn: LearnedImages, state: LoopState, it: int) -> None:
-    """A round for watching the run (round it + 1); the best is recorded, never selected."""
-    result = evaluation_round(ctx, state.history, syn.images.detach(), syn.labels, it)
+    """A round (round it + 1): for watching the run (select=last: the best is recorded, never selected), or
+    scored on method.select's split, keeping the best round's images."""
+    split = split_of(ctx.cfg.method.select)
+    result = evaluation_round(ctx, state.history, syn.images.detach(), syn.labels, it, split=split or "test")
+    state.last_evaluation = result.as_dict()
     if state.best is None or result.mean > state.best["evaluation"]["mean"]:
         state.best = {"iteration": it, "evaluation": result.as_dict()}
+        if split is not None:
+            state.best["images"] = syn.images.detach().cpu().clone()
 
 
 @register("dm", kind="image", schema=DMConfig)
@@ -233,19 +257,39 @@ def distill(ctx: RunContext) -> SynSet:
         state.history.append({"iteration": it, "loss": loss})
         ctx.tracker.log({"matching_loss": loss}, step=it)
         bar.set_postfix(loss=f"{loss:.4g}")
+    if m.select != "last":  # the final set competes too (the pipeline's round 0 never does)
+        evaluate_round(ctx, syn, state, m.iterations)
     run.ckpt.save(syn, state, m.iterations, run.gen)
     return finish(ctx, syn, state)
 
 
 def finish(ctx: RunContext, syn: LearnedImages, state: LoopState) -> SynSet:
-    """The final images (the pipeline evaluates them on fresh models, round 0), curves and timings."""
+    """The final images (the pipeline evaluates them on fresh models, round 0), or with select=test|val the best
+    round's images re-evaluated on fresh models (round 0, at the lr picked with select_lrs) and the final ones
+    beside them; curves and timings."""
     cfg, m = ctx.cfg, ctx.cfg.method
     save_curves(state.history, ctx.out_dir / "curves.png", title=f"dm {ctx.data.name} ipc={cfg.ipc}")
     rounds = [h for h in state.history if "acc_mean" in h]
     steps = sum(1 for h in state.history if "loss" in h)
     meta = {"iteration": m.iterations, "rounds": rounds}
-    if state.best is not None:
-        meta["best_round"] = {"iteration": state.best["iteration"], "mean": state.best["evaluation"]["mean"],
-                              "note": "recorded only: the set is the final one, as the reference reports"}
-    return SynSet(images=syn.images.detach().cpu(), labels=syn.labels.cpu(), extra_meta=meta,
-                  timings={"distill_s": state.iter_s, "s_per_iteration": state.iter_s / max(1, steps)})
+    timings = {"distill_s": state.iter_s, "s_per_iteration": state.iter_s / max(1, steps)}
+    images, labels = syn.images.detach().cpu(), syn.labels.cpu()
+    if m.select == "last":
+        if state.best is not None:
+            meta["best_round"] = {"iteration": state.best["iteration"], "mean": state.best["evaluation"]["mean"],
+                                  "note": "recorded only: the set is the final one, as the reference reports"}
+        return SynSet(images=images, labels=labels, extra_meta=meta, timings=timings)
+    best = state.best
+    lr, lr_rows = None, None
+    if m.get("select_lrs"):  # rounds after every selection round's (dd.image.rounds)
+        lr, lr_rows = pick_lr(ctx, best["images"], labels, m.select_lrs, m.iterations + 2)
+    final = evaluate_set(best["images"], labels, ctx.data, cfg.model, cfg.eval, lr=lr, seed=cfg.seed, round=0,
+                         device=ctx.device, progress=ctx.progress, desc="evaluate best")
+    fields = EvalResult.__dataclass_fields__
+    last = SynSet(images=images, labels=labels, extra_meta={"iteration": m.iterations},
+                  evaluation=EvalResult(**{k: v for k, v in state.last_evaluation.items() if k in fields}))
+    meta.update(best_iteration=best["iteration"], selection_evaluation=best["evaluation"],
+                selection=selection_record(ctx, m.select, state.history, best["iteration"], lr_rows, lr))
+    # a picked lr travels with the set (dd-eval trains with it, as the reported evaluation did); it is not learned
+    return SynSet(images=best["images"], labels=labels, lr=None if lr is None else torch.tensor(lr), evaluation=final,
+                  last=last, extra_meta=meta, timings=timings)

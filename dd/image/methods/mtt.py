@@ -33,7 +33,7 @@ from dd.image.base import SynSet
 from dd.image.evaluate import EvalResult, evaluate_set, new_model, set_loss
 from dd.image.experts import Buffer, build_buffer
 from dd.image.methods.coreset import check_ipc
-from dd.image.rounds import check_eval_every, due, evaluation_round
+from dd.image.rounds import SPLITS, check_eval_every, check_select, due, evaluation_round, selection_record
 from dd.inner import ENGINES, MetaGrad, meta_gradient
 from dd.models import FlatModel
 from dd.registry import RunContext, register
@@ -59,6 +59,9 @@ class MatchingConfig:
     batch_syn: int | None = None  # synthetic images per student step; null = the whole set
     dsa: bool = True
     eval_every: int = 500  # selection rounds every this many iterations and at the end; 0: none, report the final set
+    # where selection rounds score: test (the reference code: it peeks at the reported split) | val (the images
+    # dataset.holdout_per_class holds out of the training split)
+    select: str = "test"
     checkpoint_every: int = 100
     max_nonfinite: int = 10  # consecutive non-finite losses that stop the run
     min_lr: float = 1e-6  # floor of the learned lr: it can never reach zero or go negative
@@ -94,6 +97,14 @@ def check_matching(m, inner, buffer_epochs: int, rates: tuple[str, ...] = ("lr_l
         raise DDError(f"method.batch_syn={m.batch_syn} is not allowed; give a positive number or null (the whole set)")
     if inner.engine not in ENGINES:
         raise DDError(f"inner.engine '{inner.engine}' is unknown; choose one of: {', '.join(ENGINES)}")
+
+
+def check_selection(cfg) -> None:
+    """method.select (test | val) of a trajectory-matching run; val needs selection rounds."""
+    check_select(cfg, SPLITS)
+    if cfg.method.select == "val" and cfg.method.eval_every == 0:
+        raise DDError("method.select=val with method.eval_every=0: there are no selection rounds to score on the "
+                      "held-out split; set method.eval_every > 0, or leave method.select=test (no selection then)")
 
 
 def check_method(m, inner, buffer_epochs: int) -> None:
@@ -294,7 +305,7 @@ class LoopState:
 
     next_it: int = 0
     history: list = field(default_factory=list)  # {"iteration", "loss", "start_epoch"} and evaluation rows
-    best: dict | None = None  # the set with the best selection-round mean (picked on the test split)
+    best: dict | None = None  # the set with the best selection-round mean (on method.select's split)
     last_evaluation: dict | None = None
     nonfinite_total: int = 0
     nonfinite_run: int = 0
@@ -316,9 +327,10 @@ def initial_synthetic(ctx: RunContext, buffer: Buffer, experts: list[int], stude
 
 
 def evaluate_round(ctx: RunContext, syn: Synthetic, state: LoopState, it: int) -> None:
-    """A selection round (round it + 1): the best set so far is kept, as the reference code picks it."""
+    """A selection round (round it + 1), scored on method.select's split: the best set so far is kept, as the
+    reference code picks it (on the test split)."""
     images, labels = syn.images.detach(), syn.eval_labels()
-    result = evaluation_round(ctx, state.history, images, labels, it, lr=syn.lr_value())
+    result = evaluation_round(ctx, state.history, images, labels, it, lr=syn.lr_value(), split=ctx.cfg.method.select)
     state.last_evaluation = result.as_dict()
     if state.best is None or result.mean > state.best["evaluation"]["mean"]:
         state.best = {"iteration": it, **final_state(syn), "evaluation": result.as_dict()}
@@ -355,10 +367,10 @@ def record_step(ctx: RunContext, state: LoopState, res: MetaGrad, segment: Segme
                      **({"skipped_above": state.skipped_above} if skip_loss_above is not None else {})}, step=it)
 
 
-def paper_max(state: LoopState) -> dict | None:
+def paper_max(state: LoopState, split: str = "test") -> dict | None:
     """The reference code's reported figure: the best mean over the selection rounds, picked on the test split
-    (None without rounds)."""
-    if state.best is None:
+    (None without rounds, or when the rounds scored on another split)."""
+    if state.best is None or split != "test":
         return None
     best = state.best["evaluation"]
     rounds = sum(1 for h in state.history if "acc_mean" in h)
@@ -380,6 +392,7 @@ class Matching:
 def distill(ctx: RunContext) -> SynSet:
     check_ipc(ctx.data, ctx.cfg.ipc)
     check_method(ctx.cfg.method, ctx.cfg.inner, ctx.cfg.buffer.epochs)
+    check_selection(ctx.cfg)
     return match_trajectories(ctx, Matching(initial_synthetic))
 
 
@@ -438,8 +451,8 @@ def finish(ctx: RunContext, syn: Synthetic, state: LoopState, provenance: dict, 
     cfg, m = ctx.cfg, ctx.cfg.method
     best = state.best or {"iteration": m.iterations, **final_state(syn), "evaluation": None}
     save_curves(state.history, ctx.out_dir / "curves.png", title=f"{m.name} {ctx.data.name} ipc={cfg.ipc}")
-    # Best is picked on the test split (as the reference code does); the reported figure comes from
-    # fresh models of round 0, which no selection round used.
+    # Best is picked on method.select's split (test: as the reference code does); the reported figure comes
+    # from fresh models of round 0, which no selection round used, on the test split.
     final = evaluate_set(best["images"], best["labels"], ctx.data, cfg.model, cfg.eval, lr=float(best["lr"]),
                          seed=cfg.seed, round=0, device=ctx.device, progress=ctx.progress, desc="evaluate best")
     last_set = SynSet(images=syn.images.detach().cpu(), labels=syn.eval_labels().cpu(), lr=syn.syn_lr.detach().cpu(),
@@ -451,7 +464,9 @@ def finish(ctx: RunContext, syn: Synthetic, state: LoopState, provenance: dict, 
     return SynSet(
         images=best["images"], labels=best["labels"], lr=best["lr"], evaluation=final, last=last_set,
         extra_meta={"best_iteration": best["iteration"], "selection_evaluation": best["evaluation"],
-                    "paper_max": paper_max(state), "last_evaluation": state.last_evaluation,
+                    "paper_max": paper_max(state, m.select), "last_evaluation": state.last_evaluation,
+                    "selection": selection_record(ctx, None if state.best is None else m.select, state.history,
+                                                  best["iteration"]),
                     "nonfinite_skipped": state.nonfinite_total, "engine": cfg.inner.engine, **provenance},
         timings={"experts_s": expert_s, "distill_s": state.iter_s, "s_per_iteration": state.iter_s / max(1, steps_done)},
     )

@@ -78,6 +78,46 @@ class EvalConfig:
     tf32: bool = True
     autocast: str | None = None
     channels_last: bool = False
+    # sgd (momentum, the bi-level papers) | adamw (SRe2L / RDED students; weight_decay 0.01 there)
+    optimizer: str = "sgd"
+    # the students' targets: hard (the set's labels, hard or soft, with DSA) | stored (the set's stored
+    # per-epoch crops + teacher soft labels) | teacher (the teacher labels each augmented batch online) |
+    # auto (stored when the set carries them, else hard)
+    labels: str = "auto"
+    temperature: float = 1.0  # stored / teacher: KL at this temperature (SRe2L 30, RDED 20 on CIFAR)
+
+
+@dataclass
+class TeacherConfig:
+    """The pretrained network that teacher-based methods distil from (dd.image.teachers, dd-teacher)."""
+
+    # a given teacher: a dd-teacher folder (its manifest is checked against the run), or a state-dict file
+    # (.safetensors, or .pt/.pth read with weights_only) for teacher.model. null: train one, or reuse the cache's
+    path: str | None = None
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(name="convnet", norm="batch"))
+    epochs: int = 20
+    lr: float = 0.01
+    optimizer: str = "sgd"  # sgd (momentum) | adamw
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 256
+    schedule: str = "cosine"  # step | cosine (dd.image.evaluate.lr_schedule)
+    dsa: bool = True  # DSA on every batch (flip where the dataset allows it)
+    seed: int = 0
+    cache_dir: str = "${oc.env:DD_CACHE,'~/.cache/ddlab'}"
+
+
+@dataclass
+class RelabelConfig:
+    """FKD-style relabelling (dd.image.relabel): for every evaluation epoch, each image's random resized
+    crop (and flip) and the teacher's logits on it, generated once and stored with the set."""
+
+    epochs: int | None = None  # epochs stored; null = eval.epochs
+    scale_min: float = 0.08  # RandomResizedCrop's area range, as SRe2L / RDED (torchvision's default)
+    scale_max: float = 1.0
+    topk: int = 0  # 0: every class's logit (fp16); k > 0: the k largest logits (fp16) and their classes
+    flip: bool | None = None  # horizontal flips; null = where the dataset allows them (not digits)
+    batch_size: int = 512  # images per teacher forward while generating
 
 
 @dataclass
@@ -191,6 +231,8 @@ class Config:
     export: bool = True
     progress: bool = True
     prune: PruneConfig = field(default_factory=PruneConfig)  # language-model data pruning (dd.lm)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)  # sre2l, rded, eval.labels=teacher
+    relabel: RelabelConfig = field(default_factory=RelabelConfig)
 
 
 @dataclass
@@ -207,6 +249,9 @@ class EvalSetConfig:
     device: str = "${oc.env:DD_DEVICE,auto}"
     cudnn_benchmark: bool = True
     progress: bool = True
+    # eval.labels=teacher: the teacher (null path: the one the set's meta records); stored labels come with the set
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    relabel: RelabelConfig = field(default_factory=RelabelConfig)
 
 
 def register_configs() -> None:

@@ -140,10 +140,12 @@ def load(path: str | Path) -> DistilledSet:
 
 
 def image_set(images, labels, data, *, lr=None, method: str, ipc: int, model: dict, config=None,
-              evaluation=None, extra_meta=None) -> DistilledSet:
-    """Package image-space tensors from a run on `data` (an ImageDataset) as a DistilledSet."""
+              evaluation=None, extra_meta=None, extra_tensors=None) -> DistilledSet:
+    """Package image-space tensors from a run on `data` (an ImageDataset) as a DistilledSet.
+    extra_tensors: stored with them under their own names (a teacher's per-epoch soft labels)."""
     images = images.detach().cpu().float()
-    tensors = {"images": images, "images_pixel": data.to_pixels(images), "labels": labels.detach().cpu()}
+    tensors = {"images": images, "images_pixel": data.to_pixels(images), "labels": labels.detach().cpu(),
+               **{k: v.detach().cpu() for k, v in (extra_tensors or {}).items()}}
     if lr is not None:
         tensors["lr"] = torch.as_tensor(lr, dtype=torch.float32).detach().cpu().reshape(-1)
     if data.zca is not None:

@@ -148,8 +148,8 @@ def collect(results: list[dict], by_model: bool = False, stat: str = "accuracy")
         if r.get("storage"):
             cell.storage.append(r["storage"])
         if "robust" in r:
-            for score in ROBUST_SCORES:
-                cell.robust[score].extend(r["robust"][score]["per_model"])
+            for score in ROBUST_SCORES:  # ARS is not defined for sets trained on a teacher's labels
+                cell.robust[score].extend((r["robust"].get(score) or {}).get("per_model", []))
             cell.robust_runs += 1
     return dict(cells)
 

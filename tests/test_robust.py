@@ -21,6 +21,7 @@ from dd.image.robust import (
     CONDITIONS,
     augmentation_robust_score,
     evaluate_robust,
+    format_robust,
     label_robust_score,
     normalise,
     random_subset,
@@ -107,12 +108,14 @@ class Recorder:
     def __init__(self, data):
         self.data, self.calls = data, []
 
-    def __call__(self, images, labels, data, model_cfg, eval_cfg, *, lr, seed, device, progress, desc, predict):
+    def __call__(self, images, labels, data, model_cfg, eval_cfg, *, lr, seed, device, progress, desc, predict,
+                 labels_from=None):
         kind = "full" if images is data.train_x else "random" if isinstance(images, list) else "set"
         first = labels[0] if isinstance(labels, list) else labels
-        label_kind = "soft" if first.dim() == 2 else "hard"
+        label_kind = "soft" if first.dim() == 2 or labels_from is not None else "hard"
         self.calls.append({"name": desc.removeprefix("robust "), "kind": kind, "images": images, "labels": labels,
-                           "dsa": bool(eval_cfg.dsa), "epochs": eval_cfg.epochs, "lr": lr, "predict": predict})
+                           "dsa": bool(eval_cfg.dsa), "epochs": eval_cfg.epochs, "lr": lr, "predict": predict,
+                           "labels_from": labels_from})
         k = eval_cfg.num_models
         acc = self.ACC[kind][label_kind] - (0.1 if not eval_cfg.dsa else 0.0)
         predictions = None
@@ -139,8 +142,9 @@ def test_conditions_train_on_the_labels_and_augmentation_they_name(digits_data, 
     calls = {c["name"]: c for c in rec.calls}
     # coinciding conditions are trained once: full first (the teacher), then in CONDITIONS order
     trained = ["full", "syn_hard", "syn_noaug", "rand_own", "rand_noaug"]
-    if soft:
+    if soft:  # and the random subsets with hard labels, for the hard-label LRS
         trained.insert(2, "syn_own")
+        trained.append("rand_hard")
     assert [c["name"] for c in rec.calls] == trained
     assert all(c["lr"] == 0.02 for c in rec.calls)  # one recipe for every condition
     hard = labels.argmax(1) if soft else labels
@@ -174,6 +178,8 @@ def test_conditions_train_on_the_labels_and_augmentation_they_name(digits_data, 
     assert out["lrs"]["mean"] == pytest.approx((math.exp(alpha) - INV_E) / (E - INV_E), abs=1e-9)
     assert out["ars"]["mean"] == pytest.approx((math.exp(beta) - INV_E) / (E - INV_E), abs=1e-9)
     assert set(out["conditions"]) == set(CONDITIONS)
+    alpha_hard = 0.5 * (0.5 - 0.4) - 0.5 * (0.9 - 0.5)
+    assert out["lrs_hard"]["mean"] == pytest.approx((math.exp(alpha_hard) - INV_E) / (E - INV_E), abs=1e-9)
     assert out["conditions"]["syn_aug"]["same_run_as"] == ("syn_own" if soft else "syn_hard")
     assert out["conditions"]["rand_aug"]["same_run_as"] == "rand_own"
     assert ("same_run_as" in out["conditions"]["syn_own"]) is (not soft)
@@ -181,6 +187,41 @@ def test_conditions_train_on_the_labels_and_augmentation_they_name(digits_data, 
     assert out["conditions"]["rand_own"]["labels"] == ("soft (teacher: full-data model k)" if soft else "hard")
     assert out["soft_labels"] is soft
     assert ("syn_own = syn_hard" in out["notes"][0]) is (not soft)
+
+
+def test_teacher_label_source_scores_both_lrs_and_relabels_the_random_subsets(digits_data, monkeypatch):
+    """DD-Ranking's soft-label protocol: the set trains on its label source, random subset k on a source of the
+    same kind from the same teacher (relabel(x, k)); the hard-label LRS beside; no ARS conditions."""
+    rec = Recorder(digits_data)
+    monkeypatch.setattr(robust, "evaluate_set", rec)
+    images, labels = _tiny_set(digits_data, soft=False)
+    source = type("Stored", (), {"name": "stored"})()
+    made = []
+
+    def relabel(x, run):
+        made.append((x, run))
+        return ("source for subset", run)
+
+    cfg = OmegaConf.structured(EvalConfig(num_models=3, epochs=3, dsa=True))
+    res = evaluate_robust(images, labels, digits_data, MODEL, cfg, progress=False, labels_from=source,
+                          relabel=relabel)
+    calls = {c["name"]: c for c in rec.calls}
+    assert [c["name"] for c in rec.calls] == ["full", "syn_hard", "syn_own", "rand_own", "rand_hard"]
+    assert calls["syn_own"]["labels_from"] is source and calls["syn_hard"]["labels_from"] is None
+    assert calls["rand_own"]["labels_from"] == [("source for subset", k) for k in range(3)]
+    assert [x is s for (x, _), s in zip(made, calls["rand_own"]["images"])] == [True] * 3
+    assert calls["rand_hard"]["labels_from"] is None and calls["full"]["predict"] is None  # no full-data teachers
+    out = res.as_dict()
+    soft_alpha = 0.5 * (0.7 - 0.45) - 0.5 * (0.9 - 0.5)
+    hard_alpha = 0.5 * (0.5 - 0.4) - 0.5 * (0.9 - 0.5)
+    assert out["lrs"]["mean"] == pytest.approx((math.exp(soft_alpha) - INV_E) / (E - INV_E), abs=1e-9)
+    assert out["lrs_hard"]["mean"] == pytest.approx((math.exp(hard_alpha) - INV_E) / (E - INV_E), abs=1e-9)
+    assert "ars" not in out and "syn_aug" not in out["conditions"]
+    assert out["conditions"]["syn_own"]["labels"] == "soft (stored, the set's teacher)"
+    assert not out["conditions"]["rand_own"]["dsa"] and out["conditions"]["rand_hard"]["dsa"]  # crops, not DSA
+    assert "ARS" in format_robust(out)
+    with pytest.raises(ValueError, match="come together"):
+        evaluate_robust(images, labels, digits_data, MODEL, cfg, progress=False, labels_from=source)
 
 
 def test_robust_full_epochs_shortens_only_the_full_data_condition(digits_data, monkeypatch):

@@ -18,6 +18,7 @@ class SynSet:
     last: "SynSet | None" = None  # methods that keep a best set also hand back their final state
     extra_meta: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
+    extra_tensors: dict = field(default_factory=dict)  # exported beside the images (stored soft labels)
 
 
 @dataclass

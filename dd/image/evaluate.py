@@ -4,7 +4,10 @@ Per model: SGD (momentum 0.9, weight decay 5e-4) at the given lr, minibatches of
 256, DSA on every batch, hard or soft labels, and one lr drop (x0.1) whose
 timing is the schedule's (`Schedule`). The reported figure is the last-epoch test
 accuracy, mean and (population) std over the K models, as in the
-trajectory-matching papers.
+trajectory-matching papers. The teacher-based papers' recipe is the same loop with
+other settings: AdamW (eval.optimizer), a cosine schedule, and a `LabelSource` that
+gives each batch its augmentation and soft targets (teacher soft labels, stored per
+epoch or computed online; dd.image.relabel builds them, this module only calls them).
 
 Model k of evaluation round r starts from the stream ("eval_init", seed, r, k)
 and draws its data order and augmentation from ("eval_data", seed, r, k)
@@ -12,10 +15,13 @@ and draws its data order and augmentation from ("eval_data", seed, r, k)
 never replay each other.
 """
 
+import functools
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass, field, fields
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -55,7 +61,8 @@ class EvalResult:
         return f"{100 * self.mean:.2f} ± {100 * self.std:.2f}% (K={len(self.per_model)}, {self.model})"
 
 
-SCHEDULES = ("step", "reference")
+SCHEDULES = ("step", "reference", "cosine")
+OPTIMIZERS = ("sgd", "adamw")
 # standard: K models on the set; robust: DD-Ranking's LRS and ARS from eight conditions (dd.image.robust)
 PROTOCOLS = ("standard", "robust")
 
@@ -75,13 +82,17 @@ def check_protocol(eval_cfg, allowed: tuple[str, ...] = PROTOCOLS) -> str:
 
 @dataclass(frozen=True)
 class Schedule:
-    """When the lr drops: epochs after index `decay_after` train at lr x0.1."""
+    """When the lr drops: epochs after index `decay_after` train at lr x0.1; or, cosine, it
+    follows half a cosine from base to 0 over the epochs (torch's CosineAnnealingLR stepped per epoch)."""
 
     epochs: int  # epochs trained in all
     decay_after: int
     restart: bool  # a new optimiser at the drop, so momentum starts again from zero
+    cosine: bool = False
 
     def lr(self, base: float, epoch: int) -> float:
+        if self.cosine:
+            return base * 0.5 * (1 + math.cos(math.pi * epoch / self.epochs))
         return base * 0.1 if epoch > self.decay_after else base
 
     def restarts_at(self, epoch: int) -> bool:
@@ -91,7 +102,10 @@ class Schedule:
 def lr_schedule(epochs: int, kind: str = "step") -> Schedule:
     """`step`: E epochs, lr x0.1 from epoch E//2, momentum kept (ddlab's default).
     `reference`: what the reference code's evaluate_synset runs for epoch_eval_train=E: E+1 epochs,
-    lr x0.1 after the epoch with index E//2+1, and a new SGD optimiser then."""
+    lr x0.1 after the epoch with index E//2+1, and a new SGD optimiser then.
+    `cosine`: E epochs, lr annealed from base to 0 (SRe2L's and RDED's students)."""
+    if kind == "cosine":
+        return Schedule(epochs, epochs, restart=False, cosine=True)
     if kind == "reference":
         return Schedule(epochs + 1, epochs // 2 + 1, restart=True)
     if kind == "step":
@@ -116,6 +130,35 @@ def set_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     if labels.dim() == 2:
         return torch.sum(-labels * F.log_softmax(logits, dim=1), dim=1).mean()
     return F.cross_entropy(logits, labels)
+
+
+def distill_loss(logits: torch.Tensor, target: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(target || softmax(logits / T)), averaged over the batch: the teacher-based papers' student loss
+    (the target is the teacher's softmax at the same T)."""
+    return F.kl_div(F.log_softmax(logits / temperature, dim=1), target, reduction="batchmean")
+
+
+class LabelSource(Protocol):
+    """Each training batch's inputs and targets, in place of DSA and the set's labels."""
+
+    temperature: float
+
+    def batch(self, x: torch.Tensor, idx: torch.Tensor, epoch: int,
+              generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(augmented x, target distributions at `temperature`) for images `idx` of the set at `epoch`."""
+        ...
+
+    def prepare(self, epochs: int, n: int, device) -> "LabelSource":
+        """The source on `device`, checked to cover `epochs` epochs of an `n`-image set (one per model)."""
+        ...
+
+
+def make_optimizer(kind: str, params, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
+    if kind == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if kind == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    raise DDError(f"eval.optimizer '{kind}' is unknown; choose one of: {', '.join(OPTIMIZERS)}")
 
 
 @torch.no_grad()
@@ -148,8 +191,12 @@ def train_on_set(
     stop: threading.Event | None = None,
     check_every: int = 1,
     channels_last: bool = False,
+    optimizer: str = "sgd",
+    labels_from: LabelSource | None = None,
 ) -> None:
     """Train `model` in place; `generator` (CPU) drives data order and augmentation draws.
+    `labels_from`: each batch's augmentation and soft targets come from it (KL loss at its temperature;
+    DSA and `labels` unused); `optimizer`: sgd (momentum) or adamw.
     `stop` (dd.workers): checked every epoch; once set, training ends with dd.workers.Stopped.
     The loss is checked for NaN/inf on the device and read by the host once every `check_every` epochs (and
     after the last), so no step waits for the GPU; a diverged run raises then."""
@@ -157,7 +204,7 @@ def train_on_set(
     images, labels = to_device(images.detach(), device), to_device(labels.detach(), device)
 
     def new_optimizer(step_lr):
-        return torch.optim.SGD(model.parameters(), lr=step_lr, momentum=momentum, weight_decay=weight_decay)
+        return make_optimizer(optimizer, model.parameters(), step_lr, momentum, weight_decay)
 
     opt = new_optimizer(lr)
     n = len(images)
@@ -174,9 +221,13 @@ def train_on_set(
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
             x = images[idx]
-            if dsa is not None:
-                x = dsa(x, seed=int(torch.randint(2**31 - 1, (1,), generator=generator)))
-            loss = set_loss(model(to_layout(x, channels_last)), labels[idx])
+            if labels_from is not None:
+                x, target = labels_from.batch(x, idx, epoch, generator)
+                loss = distill_loss(model(to_layout(x, channels_last)), target, labels_from.temperature)
+            else:
+                if dsa is not None:
+                    x = dsa(x, seed=int(torch.randint(2**31 - 1, (1,), generator=generator)))
+                loss = set_loss(model(to_layout(x, channels_last)), labels[idx])
             diverged |= ~torch.isfinite(loss)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -199,6 +250,7 @@ def evaluate_set(
     progress: bool = True,
     desc: str = "evaluate",
     predict: list[torch.Tensor] | None = None,
+    labels_from: "LabelSource | list[LabelSource] | None" = None,
 ) -> EvalResult:
     """Train eval_cfg.num_models fresh models on (images, labels); test each on data's test split.
 
@@ -206,7 +258,9 @@ def evaluate_set(
     evaluation 0), so each round's K models are fresh draws that no other round or expert shares.
     `images` and `labels` may also be lists of K sets of one size: model k trains on set k (its own
     random subset, say). `predict`: K input batches; model k's class probabilities on predict[k]
-    come back in the result's `predictions` (a teacher's soft labels)."""
+    come back in the result's `predictions` (a teacher's soft labels). `labels_from`: a LabelSource
+    (or one per model) that gives every batch its augmentation and soft targets, in place of DSA and
+    `labels` (the teacher-based methods' students)."""
     lr = float(eval_cfg.lr if lr is None else lr)
     if not (lr > 0 and np.isfinite(lr)):
         raise DDError(f"evaluation lr={lr} is not allowed; it must be a positive finite number")
@@ -216,12 +270,21 @@ def evaluate_set(
         )
     # .get: configs recorded before dsa_mode existed mean the default
     mode = eval_cfg.get("dsa_mode", "one")
-    dsa = DSA(eval_cfg.dsa_strategy, flip=data.flip, mode=mode) if eval_cfg.dsa else None
+    dsa = DSA(eval_cfg.dsa_strategy, flip=data.flip, mode=mode) if eval_cfg.dsa and labels_from is None else None
+    optimizer = eval_cfg.get("optimizer", "sgd")
+    if optimizer not in OPTIMIZERS:
+        raise DDError(f"eval.optimizer '{optimizer}' is unknown; choose one of: {', '.join(OPTIMIZERS)}")
     start = time.perf_counter()
     schedule = lr_schedule(eval_cfg.epochs, eval_cfg.get("schedule", "step"))
     model_seeds = [ModelSeeds(seeds.derive("eval_init", seed, round, k), seeds.derive("eval_data", seed, round, k))
                    for k in range(eval_cfg.num_models)]
     sets = per_model_sets(images, labels, len(model_seeds))
+    sources = None
+    if labels_from is not None:
+        given = labels_from if isinstance(labels_from, list) else [labels_from] * len(model_seeds)
+        if len(given) != len(model_seeds):
+            raise ValueError(f"labels_from needs one source per model ({len(model_seeds)}), got {len(given)}")
+        sources = [src.prepare(schedule.epochs, len(s[0]), device) for src, s in zip(given, sets)]
     if predict is not None and len(predict) != len(model_seeds):
         raise ValueError(f"predict needs one input batch per model ({len(model_seeds)}), got {len(predict)}")
     check_workers(eval_cfg.get("workers"))
@@ -237,12 +300,16 @@ def evaluate_set(
         log.info("%s keeps BatchNorm running statistics: training its %d models one at a time",
                  model_options(model_cfg)[0], len(model_seeds))
         batched = False
+    if batched and (sources is not None or optimizer != "sgd"):  # the vmapped trainer runs plain SGD on labels
+        batched = False
     train = _train_batched if batched else _train_sequential
     # in a job of several processes each rank trains models rank, rank + world, ... (dd.dist); the same models
     mine = dist.strided(list(range(len(model_seeds))))
     accs, predictions = [], (None if predict is None else [])  # a rank left without a model (K < world)
     if mine:
         with phase(precision["tf32"], device, precision["autocast"]):
+            if sources is not None:
+                train = functools.partial(train, sources=[sources[k] for k in mine])
             accs, predictions = train([sets[k] for k in mine], data, model_cfg, eval_cfg, schedule, lr,
                                       [model_seeds[k] for k in mine], dsa, device, progress and dist.is_main(), desc,
                                       None if predict is None else [predict[k] for k in mine])
@@ -302,7 +369,8 @@ def fresh_model(model_cfg, data, init_seed: int, device) -> torch.nn.Module:
     return new_model(model_cfg, data).to(device, non_blocking=True)  # CUDA stages it: no wait
 
 
-def _train_sequential(sets, data, model_cfg, eval_cfg, schedule, lr, seeds, dsa, device, progress, desc, predict):
+def _train_sequential(sets, data, model_cfg, eval_cfg, schedule, lr, seeds, dsa, device, progress, desc, predict,
+                      sources=None):
     """One model after another, or on CPU `eval.workers` of them at once (dd.workers): the same models either way."""
     test_x, test_y = to_device(data.test_x, device), to_device(data.test_y, device)
     moved: dict[int, tuple] = {}  # each distinct set moved once (one shared set: once for all K models)
@@ -321,6 +389,7 @@ def _train_sequential(sets, data, model_cfg, eval_cfg, schedule, lr, seeds, dsa,
             momentum=eval_cfg.momentum, weight_decay=eval_cfg.weight_decay,
             dsa=dsa, generator=torch.Generator().manual_seed(seeds[k].data), progress=progress and workers == 1,
             desc=f"model {k}", stop=stop, channels_last=channels_last,
+            optimizer=eval_cfg.get("optimizer", "sgd"), labels_from=None if sources is None else sources[k],
         )
         acc = accuracy(model, test_x, test_y, eval_cfg.test_batch_size)
         probs = None if predict is None else probabilities(model, predict[k], eval_cfg.test_batch_size)

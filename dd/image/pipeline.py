@@ -5,6 +5,7 @@ The CLIs are thin shells around `run` and `evaluate_exported`; a Python user can
 a composed config and an output folder.
 """
 
+import functools
 import logging
 import shutil
 import time
@@ -19,7 +20,16 @@ from dd.errors import DDError
 from dd.export import META_FILE, image_set, load
 from dd.fsutil import write_json
 from dd.image.evaluate import check_protocol, evaluate_set, model_options
+from dd.image.relabel import (
+    LABEL_MODES,
+    LabelStore,
+    check_temperature,
+    label_source,
+    relabel_config,
+    relabel_random,
+)
 from dd.image.robust import evaluate_robust
+from dd.image.teachers import get_teacher, load_teacher
 from dd.registry import RunContext, get
 from dd.tracking import make_tracker
 from dd.viz import save_grid
@@ -38,8 +48,15 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.eval.num_models <= 0 or cfg.eval.epochs <= 0:
         raise DDError(f"eval.num_models={cfg.eval.num_models}, eval.epochs={cfg.eval.epochs}: both must be positive")
     check_protocol(cfg.eval, allowed=("standard",))
+    check_labels(cfg.eval)
     precision.check_autocast(cfg.eval.get("autocast"), "eval.autocast")
     precision.check_autocast(cfg.buffer.get("autocast"), "buffer.autocast")
+
+
+def check_labels(eval_cfg) -> None:
+    if eval_cfg.get("labels", "auto") not in LABEL_MODES:
+        raise DDError(f"eval.labels '{eval_cfg.labels}' is unknown; choose one of: {', '.join(LABEL_MODES)}")
+    check_temperature(eval_cfg.get("temperature", 1.0))
 
 
 def load_data(cfg: DictConfig):
@@ -55,6 +72,7 @@ def export_set(syn, folder, aliases, evaluation, data, cfg, model, resolved, out
     dset = image_set(
         syn.images, syn.labels, data, lr=syn.lr, method=cfg.method.name, ipc=cfg.ipc, model=model, config=resolved,
         evaluation=None if evaluation is None else evaluation.as_dict(), extra_meta=syn.extra_meta,
+        extra_tensors=syn.extra_tensors,
     )
     dset.save(out_dir / folder)
     tracker.log_artifact(out_dir / folder, f"{data.name}-{cfg.method.name}-ipc{cfg.ipc}", "dataset", aliases=aliases)
@@ -79,11 +97,14 @@ def run_image(cfg: DictConfig, out_dir: str | Path, group: str | None = None) ->
         timings["method_s"] = time.perf_counter() - t0
         timings.update(syn.timings)
         evaluation = syn.evaluation
-        if evaluation is None:
+        store = LabelStore.from_tensors(syn.extra_tensors, data.num_classes)
+        source, label_mode = label_source(cfg.eval, cfg.relabel, store,
+                                          lambda: get_teacher(cfg, data, device, cfg.progress), data.flip)
+        if evaluation is None or source is not None:  # a method's own evaluation used the set's labels
             lr = None if syn.lr is None else float(syn.lr.reshape(-1)[-1])
             evaluation = evaluate_set(
                 syn.images, syn.labels, data, cfg.model, cfg.eval, lr=lr, seed=cfg.seed, device=device,
-                progress=cfg.progress,
+                progress=cfg.progress, labels_from=source,
             )
         timings["evaluate_s"] = evaluation.seconds
         model_name, model_opts = model_options(cfg.model)
@@ -106,7 +127,10 @@ def run_image(cfg: DictConfig, out_dir: str | Path, group: str | None = None) ->
             "device": describe(device),
             "precision": precision.record(cfg, device),
             "eval": {"epochs": evaluation.epochs, "lr": evaluation.lr, "num_models": len(evaluation.per_model),
-                     "schedule": cfg.eval.schedule},
+                     "schedule": cfg.eval.schedule, "optimizer": cfg.eval.optimizer, "labels": label_mode,
+                     **({"temperature": cfg.eval.temperature} if source is not None else {})},
+            **({"storage": syn.extra_meta["storage"]} if "storage" in syn.extra_meta else {}),
+            **({"teacher": syn.extra_meta["teacher"]} if "teacher" in syn.extra_meta else {}),
             **({"paper_max": syn.extra_meta["paper_max"]} if syn.extra_meta.get("paper_max") else {}),
             # the split the method picked its set (or lr) on: test | val, or null (no pick; dd.image.rounds)
             "selection": syn.extra_meta.get("selection"),
@@ -139,6 +163,19 @@ def dataset_of(meta: dict, root: str | None):
     return data
 
 
+def set_teacher(cfg, meta: dict, data, device):
+    """dd-eval's teacher: teacher.path, else the one the set's meta records."""
+    if cfg.teacher.path:
+        return load_teacher(cfg.teacher.path, data, device, model_cfg=cfg.teacher.model)
+    recorded = meta.get("teacher") or {}
+    if recorded.get("folder"):
+        return load_teacher(recorded["folder"], data, device)
+    if recorded.get("file"):
+        return load_teacher(recorded["file"], data, device, model_cfg=recorded.get("model"))
+    raise DDError("this evaluation needs the set's teacher but its meta records none; give "
+                  "teacher.path=<dd-teacher folder or state-dict file>")
+
+
 def evaluate_exported(cfg: DictConfig, out_dir: str | Path, group: str | None = None) -> dict:
     out_dir = Path(out_dir)
     start = time.perf_counter()
@@ -153,21 +190,27 @@ def evaluate_exported(cfg: DictConfig, out_dir: str | Path, group: str | None = 
     precision.start_run(cfg)
     data = dataset_of(ds.meta, cfg.dataset_root)
     lr = float(ds.lr.reshape(-1)[-1]) if ds.lr is not None and cfg.use_set_lr else None
+    check_labels(cfg.eval)
+    store = LabelStore.from_tensors(ds.tensors, data.num_classes)
+    relabel_cfg = relabel_config(cfg.relabel, ds.meta)
+    teacher = functools.cache(lambda: set_teacher(cfg, ds.meta, data, device))
+    source, label_mode = label_source(cfg.eval, relabel_cfg, store, teacher, data.flip)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     tracker = make_tracker(cfg.logger, resolved, out_dir, name=out_dir.name, group=group)
     robust = None
     try:
         if protocol == "robust":  # its syn_own condition is the standard evaluation (same models)
+            relabel = None if source is None else relabel_random(source, teacher(), relabel_cfg, data.flip, cfg.seed)
             robust = evaluate_robust(ds.images, ds.labels, data, model_cfg, cfg.eval, lr=lr, seed=cfg.seed,
-                                     device=device, progress=cfg.progress)
+                                     device=device, progress=cfg.progress, labels_from=source, relabel=relabel)
             result = robust.conditions["syn_own"]
         else:
             result = evaluate_set(ds.images, ds.labels, data, model_cfg, cfg.eval, lr=lr, seed=cfg.seed,
-                                  device=device, progress=cfg.progress)
+                                  device=device, progress=cfg.progress, labels_from=source)
         tracker.summary({"test_acc_mean": result.mean, "test_acc_std": result.std})
         if robust is not None:
             robust = robust.as_dict()
-            tracker.summary({"lrs_mean": robust["lrs"]["mean"], "ars_mean": robust["ars"]["mean"]})
+            tracker.summary({f"{s}_mean": robust[s]["mean"] for s in ("lrs", "ars", "lrs_hard") if s in robust})
     finally:
         tracker.finish()
     name, options = model_options(model_cfg)
@@ -183,7 +226,10 @@ def evaluate_exported(cfg: DictConfig, out_dir: str | Path, group: str | None = 
         "device": describe(device),
         "precision": precision.record(cfg, device),
         "set": str(Path(cfg.path).resolve()),
-        "eval": {"epochs": result.epochs, "lr": result.lr, "num_models": len(result.per_model), "protocol": protocol},
+        "eval": {"epochs": result.epochs, "lr": result.lr, "num_models": len(result.per_model), "protocol": protocol,
+                 "optimizer": cfg.eval.optimizer, "labels": label_mode,
+                 **({"temperature": cfg.eval.temperature} if source is not None else {})},
+        **({"storage": ds.meta["storage"]} if "storage" in ds.meta else {}),
         **({"robust": robust} if robust is not None else {}),
         "timings": {"evaluate_s": result.seconds, "total_s": time.perf_counter() - start},
         "config": resolved,

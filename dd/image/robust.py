@@ -12,6 +12,7 @@ test split, where DD-Ranking's code picks the lr and the epoch by test accuracy)
     rand_own    a random real subset, the set's recipe               DSA as eval.dsa
     rand_aug    the random subset, the set's recipe                  DSA on
     rand_noaug  the random subset, the set's recipe                  DSA off
+    rand_hard   the random subset, hard labels                       DSA as eval.dsa
     full        the whole training set, hard labels                  DSA as eval.dsa
                   (eval.robust_full_epochs epochs if set: full data takes many steps per epoch)
 
@@ -24,6 +25,13 @@ full-data model k (trained in the `full` condition), its softmax at temperature 
 Run k of every condition starts from the same weights and draws its order and augmentation from the
 same stream as model k of the standard evaluation (("eval_init" | "eval_data", seed, 0, k)), so
 syn_own is exactly dd-eval's standard figure and run k of the set is paired with random draw k.
+
+A set evaluated with a teacher label source (eval.labels=stored or teacher: SRe2L, RDED) is scored
+under DD-Ranking's soft-label protocol: syn_own trains on the set with its source (stored crops and
+soft labels, or the teacher online), rand_own on random subset k relabelled by the same teacher the
+same way (dd.image.relabel), and the hard-label LRS (from syn_hard and rand_hard) is reported beside
+the soft-label one. Its augmentation is the source's crops, not DSA, so ARS is not defined for it and
+its four augmentation conditions are not trained.
 
 Scores, per run k, then mean and (population) std over the runs:
     HLR = full - syn_hard            IOR = syn_own - rand_own
@@ -53,7 +61,8 @@ from dd.stats import summary
 
 log = logging.getLogger(__name__)
 
-CONDITIONS = ("syn_hard", "syn_own", "syn_aug", "syn_noaug", "rand_own", "rand_aug", "rand_noaug", "full")
+CONDITIONS = ("syn_hard", "syn_own", "syn_aug", "syn_noaug", "rand_own", "rand_aug", "rand_noaug", "rand_hard", "full")
+AUG_CONDITIONS = ("syn_aug", "syn_noaug", "rand_aug", "rand_noaug")
 LABEL_WEIGHT = 0.5  # w: IOR against HLR in alpha (DD-Ranking's default)
 AUG_WEIGHT = 0.5  # g: with against without augmentation in beta
 RANDOM_STREAM = "robust_random"
@@ -116,26 +125,37 @@ def conditions(eval_dsa: bool) -> dict[str, Condition]:
         "rand_own": Condition("random", "own", eval_dsa),
         "rand_aug": Condition("random", "own", True),
         "rand_noaug": Condition("random", "own", False),
+        "rand_hard": Condition("random", "hard", eval_dsa),
         "full": Condition("full", "hard", eval_dsa),
     }
 
 
 @dataclass
 class RobustResult:
-    conditions: dict[str, EvalResult]  # every name of CONDITIONS
+    conditions: dict[str, EvalResult]  # every name of CONDITIONS (a teacher-sourced set: none of AUG_CONDITIONS)
     plan: dict[str, Condition]
     same_run_as: dict[str, str]  # condition -> the earlier condition whose training it shares
     soft: bool  # the set has soft labels
     per_class: list[int]  # random real images per class
     lr: float
+    source: str | None = None  # the set's teacher label source (stored | teacher), else None
 
     def scores(self) -> dict[str, np.ndarray]:
-        """Per run: hlr, ior, alpha, lrs, beta, ars."""
+        """Per run: hlr, ior, alpha, lrs, the hard-label ior_hard, alpha_hard, lrs_hard, and beta, ars where
+        the augmentation conditions were trained."""
         acc = {name: np.asarray(r.per_model) for name, r in self.conditions.items()}
-        return {**label_robust_score(acc["full"], acc["syn_hard"], acc["syn_own"], acc["rand_own"]),
-                **augmentation_robust_score(acc["syn_aug"], acc["rand_aug"], acc["syn_noaug"], acc["rand_noaug"])}
+        out = label_robust_score(acc["full"], acc["syn_hard"], acc["syn_own"], acc["rand_own"])
+        hard = label_robust_score(acc["full"], acc["syn_hard"], acc["syn_hard"], acc["rand_hard"])
+        out |= {f"{k}_hard": hard[k] for k in ("ior", "alpha", "lrs")}
+        if all(c in acc for c in AUG_CONDITIONS):
+            out |= augmentation_robust_score(acc["syn_aug"], acc["rand_aug"], acc["syn_noaug"], acc["rand_noaug"])
+        return out
 
     def notes(self) -> list[str]:
+        if self.source is not None:
+            return [f"soft-label protocol: the set trains on its {self.source} teacher labels and random subset k "
+                    "is relabelled by the same teacher the same way; lrs_hard beside lrs uses hard labels for both",
+                    "ARS is not defined here: the students' augmentation is the label source's crops, not DSA"]
         if self.soft:
             return ["the set has soft labels: random subset k is labelled by full-data model k (softmax, T = 1)"]
         return ["the set has no soft labels: syn_own = syn_hard, and the random subsets train on hard labels"]
@@ -144,17 +164,22 @@ class RobustResult:
         c = self.plan[name]
         if c.training(self.soft)[1] == "hard":
             return "hard"
+        if self.source is not None:
+            return f"soft ({self.source}, the set's teacher)"
         return "soft (teacher: full-data model k)" if c.data == "random" else "soft"
 
     def as_dict(self) -> dict:
         scores = self.scores()
-        out = {name: summary(scores[name]) for name in ("lrs", "ars", "hlr", "ior", "alpha", "beta")}
+        names = ("lrs", "ars", "hlr", "ior", "alpha", "beta", "lrs_hard", "ior_hard", "alpha_hard")
+        out = {name: summary(scores[name]) for name in names if name in scores}
         out |= {"weights": {"w": LABEL_WEIGHT, "g": AUG_WEIGHT}, "accuracies_as": "fractions",
                 "soft_labels": self.soft, "notes": self.notes(),
                 "random_subset": {"per_class": self.per_class, "stream": RANDOM_STREAM, "redrawn": "per run"}}
         out["conditions"] = {
             name: {**summary(r.per_model), "data": self.plan[name].data, "labels": self.labels_of(name),
-                   "dsa": self.plan[name].dsa, "epochs": r.epochs, "seconds": r.seconds,
+                   # a teacher label source replaces DSA with its crops
+                   "dsa": self.plan[name].dsa and not (self.source and self.labels_of(name) != "hard"),
+                   "epochs": r.epochs, "seconds": r.seconds,
                    **({"same_run_as": self.same_run_as[name]} if name in self.same_run_as else {})}
             for name, r in self.conditions.items()
         }
@@ -172,16 +197,22 @@ def evaluate_robust(
     seed: int = 0,
     device: torch.device | str = "cpu",
     progress: bool = True,
+    labels_from=None,
+    relabel=None,
 ) -> RobustResult:
-    """Train the eight conditions (the coinciding ones once) and return their accuracies.
+    """Train the conditions (the coinciding ones once) and return their accuracies.
 
-    labels: (N,) hard or (N, classes) soft; lr: the set's learned lr, or None for eval_cfg.lr."""
+    labels: (N,) hard or (N, classes) soft; lr: the set's learned lr, or None for eval_cfg.lr.
+    labels_from: the set's teacher label source (dd.image.relabel), with `relabel`: (images, run k) -> the
+    same kind of source for random subset k, labelled by the same teacher (the soft-label protocol)."""
+    if (labels_from is None) != (relabel is None):
+        raise ValueError("labels_from and relabel come together: the set's source, and one for the random subsets")
     full_epochs = eval_cfg.get("robust_full_epochs") or eval_cfg.epochs
     if eval_cfg.get("robust_full_epochs") is not None and eval_cfg.robust_full_epochs <= 0:
         raise DDError(f"eval.robust_full_epochs={eval_cfg.robust_full_epochs} is not allowed; give a positive "
                       "number of epochs, or null for eval.epochs")
-    soft = labels.dim() == 2
-    hard = labels.argmax(1) if soft else labels
+    soft = labels.dim() == 2 or labels_from is not None
+    hard = labels.argmax(1) if labels.dim() == 2 else labels
     lr = float(eval_cfg.lr if lr is None else lr)
     k = int(eval_cfg.num_models)
     per_class = torch.bincount(hard.cpu(), minlength=data.num_classes).tolist()
@@ -198,17 +229,20 @@ def evaluate_robust(
         if key in trained:
             return trained[key][1]
         cfg = OmegaConf.merge(eval_cfg, {"dsa": cond.dsa, **({"epochs": full_epochs} if cond.data == "full" else {})})
-        predict = None
+        predict, source = None, None
         if cond.data == "set":
             x, y = images, labels if key[1] == "soft" else hard
+            source = labels_from if key[1] == "soft" else None
         elif cond.data == "full":
             x, y = data.train_x, data.train_y
-            predict = rand_x if soft else None  # full-data model k labels random subset k
+            predict = rand_x if soft and labels_from is None else None  # full-data model k labels random subset k
+        elif key[1] == "soft" and relabel is not None:
+            x, y, source = rand_x, rand_hard, [relabel(x, run) for run, x in enumerate(rand_x)]
         else:
             x, y = rand_x, (teacher if key[1] == "soft" else rand_hard)
         t0 = time.perf_counter()
         result = evaluate_set(x, y, data, model_cfg, cfg, lr=lr, seed=seed, device=device, progress=progress,
-                              desc=f"robust {name}", predict=predict)
+                              desc=f"robust {name}", predict=predict, labels_from=source)
         if predict is not None:
             teacher = result.predictions
             result.predictions = None
@@ -218,13 +252,17 @@ def evaluate_robust(
 
     # full first: for a soft-labelled set its models are the random subsets' teachers
     order = ["full"] + [n for n in CONDITIONS if n != "full"]
+    if labels_from is not None:  # its augmentation is the source's crops: no ARS conditions
+        order = [n for n in order if n not in AUG_CONDITIONS]
     results, same_run_as = {}, {}
     for name in order:
         key = plan[name].training(soft)
         if key in trained:
             same_run_as[name] = trained[key][0]
         results[name] = train(name, plan[name])
-    return RobustResult({n: results[n] for n in CONDITIONS}, plan, same_run_as, soft, per_class, lr)
+    source = None if labels_from is None else labels_from.name
+    return RobustResult({n: results[n] for n in CONDITIONS if n in results}, plan, same_run_as, soft, per_class, lr,
+                        source)
 
 
 def format_robust(robust: dict) -> str:
@@ -236,7 +274,10 @@ def format_robust(robust: dict) -> str:
                      f"{100 * c['mean']:6.2f} ± {100 * c['std']:<6.2f} {note}".rstrip())
     pct = lambda s: f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f}%"  # noqa: E731
     score = lambda s: f"{s['mean']:.3f} ± {s['std']:.3f}"  # noqa: E731
+    ars = f"ARS {score(robust['ars'])}" if "ars" in robust else "ARS not defined"
     lines.append(f"HLR {pct(robust['hlr'])}, IOR {pct(robust['ior'])} -> LRS {score(robust['lrs'])}; "
-                 f"ARS {score(robust['ars'])} (accuracies as fractions; scores in [0, 1])")
+                 f"{ars} (accuracies as fractions; scores in [0, 1])")
+    if "lrs_hard" in robust:
+        lines.append(f"hard labels for both: IOR {pct(robust['ior_hard'])} -> LRS {score(robust['lrs_hard'])}")
     lines += [f"note: {n}" for n in robust["notes"]]
     return "\n".join(lines)

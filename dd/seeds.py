@@ -22,6 +22,11 @@ Purposes used across ddlab (a name is just a label; these are the ones in use):
     text_select_split                 attention labels, method.select=best_val: the held-out training examples
     text_select_head                  attention labels, method.select: learner k of the quick evaluation at step s
     robust_random                     dd-eval eval.protocol=robust: the random real subset of run k
+    robust_relabel                    the soft-label protocol: random subset k's stored crops in epoch e
+    teacher_init, teacher_data        dd-teacher: the teacher's weights; its order and augmentation
+    relabel                           a teacher-based set's stored crops in evaluation epoch e
+    sre2l                             SRe2L: batch j's initial noise and jitter/flip draws
+    rded                              RDED: class c's candidate images and their crops
     holdout_split                     images, dataset.holdout_per_class: the held-out training images,
                                       always from seed 0 (not the run's): every run seed holds out the
                                       same images, so one expert buffer serves them all

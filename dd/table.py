@@ -135,6 +135,9 @@ def collect(results: list[dict], by_model: bool = False, stat: str = "accuracy")
         raise DDError(f"statistic '{stat}' is unknown; choose one of: {', '.join(STATS)}")
     cells: dict[tuple, Cell] = defaultdict(Cell)
     base_rows = [f"{r['method']} ({r['model']})" if by_model else r["method"] for r in results]
+    # students trained on a teacher's labels are another row than the same set on its own labels
+    base_rows = [f"{b} [{lab} labels]" if (lab := (r.get("eval") or {}).get("labels")) in ("stored", "teacher") else b
+                 for b, r in zip(base_rows, results)]
     for r, base, label in zip(results, base_rows, sweep_labels(results, base_rows)):
         row = base if label is None else f"{base} [{label}]"
         # the full-data row does not depend on ipc: one cell shown under every ipc of its dataset

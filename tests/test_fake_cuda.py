@@ -32,6 +32,8 @@ TINY = {
     "dsa": ["method=dsa", "method.iterations=2", "method.eval_every=100", "method.batch_real=8"],
     "dm": ["method=dm", "method.iterations=2", "method.eval_every=100", "method.batch_real=8"],
     "herding": ["method=herding"],
+    "sre2l": ["method=sre2l", "method.iterations=2", "teacher.model.width=4", "teacher.epochs=1"],
+    "rded": ["method=rded", "method.factor=2", "method.mipc=20", "teacher.model.width=4", "teacher.epochs=1"],
 }
 
 
@@ -145,6 +147,41 @@ def test_robust_scores_run_on_cuda(digits_data, fake_cuda):
         result = evaluate_robust(digits_data.train_x[idx], labels, digits_data, model, cfg, device="cuda",
                                  progress=False)
         assert set(result.as_dict()) >= {"lrs", "ars", "conditions"}
+
+
+@pytest.mark.parametrize("method,labels", [("sre2l", "stored"), ("rded", "teacher")])
+def test_teacher_based_methods_and_their_label_sources_run_on_cuda(tmp_path, fake_cuda, method, labels):
+    cfg = config(tmp_path, method, f"teacher.cache_dir={tmp_path}", f"eval.labels={labels}", "eval=relabel",
+                 "eval.epochs=2", "eval.num_models=2")
+    results = run(cfg, tmp_path / "run")
+    assert 0 <= results["accuracy"]["mean"] <= 1 and results["eval"]["labels"] == labels
+    assert results["device"]["device"] == "cuda:0" and results["storage"]["labels_bytes"] > 0
+
+
+@pytest.mark.parametrize("source", ["stored", "teacher"])
+def test_an_evaluation_epoch_on_teacher_labels_waits_for_the_gpu_at_most_once(digits_data, fake_cuda, source):
+    from dd.config import RelabelConfig
+    from dd.image.evaluate import evaluate_set
+    from dd.image.relabel import LabelStore, StoredLabels, TeacherLabels, draw_crops
+    from dd.image.teachers import Teacher, build, frozen
+
+    idx = torch.cat([digits_data.indices_of_class(c)[:3] for c in range(10)])
+    model = OmegaConf.structured(ModelConfig(name="convnet", width=4))
+    counts = {}
+    for epochs in (2, 6):
+        if source == "stored":
+            crops = torch.stack([draw_crops(30, torch.Generator().manual_seed(e), (0.3, 1.0), False) for e in range(6)])
+            labels = StoredLabels(LabelStore(crops.half(), torch.randn(6, 30, 10).half(), None, 10), 4.0)
+        else:
+            teacher = frozen(Teacher(build({"name": "convnet", "width": 4, "norm": "batch"}, digits_data), {}), "cuda")
+            labels = TeacherLabels(teacher, 4.0, OmegaConf.structured(RelabelConfig()), flip=False)
+        cfg = OmegaConf.structured(EvalConfig(num_models=1, epochs=epochs, batch_size=8, optimizer="adamw",
+                                              schedule="cosine", workers=1))
+        fake_cuda.reset_counts()
+        evaluate_set(digits_data.train_x[idx], digits_data.train_y[idx], digits_data, model, cfg, device="cuda",
+                     progress=False, labels_from=labels)
+        counts[epochs] = fake_cuda.syncs
+    assert counts[6] - counts[2] == 4, fake_cuda.report()  # the divergence check, once per epoch
 
 
 def test_dsa_and_zca_on_cuda_give_the_cpu_numbers_without_a_wait(digits_zca_data, fake_cuda):

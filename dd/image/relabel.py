@@ -14,7 +14,9 @@ temperature T on that crop; the loss is KL (dd.image.evaluate.distill_loss). Two
 
 A crop takes area fraction U(scale_min, scale_max) and aspect ratio log-uniform in [3/4, 4/3]
 (torchvision's RandomResizedCrop; a side that would exceed the image is clipped to it instead of
-redrawn), a uniformly placed centre, and is resampled bilinearly to the image size.
+redrawn), a uniformly placed centre, and is resampled bilinearly to the image size from the image
+itself (so the last output row/column reads a fraction of a pixel beyond the crop where torchvision's
+crop-then-resize repeats the crop's edge).
 """
 
 import math

@@ -167,7 +167,12 @@ def read_state(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_state(model: torch.nn.Module, state: dict, source: Path) -> None:
-    result = model.load_state_dict(state, strict=False)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shapes differ
+        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+        raise DDError(f"{source} does not fit the teacher architecture: {first}; set teacher.model to the "
+                      "architecture it was trained as") from None
     if result.missing_keys or result.unexpected_keys:
         missing, unexpected = result.missing_keys[:3], result.unexpected_keys[:3]
         raise DDError(f"{source} does not fit the teacher architecture: missing {missing}, unexpected {unexpected}; "

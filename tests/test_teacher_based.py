@@ -349,3 +349,17 @@ def test_stored_labels_asked_of_a_set_without_them_is_one_line(tmp_path):
               "eval.labels=stored", f"hydra.run.dir={tmp_path}/r", "progress=false"], tmp_path)
     assert r.returncode != 0
     assert "eval.labels=stored but the set stores no soft labels" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_set_without_a_teacher_is_evaluated_on_the_recipes_cached_teacher(tmp_path):
+    run = tmp_path / "random"
+    r = _run(["dd-distill", "dataset=digits", "method=random", "ipc=1", "model.width=8", "eval.epochs=2",
+              "eval.num_models=1", f"hydra.run.dir={run}", "progress=false"], tmp_path / "cache")
+    assert r.returncode == 0, r.stderr[-2000:]
+    e = _run(["dd-eval", f"path={run}/distilled", "eval=relabel", "eval.epochs=2", "eval.num_models=1",
+              "eval.labels=teacher", "teacher.model.width=8", "teacher.epochs=1", f"hydra.run.dir={tmp_path}/e",
+              "progress=false"], tmp_path / "cache")
+    assert e.returncode == 0, e.stderr[-2000:]
+    assert json.loads((tmp_path / "e" / "results.json").read_text())["eval"]["labels"] == "teacher"
+    [manifest] = (tmp_path / "cache" / "teachers").glob("digits_convnet_*/manifest.json")
+    assert json.loads(manifest.read_text())["model"] == {"name": "convnet", "norm": "batch", "width": 8}

@@ -164,7 +164,7 @@ def dataset_of(meta: dict, root: str | None):
 
 
 def set_teacher(cfg, meta: dict, data, device):
-    """dd-eval's teacher: teacher.path, else the one the set's meta records."""
+    """dd-eval's teacher: teacher.path, else the one the set's meta records, else teacher.*'s for the set's data."""
     if cfg.teacher.path:
         return load_teacher(cfg.teacher.path, data, device, model_cfg=cfg.teacher.model)
     recorded = meta.get("teacher") or {}
@@ -172,8 +172,15 @@ def set_teacher(cfg, meta: dict, data, device):
         return load_teacher(recorded["folder"], data, device)
     if recorded.get("file"):
         return load_teacher(recorded["file"], data, device, model_cfg=recorded.get("model"))
-    raise DDError("this evaluation needs the set's teacher but its meta records none; give "
-                  "teacher.path=<dd-teacher folder or state-dict file>")
+    # a set made without a teacher (MTT, a coreset): the teacher.* recipe's, for the set's dataset and
+    # preprocessing, from the cache (trained there if missing), as dd-distill would find it
+    made = (meta.get("config") or {}).get("dataset")
+    if not made:
+        raise DDError("this evaluation needs a teacher and the set records neither one nor its dataset config; "
+                      "give teacher.path=<dd-teacher folder or state-dict file>")
+    run_like = OmegaConf.create({"dataset": made, "model": meta.get("model") or {"name": "convnet"},
+                                 "teacher": cfg.teacher})
+    return get_teacher(run_like, data, device, cfg.progress)
 
 
 def evaluate_exported(cfg: DictConfig, out_dir: str | Path, group: str | None = None) -> dict:

@@ -25,10 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from dd import seeds
+from dd.config import BufferConfig
 from dd.data import DSA, ImageDataset
 from dd.device import to_device
 from dd.errors import DDError
@@ -66,7 +68,8 @@ def teacher_identity(cfg, data: ImageDataset) -> dict:
     name, options = model_options(t.model)
     return {
         "dataset": data.name,
-        "preprocessing": buffer_identity(cfg, data)["preprocessing"],  # the same keys as expert buffers
+        # the same keys as expert buffers (their recipe, not read here, may be absent: dd-eval's run-like config)
+        "preprocessing": buffer_identity(OmegaConf.merge({"buffer": BufferConfig()}, cfg), data)["preprocessing"],
         "model": {"name": name, **options},
         "recipe": {"epochs": int(t.epochs), "lr": float(t.lr), "optimizer": t.optimizer, "momentum": float(t.momentum),
                    "weight_decay": float(t.weight_decay), "batch_size": int(t.batch_size), "schedule": t.schedule,

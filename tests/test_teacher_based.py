@@ -371,3 +371,26 @@ def test_a_set_without_a_teacher_is_evaluated_on_the_recipes_cached_teacher(tmp_
     assert json.loads((tmp_path / "e" / "results.json").read_text())["eval"]["labels"] == "teacher"
     [manifest] = (tmp_path / "cache" / "teachers").glob("digits_convnet_*/manifest.json")
     assert json.loads(manifest.read_text())["model"] == {"name": "convnet", "norm": "batch", "width": 8}
+
+
+def test_a_killed_recovery_resumes_to_the_images_of_an_uninterrupted_one(tmp_path, teacher, digits_data, monkeypatch):
+    m = OmegaConf.structured(sre2l.SRe2LConfig(name="sre2l", iterations=5))
+    whole, _ = sre2l.recover(teacher, digits_data, 3, m, seed=1, device=DEVICE, progress=False)
+    path = tmp_path / "checkpoint.pt"
+    real = sre2l.write_file
+    monkeypatch.setattr(sre2l, "write_file", dies_at_call(real, 2))  # killed while saving batch 1
+    with pytest.raises(KeyboardInterrupt):
+        sre2l.recover(teacher, digits_data, 3, m, 1, DEVICE, False, sre2l.Checkpoint(path, "d", resume=False))
+    monkeypatch.setattr(sre2l, "write_file", real)
+    saved = []
+
+    class Counting(sre2l.Checkpoint):
+        def save(self, batches):
+            saved.append(len(batches))
+            super().save(batches)
+
+    resumed, _ = sre2l.recover(teacher, digits_data, 3, m, 1, DEVICE, False, Counting(path, "d", resume=True))
+    assert saved == [2, 3]  # batch 0 came from the checkpoint; 1 and 2 were recovered
+    assert torch.equal(resumed, whole)
+    with pytest.raises(DDError, match="another dataset/model/method"):
+        sre2l.Checkpoint(path, "other", resume=True).load()

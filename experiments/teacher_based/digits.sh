@@ -8,7 +8,7 @@ set -euo pipefail
 OUT=${1:-multirun/teacher_digits}
 BIN=${BIN:-.venv/bin}
 Q="progress=false"
-TEACHER="teacher.model.name=convnet teacher.model.norm=batch teacher.model.width=32 teacher.epochs=20"
+TEACHER="teacher.model.name=convnet teacher.model.norm=batch teacher.model.width=32 teacher.epochs=100"
 batch() { [ "$1" = 1 ] && echo 10 || echo 50; }
 temperature() { [ "$1" = sre2l ] && echo 30 || echo 20; }
 relabel_eval() {  # <set folder> <labels> <T> <batch> <out>

@@ -10,21 +10,25 @@ that layer's running statistics:
 with m_0 = first_bn_multiplier and m_l = 1 after it. As the authors' CIFAR code: one batch per image
 index holding one image of every class, Adam (betas 0.5, 0.9) with a cosine lr from `lr` to 0 over
 `iterations`, a random circular shift (jitter) of 0..jitter pixels on both axes each step (and a random
-flip with method.flip), the pixels clipped to [0, 1] after each step. Relabel: the teacher's soft labels
-on every evaluation epoch's crops, stored with the set (dd.image.relabel).
+flip with method.flip), the pixels clipped to [0, 1] after each step. Each finished batch is checkpointed
+(resume=true, or a requeued SLURM job, carries on). Relabel: the teacher's soft labels on every
+evaluation epoch's crops, stored with the set (dd.image.relabel).
 """
 
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from omegaconf import MISSING
 from tqdm.auto import tqdm
 
-from dd import seeds
+from dd import dist, seeds
+from dd.checkpoint import CHECKPOINT, load_checkpoint, run_digest, should_resume
 from dd.errors import DDError
+from dd.fsutil import write_file
 from dd.image.base import SynSet
 from dd.image.relabel import relabelled_set
 from dd.image.teachers import get_teacher
@@ -81,15 +85,19 @@ def check_config(m, ipc: int) -> None:
         raise DDError(f"method.r_bn={m.r_bn}, method.jitter={m.jitter}: both must be >= 0")
 
 
-def recover(teacher, data, ipc: int, m, seed: int, device, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images (ipc * classes, C, H, W) class-major, labels): batch j holds image j of every class."""
+def recover(teacher, data, ipc: int, m, seed: int, device, progress: bool = True,
+            checkpoint: "Checkpoint | None" = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images (ipc * classes, C, H, W) class-major, labels): batch j holds image j of every class.
+    Batches are independent (batch j draws only from ("sre2l", seed, j)): `checkpoint` keeps the finished
+    ones, and a resumed run recovers only the rest, reaching the images an uninterrupted run reaches."""
     classes = data.num_classes
     targets = torch.arange(classes, device=device)
     stats = BNStatistics(teacher.model)
     lo, hi = (data.from_pixels(torch.full((1, data.channels, *data.image_size), v)).to(device) for v in (0.0, 1.0))
-    batches = []
+    batches = [] if checkpoint is None else checkpoint.load()
     try:
-        for j in tqdm(range(ipc), desc="sre2l recover", disable=not progress):
+        for j in tqdm(range(len(batches), ipc), desc="sre2l recover", disable=not progress, initial=len(batches),
+                      total=ipc):
             gen = seeds.generator("sre2l", seed, j)
             x = torch.randn(classes, data.channels, *data.image_size, generator=gen).to(device).requires_grad_(True)
             opt = torch.optim.Adam([x], lr=m.lr, betas=(0.5, 0.9), eps=1e-8)
@@ -108,10 +116,30 @@ def recover(teacher, data, ipc: int, m, seed: int, device, progress: bool = True
                 with torch.no_grad():  # keep pixels in [0, 1] (the bounds, in model space, of black and white)
                     x.copy_(clip(x, lo, hi, data))
             batches.append(x.detach())
+            if checkpoint is not None:
+                checkpoint.save(batches)
     finally:
         stats.remove()
     images = torch.stack(batches, 1).reshape(classes * ipc, data.channels, *data.image_size)  # class-major
     return images.cpu(), torch.arange(classes).repeat_interleave(ipc)
+
+
+@dataclass
+class Checkpoint:
+    """The recovered batches so far, in the run folder (dd.checkpoint: refused if another config wrote it)."""
+
+    path: Path
+    digest: str
+    resume: bool
+
+    def load(self) -> list[torch.Tensor]:
+        if not self.resume:
+            return []
+        return list(load_checkpoint(self.path, self.digest)["batches"])
+
+    def save(self, batches: list[torch.Tensor]) -> None:
+        blob = {"digest": self.digest, "batches": torch.stack([b.cpu() for b in batches])}
+        write_file(self.path, lambda p: torch.save(blob, p))
 
 
 def clip(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, data) -> torch.Tensor:
@@ -127,6 +155,8 @@ def run_sre2l(ctx: RunContext) -> SynSet:
     t0 = time.perf_counter()
     teacher = get_teacher(cfg, ctx.data, ctx.device, ctx.progress)
     t1 = time.perf_counter()
-    images, labels = recover(teacher, ctx.data, cfg.ipc, cfg.method, cfg.seed, ctx.device, ctx.progress)
+    path = ctx.out_dir / CHECKPOINT
+    ckpt = Checkpoint(path, run_digest(cfg), should_resume(cfg, path)) if dist.is_main() else None
+    images, labels = recover(teacher, ctx.data, cfg.ipc, cfg.method, cfg.seed, ctx.device, ctx.progress, ckpt)
     t2 = time.perf_counter()
     return relabelled_set(ctx, teacher, images, labels, timings={"teacher_s": t1 - t0, "recover_s": t2 - t1})

@@ -42,6 +42,7 @@ class ModelConfig:
     act: str | None = None
     pool: str | None = None
     first_pad: int | None = None  # convnet: the first conv's padding; null = 1 (3 turns 28x28 into 32x32)
+    stem: str | None = None  # tv_resnet18: cifar (3x3 conv, no max-pool; null) | imagenet (torchvision's own)
 
 
 @dataclass

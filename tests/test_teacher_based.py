@@ -394,3 +394,17 @@ def test_a_killed_recovery_resumes_to_the_images_of_an_uninterrupted_one(tmp_pat
     assert torch.equal(resumed, whole)
     with pytest.raises(DDError, match="another dataset/model/method"):
         sre2l.Checkpoint(path, "other", resume=True).load()
+
+
+def test_a_torchvision_resnet18_checkpoint_as_the_authors_save_it_loads_as_a_teacher(tmp_path, digits_data):
+    import torchvision
+
+    net = torchvision.models.resnet18(weights=None, num_classes=10)  # SRe2L's "resnet18_modified"
+    net.conv1 = torch.nn.Conv2d(1, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    net.maxpool = torch.nn.Identity()
+    net.eval()
+    wrapped = torch.nn.DataParallel(net)
+    torch.save({"state_dict": wrapped.state_dict(), "acc": 0.0}, tmp_path / "ckpt.pth")
+    t = teachers.load_teacher(tmp_path / "ckpt.pth", digits_data, DEVICE, model_cfg={"name": "tv_resnet18"})
+    x = digits_data.test_x[:3]
+    assert torch.equal(t.model(x), net(x)) and t.has_batchnorm

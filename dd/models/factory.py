@@ -8,8 +8,9 @@ from dd.errors import DDError
 from dd.models.classic import MLP, VGG11, AlexNet, LeNet
 from dd.models.convnet import ConvNet, check_image_size
 from dd.models.resnet import ResNet18, ResNet18_AP
+from dd.models.torchvision_nets import TorchvisionResNet18
 
-MODEL_NAMES = ("convnet", "mlp", "lenet", "alexnet", "vgg11", "resnet18", "resnet18_ap")
+MODEL_NAMES = ("convnet", "mlp", "lenet", "alexnet", "vgg11", "resnet18", "resnet18_ap", "tv_resnet18")
 
 # name -> (class, the options it accepts)
 _REGISTRY: dict[str, tuple[type[nn.Module], tuple[str, ...]]] = {
@@ -20,6 +21,7 @@ _REGISTRY: dict[str, tuple[type[nn.Module], tuple[str, ...]]] = {
     "vgg11": (VGG11, ("norm",)),
     "resnet18": (ResNet18, ("norm",)),
     "resnet18_ap": (ResNet18_AP, ("norm",)),
+    "tv_resnet18": (TorchvisionResNet18, ("stem",)),  # torchvision's, for its checkpoints (SRe2L / RDED teachers)
 }
 
 

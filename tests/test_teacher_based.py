@@ -408,3 +408,25 @@ def test_a_torchvision_resnet18_checkpoint_as_the_authors_save_it_loads_as_a_tea
     t = teachers.load_teacher(tmp_path / "ckpt.pth", digits_data, DEVICE, model_cfg={"name": "tv_resnet18"})
     x = digits_data.test_x[:3]
     assert torch.equal(t.model(x), net(x)) and t.has_batchnorm
+
+
+def test_every_teacher_based_preset_builds_a_batchnorm_teacher_and_its_student():
+    from types import SimpleNamespace
+
+    from hydra import compose, initialize_config_dir
+
+    from dd.cli.common import CONF_DIR, choices
+    from dd.config import register_configs
+    from dd.image.evaluate import new_model
+    from dd.models import model_has_state
+
+    register_configs()
+    presets = [p for p in choices("experiment") if "_sre2l_" in p or "_rded_" in p]
+    assert len(presets) >= 10
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        for preset in presets:
+            cfg = compose("config", overrides=[f"experiment={preset}"])
+            data = SimpleNamespace(channels=3, num_classes=100, image_size=(32, 32))
+            assert model_has_state(new_model(cfg.teacher.model, data)), preset
+            new_model(cfg.model, data)
+            assert cfg.eval.optimizer == "adamw" and cfg.eval.schedule == "cosine" and cfg.eval.labels == "stored"

@@ -34,7 +34,7 @@ from dd.config import BufferConfig
 from dd.data import DSA, ImageDataset
 from dd.device import to_device
 from dd.errors import DDError
-from dd.fsutil import atomic_dir, write_file
+from dd.fsutil import write_file, write_json
 from dd.image.evaluate import accuracy, lr_schedule, make_optimizer, model_options, new_model
 from dd.image.experts import buffer_identity, describe_mismatch
 from dd.models import model_has_state
@@ -241,12 +241,8 @@ def train_teacher(cfg, data: ImageDataset, identity: dict, folder: Path, device,
     acc = accuracy(model, data.test_x, data.test_y)
     manifest = {"format_version": 1, **identity, "test_accuracy": acc, "train_seconds": seconds}
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    # the weights and manifest appear together; partial.pt goes once they are there
-    with atomic_dir(folder.with_name(folder.name + ".done")) as tmp:
-        save_file(state, str(tmp / WEIGHTS))
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    for name in (WEIGHTS, MANIFEST):
-        (folder.with_name(folder.name + ".done") / name).replace(folder / name)
-    folder.with_name(folder.name + ".done").rmdir()
+    # each file appears whole; the manifest last, since a folder counts as a teacher once it has one
+    write_file(folder / WEIGHTS, lambda p: save_file(state, str(p)))
+    write_json(folder / MANIFEST, manifest)
     partial.unlink(missing_ok=True)
     log.info("teacher %s: %.2f%% test accuracy after %d epochs (%.0f s)", folder, 100 * acc, schedule.epochs, seconds)

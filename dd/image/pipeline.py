@@ -236,7 +236,8 @@ def evaluate_exported(cfg: DictConfig, out_dir: str | Path, group: str | None = 
         "eval": {"epochs": result.epochs, "lr": result.lr, "num_models": len(result.per_model), "protocol": protocol,
                  "optimizer": cfg.eval.optimizer, "labels": label_mode,
                  **({"temperature": cfg.eval.temperature} if source is not None else {})},
-        **({"storage": ds.meta["storage"]} if "storage" in ds.meta else {}),
+        # the stored soft labels' bytes count where the students train on them
+        **({"storage": ds.meta["storage"]} if "storage" in ds.meta and label_mode == "stored" else {}),
         **({"robust": robust} if robust is not None else {}),
         "timings": {"evaluate_s": result.seconds, "total_s": time.perf_counter() - start},
         "config": resolved,

@@ -129,7 +129,7 @@ def run_image(cfg: DictConfig, out_dir: str | Path, group: str | None = None) ->
             "eval": {"epochs": evaluation.epochs, "lr": evaluation.lr, "num_models": len(evaluation.per_model),
                      "schedule": cfg.eval.schedule, "optimizer": cfg.eval.optimizer, "labels": label_mode,
                      **({"temperature": cfg.eval.temperature} if source is not None else {})},
-            **({"storage": syn.extra_meta["storage"]} if "storage" in syn.extra_meta else {}),
+            **({"storage": syn.extra_meta["storage"]} if "storage" in syn.extra_meta and label_mode == "stored" else {}),
             **({"teacher": syn.extra_meta["teacher"]} if "teacher" in syn.extra_meta else {}),
             **({"paper_max": syn.extra_meta["paper_max"]} if syn.extra_meta.get("paper_max") else {}),
             # the split the method picked its set (or lr) on: test | val, or null (no pick; dd.image.rounds)

@@ -107,7 +107,8 @@ def sweep_labels(results: list[dict], base_rows: list[str]) -> list[str | None]:
     groups = [(b, r["dataset"], r.get("ipc")) for r, b in zip(results, base_rows)]
     labels: list[str | None] = [None] * len(results)
     for group in set(groups):
-        members = [i for i, g in enumerate(groups) if g == group]
+        # dd-eval runs (no method config: they evaluate a set made elsewhere) take no part in a sweep
+        members = [i for i, g in enumerate(groups) if g == group and (results[i].get("config") or {}).get("method")]
         keys = sorted({k for i in members for k in settings[i]})
         varying = [k for k in keys if len({settings[i].get(k) for i in members}) > 1]
         for i in members:

@@ -162,9 +162,9 @@ def test_teacher_based_methods_and_their_label_sources_run_on_cuda(tmp_path, fak
 @pytest.mark.parametrize("source", ["stored", "teacher"])
 def test_an_evaluation_epoch_on_teacher_labels_waits_for_the_gpu_at_most_once(digits_data, fake_cuda, source):
     from dd.config import RelabelConfig
-    from dd.image.evaluate import evaluate_set
+    from dd.image.evaluate import evaluate_set, new_model
     from dd.image.relabel import LabelStore, StoredLabels, TeacherLabels, draw_crops
-    from dd.image.teachers import Teacher, build, frozen
+    from dd.image.teachers import Teacher, frozen
 
     idx = torch.cat([digits_data.indices_of_class(c)[:3] for c in range(10)])
     model = OmegaConf.structured(ModelConfig(name="convnet", width=4))
@@ -174,7 +174,7 @@ def test_an_evaluation_epoch_on_teacher_labels_waits_for_the_gpu_at_most_once(di
             crops = torch.stack([draw_crops(30, torch.Generator().manual_seed(e), (0.3, 1.0), False) for e in range(6)])
             labels = StoredLabels(LabelStore(crops.half(), torch.randn(6, 30, 10).half(), None, 10), 4.0)
         else:
-            teacher = frozen(Teacher(build({"name": "convnet", "width": 4, "norm": "batch"}, digits_data), {}), "cuda")
+            teacher = frozen(Teacher(new_model({"name": "convnet", "width": 4, "norm": "batch"}, digits_data), {}), "cuda")
             labels = TeacherLabels(teacher, 4.0, OmegaConf.structured(RelabelConfig()), flip=False)
         cfg = OmegaConf.structured(EvalConfig(num_models=1, epochs=epochs, batch_size=8, optimizer="adamw",
                                               schedule="cosine", workers=1))

@@ -141,6 +141,7 @@ def distill_loss(logits: torch.Tensor, target: torch.Tensor, temperature: float)
 class LabelSource(Protocol):
     """Each training batch's inputs and targets, in place of DSA and the set's labels."""
 
+    name: str  # stored | teacher
     temperature: float
 
     def batch(self, x: torch.Tensor, idx: torch.Tensor, epoch: int,
@@ -284,7 +285,11 @@ def evaluate_set(
         given = labels_from if isinstance(labels_from, list) else [labels_from] * len(model_seeds)
         if len(given) != len(model_seeds):
             raise ValueError(f"labels_from needs one source per model ({len(model_seeds)}), got {len(given)}")
-        sources = [src.prepare(schedule.epochs, len(s[0]), device) for src, s in zip(given, sets)]
+        prepared: dict[int, LabelSource] = {}  # a source shared by the models moves to the device once
+        for src, s in zip(given, sets):
+            if id(src) not in prepared:
+                prepared[id(src)] = src.prepare(schedule.epochs, len(s[0]), device)
+        sources = [prepared[id(src)] for src in given]
     if predict is not None and len(predict) != len(model_seeds):
         raise ValueError(f"predict needs one input batch per model ({len(model_seeds)}), got {len(predict)}")
     check_workers(eval_cfg.get("workers"))

@@ -39,6 +39,20 @@ from dd.precision import check_autocast, model_layout, of_phase, phase, to_layou
 log = logging.getLogger(__name__)
 
 
+def preprocessing_identity(dataset_cfg, data: ImageDataset) -> dict:
+    """The preprocessing a network trained on `data` depends on (expert buffers, teachers)."""
+    return {
+        "zca": bool(dataset_cfg.zca),
+        "zca_eps": float(dataset_cfg.zca_eps) if dataset_cfg.zca else None,
+        "image_size": list(data.image_size),
+        "train_limit": dataset_cfg.train_limit,
+        "mean": [round(float(v), 6) for v in data.mean],
+        "std": [round(float(v), 6) for v in data.std],
+        # only when set, so buffers made before the key existed keep their identity (and folder)
+        **({"holdout_per_class": holdout} if (holdout := int(dataset_cfg.get("holdout_per_class") or 0)) else {}),
+    }
+
+
 def buffer_identity(cfg, data: ImageDataset) -> dict:
     """What an expert's parameters depend on; a buffer only serves runs that agree on all of it."""
     name, options = model_options(cfg.model)
@@ -46,16 +60,7 @@ def buffer_identity(cfg, data: ImageDataset) -> dict:
     return {
         "dataset": data.name,
         "model": {"name": name, **options},
-        "preprocessing": {
-            "zca": bool(cfg.dataset.zca),
-            "zca_eps": float(cfg.dataset.zca_eps) if cfg.dataset.zca else None,
-            "image_size": list(data.image_size),
-            "train_limit": cfg.dataset.train_limit,
-            "mean": [round(float(v), 6) for v in data.mean],
-            "std": [round(float(v), 6) for v in data.std],
-            # only when set, so buffers made before the key existed keep their identity (and folder)
-            **({"holdout_per_class": holdout} if (holdout := int(cfg.dataset.get("holdout_per_class") or 0)) else {}),
-        },
+        "preprocessing": preprocessing_identity(cfg.dataset, data),
         "recipe": {"lr": float(b.lr), "batch_size": int(b.batch_size), "dsa": bool(b.dsa), "epochs": int(b.epochs),
                    # experts augment as the reference does: one DSA transform per batch
                    "dsa_mode": DSA().mode if b.dsa else None},

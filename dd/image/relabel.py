@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from dd import seeds
 from dd.device import to_device
 from dd.errors import DDError
+from dd.image.base import SynSet
 
 TENSORS = ("relabel_crops", "relabel_logits", "relabel_classes")
 RATIO = (3 / 4, 4 / 3)
@@ -267,8 +268,6 @@ def teacher_summary(teacher) -> dict:
 def relabelled_set(ctx, teacher, images: torch.Tensor, labels: torch.Tensor, timings: dict | None = None):
     """The teacher-based methods' result: the images, hard labels, and every evaluation epoch's crops and
     teacher logits (relabel.epochs, default eval.epochs), with the teacher and the storage in meta."""
-    from dd.image.base import SynSet  # below the methods; imported here to keep this module's top light
-
     cfg = ctx.cfg
     epochs = int(cfg.relabel.epochs or cfg.eval.epochs)
     t0 = time.perf_counter()

@@ -25,18 +25,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from dd import seeds
-from dd.config import BufferConfig
 from dd.data import DSA, ImageDataset
 from dd.device import to_device
 from dd.errors import DDError
 from dd.fsutil import write_file, write_json
 from dd.image.evaluate import accuracy, lr_schedule, make_optimizer, model_options, new_model
-from dd.image.experts import buffer_identity, describe_mismatch
+from dd.image.experts import describe_mismatch, preprocessing_identity
 from dd.models import model_has_state
 
 log = logging.getLogger(__name__)
@@ -68,8 +66,7 @@ def teacher_identity(cfg, data: ImageDataset) -> dict:
     name, options = model_options(t.model)
     return {
         "dataset": data.name,
-        # the same keys as expert buffers (their recipe, not read here, may be absent: dd-eval's run-like config)
-        "preprocessing": buffer_identity(OmegaConf.merge({"buffer": BufferConfig()}, cfg), data)["preprocessing"],
+        "preprocessing": preprocessing_identity(cfg.dataset, data),
         "model": {"name": name, **options},
         "recipe": {"epochs": int(t.epochs), "lr": float(t.lr), "optimizer": t.optimizer, "momentum": float(t.momentum),
                    "weight_decay": float(t.weight_decay), "batch_size": int(t.batch_size), "schedule": t.schedule,
@@ -116,12 +113,12 @@ def load_teacher(path: str | Path, data: ImageDataset, device, model_cfg=None) -
         if diff:
             raise DDError(f"teacher {path} does not fit this run: {diff.replace('buffer', 'teacher')}; "
                           "train one for this dataset and preprocessing (dd-teacher) or point teacher.path elsewhere")
-        model = build(manifest["model"], data)
+        model = new_model(manifest["model"], data)
         load_state(model, read_state(path / WEIGHTS), path / WEIGHTS)
         return frozen(Teacher(model, {**manifest, "folder": str(path)}), device)
     if model_cfg is None:
         raise DDError(f"teacher.path={path} is a state-dict file; its architecture must be given as teacher.model")
-    model = build(dict(model_cfg), data)
+    model = new_model(dict(model_cfg), data)
     load_state(model, read_state(path), path)
     teacher = frozen(Teacher(model, {"file": str(path), "dataset": data.name, "model": dict(model_cfg),
                                      "provenance": "a given state dict: its dataset and preprocessing are unchecked"}),
@@ -180,10 +177,6 @@ def load_state(model: torch.nn.Module, state: dict, source: Path) -> None:
         missing, unexpected = result.missing_keys[:3], result.unexpected_keys[:3]
         raise DDError(f"{source} does not fit the teacher architecture: missing {missing}, unexpected {unexpected}; "
                       "set teacher.model to the architecture it was trained as")
-
-
-def build(model_cfg: dict, data: ImageDataset) -> torch.nn.Module:
-    return new_model(model_cfg, data)
 
 
 def frozen(teacher: Teacher, device) -> Teacher:

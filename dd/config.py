@@ -7,6 +7,7 @@ and reaches Hydra through dd.registry.
 """
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -14,6 +15,10 @@ from omegaconf import MISSING
 
 from dd.lm.config import LMCorpusConfig, LMModelConfig, PruneConfig
 from dd.registry import schemas
+
+# the config tree is package data: found beside this module wherever dd is installed (a wheel, an editable
+# checkout); users add their own folders through Hydra's search path (--config-dir, hydra.searchpath)
+CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The method registry: every method module registers itself here, with its kind and config schema.
 
 Adding a method is one module under dd/image/methods/, dd/text/methods/ or dd/lm/selectors/ plus
-one YAML under conf/method/. A name is unique within its kind; `random` is both an image coreset and
+one YAML under dd/conf/method/. A name is unique within its kind; `random` is both an image coreset and
 a language-model pruning selector, and the dataset's kind picks which. The module decorates its entry point:
 
     @register("dm", kind="image", schema=DMConfig)

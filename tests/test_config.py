@@ -9,7 +9,8 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
-from dd.cli.common import CONF_DIR, check_choices
+from dd.cli.common import check_choices
+from dd.config import CONF_DIR
 from dd.config import register_configs
 from dd.errors import DDError
 
@@ -169,6 +170,8 @@ def test_check_choices_accepts(argv):
     check_choices(argv)
 
 
-def test_conf_dir_is_repo_conf():
-    assert CONF_DIR == Path(__file__).resolve().parents[1] / "conf"
+def test_conf_dir_is_the_package_config_tree():
+    import dd
+
+    assert CONF_DIR == Path(dd.__file__).resolve().parent / "conf"
     assert (CONF_DIR / "config.yaml").is_file()

@@ -13,7 +13,7 @@ from conftest import dies_at_call
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from dd.cli.common import CONF_DIR
+from dd.config import CONF_DIR
 from dd.config import EvalConfig, ModelConfig, register_configs
 from dd.data import DSA
 from dd.pipeline import run

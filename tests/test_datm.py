@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import save_file
 from torch import nn
 
-from dd.cli.common import CONF_DIR
+from dd.config import CONF_DIR
 from dd.config import InnerConfig, register_configs
 from dd.errors import DDError
 from dd.export import load

@@ -154,7 +154,7 @@ def distill_run(overrides: list[str], out: str) -> dict:
 
     from hydra import compose, initialize_config_dir
 
-    from dd.cli.common import CONF_DIR
+    from dd.config import CONF_DIR
     from dd.config import register_configs
     from dd.export import load
     from dd.pipeline import run

@@ -11,7 +11,7 @@ from fake_cuda import DeviceMismatch, FakeCuda, FakeCudaError
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from dd.cli.common import CONF_DIR
+from dd.config import CONF_DIR
 from dd.config import EvalConfig, ModelConfig, register_configs
 from dd.data import DSA
 from dd.device import resolve_device

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 import dd.text.evaluate as ev
 import dd.text.methods.attention_labels as al
-from dd.cli.common import CONF_DIR
+from dd.config import CONF_DIR
 from dd.config import TextDatasetConfig, TextModelConfig, register_configs
 from dd.data.text import load_text_dataset
 from dd.inner import ENGINES

@@ -7,7 +7,7 @@ import torch
 from conftest import dies_at_call
 from hydra import compose, initialize_config_dir
 
-from dd.cli.common import CONF_DIR
+from dd.config import CONF_DIR
 from dd.config import register_configs
 from dd.errors import DDError
 from dd.export import load

@@ -6,7 +6,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from dd import precision
-from dd.cli.common import CONF_DIR
+from dd.config import CONF_DIR
 from dd.config import register_configs
 from dd.errors import DDError
 from dd.pipeline import run

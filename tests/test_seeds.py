@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_dir
 
 import dd.image.evaluate as evaluate
 from dd import seeds
-from dd.cli.common import CONF_DIR
+from dd.config import CONF_DIR
 from dd.config import register_configs
 from dd.errors import DDError
 from dd.image.experts import build_buffer

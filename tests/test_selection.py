@@ -6,7 +6,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 import dd.image.rounds as rounds
-from dd.cli.common import CONF_DIR
+from dd.config import CONF_DIR
 from dd.config import register_configs
 from dd.data import ZCA, load_image_dataset
 from dd.data.images import holdout_indices

@@ -9,7 +9,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from dd import seeds
-from dd.cli.common import CONF_DIR
+from dd.config import CONF_DIR
 from dd.config import register_configs
 from dd.data.text import load_text_dataset
 from dd.errors import DDError

@@ -10,7 +10,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from dd.cli.common import CONF_DIR
+from dd.config import CONF_DIR
 from dd.config import register_configs
 from dd.errors import DDError
 from dd.export import load

@@ -1,4 +1,4 @@
-"""What every dd-* entry point shares: the conf/ folder, choice checks, clean errors."""
+"""What every dd-* entry point shares: the package's config folder, choice checks, clean errors."""
 
 import atexit
 import logging
@@ -8,9 +8,9 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from dd.config import CONF_DIR
 from dd.errors import DDError
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 GROUPS = ("dataset", "model", "method", "eval", "logger", "experiment")
 
 

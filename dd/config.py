@@ -274,3 +274,14 @@ def register_configs() -> None:
     cs.store(group="model", name="text_model_schema", node=TextModelConfig)
     cs.store(group="dataset", name="lm_corpus_schema", node=LMCorpusConfig)
     cs.store(group="model", name="lm_model_schema", node=LMModelConfig)
+
+
+def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = "config"):
+    """The run config that `dd-distill <overrides>` (config_name="eval_set": `dd-eval`) would compose, for
+    Python users and tests: the package's config tree with Hydra's own composition and checks."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose(config_name, overrides=list(overrides))

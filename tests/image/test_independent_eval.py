@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from dd.export import image_set
 
-SCRIPT = Path(__file__).parents[1] / "experiments" / "digits" / "independent_eval.py"
+SCRIPT = Path(__file__).parents[2] / "experiments" / "digits" / "independent_eval.py"
 
 
 def load_script():

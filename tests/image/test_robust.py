@@ -283,7 +283,7 @@ def test_per_model_sets_train_model_k_on_set_k(digits_data):
 
 def _env():
     return dict(os.environ, WANDB_MODE="disabled", OMP_NUM_THREADS="1", HYDRA_FULL_ERROR="0",
-                PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+                PYTHONPATH=str(Path(__file__).resolve().parents[2]))
 
 
 def _run(*args):

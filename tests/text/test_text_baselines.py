@@ -19,7 +19,7 @@ from dd.text.evaluate import TextSet, evaluate_text_set, macro_f1, majority_rate
 from dd.text.methods.baselines import pick_lr, prune_order
 
 register_configs()
-FIXTURE = Path(__file__).parent / "data" / "fortunes_small"
+FIXTURE = Path(__file__).parents[1] / "data" / "fortunes_small"
 TINY = ["model=tiny_bert", "dataset.num_train=48", "dataset.num_test=32", "dataset.max_length=8", "eval.num_models=2",
         "progress=false", "logger=none", "ipc=1", "dataset=synthetic_topics"]
 

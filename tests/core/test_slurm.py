@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 from dd.cli.common import check_choices
 from dd.errors import DDError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = ROOT / "tests" / "slurm" / "cluster.sh"
 BIN = Path(sys.executable).parent
 REPORT = ROOT / "benchmarks" / "results" / "slurm_check.json"

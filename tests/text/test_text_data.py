@@ -133,7 +133,7 @@ def test_the_real_text_fixture_is_imbalanced_real_text(tokenizer):
     """tests/data/fortunes_small: 300 + 175 entries of Debian's fortune files (BSD), 4 imbalanced classes."""
     from pathlib import Path
 
-    root = Path(__file__).parent / "data" / "fortunes_small"
+    root = Path(__file__).parents[1] / "data" / "fortunes_small"
     cfg = dataset_cfg(name="fortunes_small", source="files", train_file=str(root / "train.csv"),
                       test_file=str(root / "test.csv"), max_length=32)
     data = load_text_dataset(cfg, tokenizer)

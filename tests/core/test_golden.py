@@ -13,14 +13,14 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from dd.config import InnerConfig
+from dd.config import CONF_DIR, InnerConfig
 from dd.image.batched import ModelStack, train_stack
 from dd.image.evaluate import accuracy, lr_schedule, set_loss, train_on_set
 from dd.image.methods.mtt import MTTConfig, Segment, Synthetic, outer_iteration
 from dd.inner import budget
 from dd.models import FlatModel, build_model
 
-REFERENCE = Path(__file__).parent / "data" / "reference"
+REFERENCE = Path(__file__).parents[1] / "data" / "reference"
 SETTINGS = json.loads((REFERENCE / "golden.json").read_text())
 RTOL = 1e-10
 
@@ -123,7 +123,7 @@ def test_golden_eval_schedule_is_not_the_step_schedule():
 
 
 def test_paper_eval_preset_uses_the_reference_schedule():
-    paper = OmegaConf.load(Path(__file__).parents[1] / "conf" / "eval" / "paper.yaml")
+    paper = OmegaConf.load(CONF_DIR / "eval" / "paper.yaml")
     assert paper.schedule == "reference" and paper.epochs == 1000
     schedule = lr_schedule(paper.epochs, paper.schedule)
     assert (schedule.epochs, schedule.decay_after, schedule.restart) == (1001, 501, True)

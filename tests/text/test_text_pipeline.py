@@ -52,7 +52,7 @@ def test_cli_writes_results_comparisons_and_a_loadable_set(tmp_path):
     cmd = [sys.executable, "-m", "dd.cli.distill", *TINY, "method.compare.random_text.holdout=16",
            "method.compare.random_text.grid_runs=1", "method.compare.full_finetune.epochs=1",
            "method.compare.full_finetune.num_runs=1", f"hydra.run.dir={out}"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=Path(__file__).parents[1], timeout=300)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=Path(__file__).parents[2], timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
     for name in ("attention_labels", "random_text", "full_finetune"):

@@ -66,7 +66,7 @@ def expert_segment(model, data, seed: int, steps: int = 40):
     (lr 0.01, as an expert epoch moves), so the matching loss has a real direction to follow."""
     import torch
 
-    from dd.image.evaluate import fresh_model, set_loss
+    from dd.image.train import fresh_model, set_loss
     from dd.models import FlatModel
 
     net = fresh_model(model, data, seed, "cpu")
@@ -88,8 +88,8 @@ def mtt_workload(args, dtype=None) -> dict:
 
     from dd.config import InnerConfig, ModelConfig
     from dd.data import DSA
-    from dd.image.evaluate import fresh_model
     from dd.image.methods.mtt import MTTConfig, Segment, Synthetic, outer_iteration, plan_steps
+    from dd.image.train import fresh_model
     from dd.models import FlatModel
 
     dtype = dtype or torch.float32

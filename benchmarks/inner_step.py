@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def build_problem(args, torch):
     from dd.data import DSA
-    from dd.image.evaluate import fresh_model
+    from dd.image.train import fresh_model
     from dd.models import FlatModel
 
     gen = torch.Generator().manual_seed(args.seed)
@@ -66,8 +66,8 @@ def build_problem(args, torch):
 
 
 def ddlab_iteration(torch, student, images, labels, start, target, seeds, dsa, lr0: float):
-    from dd.image.evaluate import set_loss
     from dd.image.methods.mtt import Segment, matching_loss
+    from dd.image.train import set_loss
     from dd.inner import meta_gradient
 
     lr = torch.tensor(lr0, requires_grad=True)

@@ -143,8 +143,8 @@ def measure(args, engine: str, syn_steps: int) -> dict:
     torch = common.setup_torch(args.device, args.threads)
     from dd.config import InnerConfig
     from dd.data import DSA
-    from dd.image.evaluate import fresh_model
     from dd.image.methods.mtt import MTTConfig, Segment, Synthetic, outer_iteration, plan_steps
+    from dd.image.train import fresh_model
     from dd.models import FlatModel
 
     row = _base_row(args, engine, syn_steps)

@@ -96,7 +96,7 @@ def train_stack(
     images (N, C, H, W) and labels (N,) or (N, classes) are one set all models train on; with
     per_model, images (K, N, C, H, W) and labels (K, N[, classes]) hold model k's own set at index k.
 
-    schedule: a dd.image.evaluate.Schedule (epochs, when the lr drops, whether momentum restarts then);
+    schedule: a dd.image.train.Schedule (epochs, when the lr drops, whether momentum restarts then);
     experts use one that never drops.
     on_epoch(epoch, stack) is called after each epoch (experts record their parameters there).
     """

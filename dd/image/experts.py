@@ -32,7 +32,7 @@ from dd.device import to_device
 from dd.errors import DDError
 from dd.fsutil import write_file, write_json
 from dd.image.batched import ModelStack, model_batch_size, step_bytes, train_stack
-from dd.image.evaluate import ModelSeeds, Schedule, accuracy, fresh_model, model_options, set_loss
+from dd.image.train import ModelSeeds, Schedule, accuracy, fresh_model, model_options, set_loss
 from dd.models import FlatModel, model_has_state
 from dd.precision import check_autocast, model_layout, of_phase, phase, to_layout
 

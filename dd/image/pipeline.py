@@ -19,7 +19,7 @@ from dd.device import describe, resolve_device
 from dd.errors import DDError
 from dd.export import META_FILE, image_set, load
 from dd.fsutil import write_json
-from dd.image.evaluate import check_protocol, evaluate_set, model_options
+from dd.image.evaluate import check_protocol, evaluate_set
 from dd.image.relabel import (
     LABEL_MODES,
     LabelStore,
@@ -30,6 +30,7 @@ from dd.image.relabel import (
 )
 from dd.image.robust import evaluate_robust
 from dd.image.teachers import get_teacher, load_teacher
+from dd.image.train import model_options
 from dd.registry import RunContext, get
 from dd.tracking import make_tracker
 from dd.viz import save_grid

@@ -2,7 +2,7 @@
 
 In evaluation epoch e, image i of the set is seen through one random resized crop (and, where the
 dataset allows it, a horizontal flip), and the student's target is the teacher's softmax at
-temperature T on that crop; the loss is KL (dd.image.evaluate.distill_loss). Two label sources:
+temperature T on that crop; the loss is KL (dd.image.train.distill_loss). Two label sources:
 
 - `StoredLabels` (eval.labels=stored): every epoch's crops and the teacher's logits on them are
   generated once (`generate`) and travel with the set, so evaluation needs no teacher. Tensors of an

@@ -33,8 +33,8 @@ from dd.data import DSA, ImageDataset
 from dd.device import to_device
 from dd.errors import DDError
 from dd.fsutil import write_file, write_json
-from dd.image.evaluate import accuracy, lr_schedule, make_optimizer, model_options, new_model
 from dd.image.experts import describe_mismatch, preprocessing_identity
+from dd.image.train import accuracy, lr_schedule, make_optimizer, model_options, new_model
 from dd.models import model_has_state
 
 log = logging.getLogger(__name__)

@@ -46,7 +46,7 @@ def synchronising_calls(fn) -> int:
 
 
 def test_an_mtt_iteration_synchronises_once_whatever_its_inner_steps(digits_data):
-    from dd.image.evaluate import new_model
+    from dd.image.train import new_model
     from dd.image.methods import mtt
     from dd.models import FlatModel
 

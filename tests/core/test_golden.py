@@ -15,8 +15,8 @@ from safetensors.torch import load_file
 
 from dd.config import CONF_DIR, InnerConfig
 from dd.image.batched import ModelStack, train_stack
-from dd.image.evaluate import accuracy, lr_schedule, set_loss, train_on_set
 from dd.image.methods.mtt import MTTConfig, Segment, Synthetic, outer_iteration
+from dd.image.train import accuracy, lr_schedule, set_loss, train_on_set
 from dd.inner import budget
 from dd.models import FlatModel, build_model
 

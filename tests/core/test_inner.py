@@ -5,8 +5,8 @@ import torch
 
 from dd.data import DSA
 from dd.errors import DDError
-from dd.image.evaluate import set_loss
 from dd.image.methods.mtt import plan_steps
+from dd.image.train import set_loss
 from dd.inner import meta_gradient
 from dd.models import FlatModel, build_model
 

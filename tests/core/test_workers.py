@@ -10,7 +10,8 @@ from omegaconf import OmegaConf
 from dd.config import EvalConfig, ModelConfig
 from dd.errors import DDError
 from dd.image.batched import faster_batched
-from dd.image.evaluate import evaluate_set, lr_schedule, new_model, train_on_set
+from dd.image.evaluate import evaluate_set
+from dd.image.train import lr_schedule, new_model, train_on_set
 from dd.models import build_model
 from dd.workers import Stopped, check_workers, run_jobs, worker_count
 

@@ -8,8 +8,9 @@ from omegaconf import OmegaConf
 
 from dd.config import EvalConfig, ModelConfig
 from dd.errors import DDError
-from dd.image.evaluate import EvalResult, evaluate_set, lr_schedule, set_loss, train_on_set
+from dd.image.evaluate import EvalResult, evaluate_set
 from dd.image.methods.coreset import random_indices
+from dd.image.train import fresh_model, lr_schedule, set_loss, train_on_set
 
 MODEL = OmegaConf.structured(ModelConfig(name="convnet", width=8, norm="instance", act="relu", pool="avg"))
 
@@ -45,7 +46,7 @@ def test_evaluate_is_seeded(digits_data, subset, monkeypatch):
     import dd.image.evaluate
 
     inits = []
-    real_fresh_model = dd.image.evaluate.fresh_model
+    real_fresh_model = fresh_model
 
     def recording_fresh_model(*a, **kw):
         model = real_fresh_model(*a, **kw)

@@ -162,9 +162,10 @@ def test_teacher_based_methods_and_their_label_sources_run_on_cuda(tmp_path, fak
 @pytest.mark.parametrize("source", ["stored", "teacher"])
 def test_an_evaluation_epoch_on_teacher_labels_waits_for_the_gpu_at_most_once(digits_data, fake_cuda, source):
     from dd.config import RelabelConfig
-    from dd.image.evaluate import evaluate_set, new_model
+    from dd.image.evaluate import evaluate_set
     from dd.image.relabel import LabelStore, StoredLabels, TeacherLabels, draw_crops
     from dd.image.teachers import Teacher, frozen
+    from dd.image.train import new_model
 
     idx = torch.cat([digits_data.indices_of_class(c)[:3] for c in range(10)])
     model = OmegaConf.structured(ModelConfig(name="convnet", width=4))
@@ -204,8 +205,8 @@ def test_dsa_and_zca_on_cuda_give_the_cpu_numbers_without_a_wait(digits_zca_data
 
 
 def _mtt_iteration_syncs(digits_data, harness, syn_steps: int, engine: str) -> int:
-    from dd.image.evaluate import new_model
     from dd.image.methods import mtt
+    from dd.image.train import new_model
     from dd.models import FlatModel
 
     m = mtt.MTTConfig(syn_steps=syn_steps, batch_syn=5)

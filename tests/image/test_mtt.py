@@ -96,9 +96,9 @@ def test_buffer_skips_finished_experts_and_refuses_mismatch(tmp_path):
 
 def test_trajectory_matches_sequential_sgd(tmp_path):
     """Stored epochs are the expert's real parameters: epoch 0 is the seeded init."""
-    from dd.image.evaluate import new_model
     from dd.image.experts import build_buffer
     from dd.image.pipeline import load_data
+    from dd.image.train import new_model
     from dd.models import FlatModel
 
     cfg = config(tmp_path)

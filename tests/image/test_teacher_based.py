@@ -20,9 +20,9 @@ from dd.config import RelabelConfig, TeacherConfig
 from dd.data import load_image_dataset
 from dd.errors import DDError
 from dd.image import teachers
-from dd.image.evaluate import lr_schedule, make_optimizer, train_on_set
 from dd.image.methods import rded, sre2l
 from dd.image.relabel import LabelStore, StoredLabels, TeacherLabels, apply_crops, draw_crops, generate
+from dd.image.train import lr_schedule, make_optimizer, train_on_set
 
 BIN = Path(sys.executable).parent
 DEVICE = torch.device("cpu")
@@ -417,7 +417,7 @@ def test_every_teacher_based_preset_builds_a_batchnorm_teacher_and_its_student()
 
     from dd.cli.common import CONF_DIR, choices
     from dd.config import register_configs
-    from dd.image.evaluate import new_model
+    from dd.image.train import new_model
     from dd.models import model_has_state
 
     register_configs()

@@ -22,7 +22,7 @@ from dd import seeds
 from dd.data import ImageDataset
 from dd.errors import DDError
 from dd.image.base import SynSet
-from dd.image.evaluate import fresh_model, lr_schedule, train_on_set
+from dd.image.train import fresh_model, lr_schedule, train_on_set
 from dd.registry import RunContext, register
 
 

@@ -33,7 +33,7 @@ from dd.data.augment import parse_strategy
 from dd.device import to_device
 from dd.errors import DDError, require_positive
 from dd.image.base import LearnedImages, SynSet
-from dd.image.evaluate import EvalResult, Schedule, evaluate_set, fresh_model, set_loss, train_on_set
+from dd.image.evaluate import EvalResult, evaluate_set
 from dd.image.methods.coreset import check_ipc
 from dd.image.methods.mtt import initial_images
 from dd.image.rounds import (
@@ -45,6 +45,7 @@ from dd.image.rounds import (
     selection_record,
     split_of,
 )
+from dd.image.train import Schedule, fresh_model, set_loss, train_on_set
 from dd.models import model_has_state
 from dd.registry import RunContext, register
 from dd.viz import save_curves

@@ -30,10 +30,11 @@ from dd.data import DSA
 from dd.device import to_device
 from dd.errors import DDError, require_positive
 from dd.image.base import SynSet
-from dd.image.evaluate import EvalResult, evaluate_set, new_model, set_loss
+from dd.image.evaluate import EvalResult, evaluate_set
 from dd.image.experts import Buffer, build_buffer
 from dd.image.methods.coreset import check_ipc
 from dd.image.rounds import SPLITS, check_eval_every, check_select, due, evaluation_round, selection_record
+from dd.image.train import new_model, set_loss
 from dd.inner import ENGINES, MetaGrad, meta_gradient
 from dd.models import FlatModel
 from dd.registry import RunContext, register

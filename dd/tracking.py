@@ -6,11 +6,21 @@ import wandb and `logger=none` needs no wandb account.
 
 import logging
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from dd import dist
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "none"  # none | wandb
+    project: str = "ddlab"
+    entity: str | None = None
+    group: str | None = None  # default: the sweep folder's name in multirun
+    tags: list[str] = field(default_factory=list)
 
 
 class Tracker:

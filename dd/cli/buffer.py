@@ -9,18 +9,21 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from dd.cli.common import CONF_DIR, check_choices, guarded, rank_argv
-from dd.config import register_configs
+from dd.cli.common import check_choices, guarded, rank_argv
+from dd.config import CONF_DIR, register_configs
+from dd.errors import DDError
 
 PROG = "dd-buffer"
 register_configs()
 
 
 def build(cfg: DictConfig) -> None:
+    if cfg.dataset.kind != "image":
+        raise DDError(f"{PROG} works on image datasets; dataset={cfg.dataset.name} is a {cfg.dataset.kind} dataset")
     from dd import dist
     from dd.device import resolve_device
     from dd.image.experts import build_buffer, expert_ids
-    from dd.image.pipeline import load_data
+    from dd.image.kind import load_data
 
     device = resolve_device(cfg.device)
     dist.init(device)  # under torchrun / srun the ranks share the experts out (dd.image.experts.build_buffer)

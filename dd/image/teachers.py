@@ -21,7 +21,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -36,12 +36,33 @@ from dd.fsutil import write_file, write_json
 from dd.image.experts import describe_mismatch, preprocessing_identity
 from dd.image.train import accuracy, lr_schedule, make_optimizer, model_options, new_model
 from dd.models import model_has_state
+from dd.models.factory import ModelConfig
 
 log = logging.getLogger(__name__)
 
 WEIGHTS = "teacher.safetensors"
 MANIFEST = "manifest.json"
 PARTIAL = "partial.pt"
+
+
+@dataclass
+class TeacherConfig:
+    """The pretrained network that teacher-based methods distil from (dd.image.teachers, dd-teacher)."""
+
+    # a given teacher: a dd-teacher folder (its manifest is checked against the run), or a state-dict file
+    # (.safetensors, or .pt/.pth read with weights_only) for teacher.model. null: train one, or reuse the cache's
+    path: str | None = None
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(name="convnet", norm="batch"))
+    epochs: int = 20
+    lr: float = 0.01
+    optimizer: str = "sgd"  # sgd (momentum) | adamw
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 256
+    schedule: str = "cosine"  # step | cosine (dd.image.evaluate.lr_schedule)
+    dsa: bool = True  # DSA on every batch (flip where the dataset allows it)
+    seed: int = 0
+    cache_dir: str = "${oc.env:DD_CACHE,'~/.cache/ddlab'}"
 
 
 @dataclass

@@ -36,6 +36,16 @@ ENGINES = ("auto", "unroll", "reverse", "tesla", "higher")
 
 
 @dataclass
+class InnerConfig:
+    engine: str = "auto"  # auto | unroll | reverse | tesla | higher
+    # auto: the MB the kept inner-step graphs may take; null = half of the free device (or host) memory
+    memory_budget_mb: float | None = None
+    optimizer: str = "sgd"  # sgd | momentum | adam (momentum/adam need engine=higher)
+    # CUDA only: TF32 in the meta-gradient (off: its second-order products stay float32; dd.precision)
+    tf32: bool = False
+
+
+@dataclass
 class MetaGrad:
     loss: torch.Tensor  # outer loss, detached scalar
     grads: list[torch.Tensor]  # one per learnable, same shapes

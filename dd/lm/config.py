@@ -1,7 +1,7 @@
 """Config schemas of language-model data pruning: the corpus, the causal LM, the pruning run.
 
 They reach Hydra through dd.config.register_configs, as the image and text schemas do; each
-selector's own schema sits beside it in dd/lm/selectors/.
+method's own schema sits beside it in dd/lm/methods/.
 """
 
 from dataclasses import dataclass, field
@@ -14,7 +14,7 @@ class LMCorpusConfig:
     """Plain-text documents (one per record), an optional domain each, split by document."""
 
     name: str = MISSING
-    kind: str = "lm"  # marks a language-model corpus: dd.pipeline hands it to dd.lm.pipeline
+    kind: str = "lm"  # a language-model corpus: dd.pipeline runs it with dd.lm.kind
     source: str = "files"  # files | fortunes | debian | hf
     # source=files: jsonl / csv / tsv / parquet (records) or txt (one document per non-empty line)
     train_file: str | None = None

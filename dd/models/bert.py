@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from omegaconf import MISSING
 from torch import Tensor, nn
 from torch.func import functional_call
 
@@ -36,6 +37,22 @@ from dd.models.functional import FlatModel
 WORD_EMBEDDINGS = "body.embeddings.word_embeddings.weight"
 POOLINGS = ("pooler", "cls", "mean")
 TEXT_MODELS = ("minilm", "bert_base", "tiny_bert")
+
+
+@dataclass
+class TextModelConfig:
+    """A BERT-style backbone; the classifier head is drawn fresh for every training run."""
+
+    name: str = MISSING  # minilm | bert_base | tiny_bert
+    kind: str = "text"  # a text backbone (dd.pipeline refuses it for another kind's dataset)
+    name_or_path: str | None = None  # HF model id or local folder; null = the option's default
+    pooling: str = "pooler"  # pooler (BERT's tanh dense on [CLS], as BertForSequenceClassification) | cls
+    # tiny_bert only: a randomly initialised BertConfig for tests
+    hidden_size: int = 32
+    num_layers: int = 2
+    num_heads: int = 2
+    intermediate_size: int = 64
+    init_seed: int = 0
 
 
 @dataclass

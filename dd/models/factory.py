@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import nn
 
 from dd.errors import DDError
@@ -23,6 +25,19 @@ _REGISTRY: dict[str, tuple[type[nn.Module], tuple[str, ...]]] = {
     "resnet18_ap": (ResNet18_AP, ("norm",)),
     "tv_resnet18": (TorchvisionResNet18, ("stem",)),  # torchvision's, for its checkpoints (SRe2L / RDED teachers)
 }
+
+
+@dataclass
+class ModelConfig:
+    name: str = "convnet"
+    kind: str = "image"  # an image model (dd.pipeline refuses it for another kind's dataset)
+    width: int | None = None
+    depth: int | None = None
+    norm: str | None = None
+    act: str | None = None
+    pool: str | None = None
+    first_pad: int | None = None  # convnet: the first conv's padding; null = 1 (3 turns 28x28 into 32x32)
+    stem: str | None = None  # tv_resnet18: cifar (3x3 conv, no max-pool; null) | imagenet (torchvision's own)
 
 
 def build_model(

@@ -1,10 +1,10 @@
-"""What text methods receive and return (the image side: dd.registry.RunContext, dd.image.base.SynSet)."""
+"""The text methods' contract: their registry, what they receive (TextRunContext) and return (TextSynSet)."""
 
 from dataclasses import dataclass, field
 
 from dd.data.text import TextDataset
 from dd.errors import DDError
-from dd.registry import RunContext
+from dd.registry import Registry, RunContext
 from dd.text.evaluate import TextEvalResult, TextSet
 
 
@@ -24,13 +24,6 @@ class TextSynSet:
     timings: dict = field(default_factory=dict)
 
 
-def require_text(ctx, method: str) -> None:
-    """Text methods need a text dataset (and the classifier the text pipeline builds)."""
-    if not isinstance(ctx.data, TextDataset) or getattr(ctx, "classifier", None) is None:
-        raise DDError(f"method '{method}' needs a text dataset (dataset=synthetic_topics, ag_news, sst2, qnli, mrpc "
-                      "or text_files) and a text model (model=minilm, bert_base or tiny_bert)")
-
-
 def check_ipc(data: TextDataset, ipc: int, pool=None) -> None:
     """ipc real examples per class must exist (in `pool`, a subset of train indices, when given)."""
     if ipc <= 0:
@@ -41,3 +34,15 @@ def check_ipc(data: TextDataset, ipc: int, pool=None) -> None:
         if have < ipc:
             raise DDError(f"ipc={ipc} is more than class '{name}' of {data.name} holds ({have} training examples"
                           f"{' outside the held-out part' if pool is not None else ''}); use ipc <= {have}")
+
+
+METHODS = Registry("text", "dd.text.methods", returns=TextSynSet, contract="""Text methods.
+
+Receives: a TextRunContext: the run's config (cfg.method is the method's schema), the tokenised
+TextDataset, the device, the run folder, the tracker, and the classifier (the pretrained backbone with a
+head drawn fresh for every learner).
+Returns: a TextSynSet: the set to export (tset, labels) and, where the method scores it under its own
+protocol (an lr picked on held-out data, learned lrs), its evaluation; method=full returns no set
+(export=False) and the fine-tuned models' scores.
+May write: its own checkpoints in ctx.out_dir; the text kind writes the exported set, the preview,
+the baselines of method.compare and results.json.""")

@@ -33,6 +33,17 @@ HEADS = ("random", "zero")
 
 
 @dataclass
+class TextEvalConfig:
+    """How a text set is scored (a text run's `eval` section): fresh heads trained on it, their test scores."""
+
+    num_models: int = 5  # learners, each from the pretrained body and a fresh head (paper: 100)
+    test_batch_size: int = 1024
+    # CUDA only (dd.precision): the learners' and fine-tuning's TF32 and bf16 autocast (null | bf16)
+    tf32: bool = True
+    autocast: str | None = None
+
+
+@dataclass
 class TextSet:
     """What a learner trains on. Example j is of class j % num_classes (classes interleaved)."""
 

@@ -1,1 +1,1 @@
-"""Image methods; each module registers itself in dd.registry."""
+"""Image methods; each module registers itself in dd.image.base.METHODS."""

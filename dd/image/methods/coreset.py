@@ -1,10 +1,8 @@
-"""Coreset baselines: choose `ipc` real training images per class.
+"""Coreset baselines: choose `ipc` real training images per class, by a rule of dd.selection.
 
 - random: a seeded, class-balanced random subset.
-- herding: per class, greedily add the image that keeps the running mean of the
-  chosen embeddings closest to the class mean (Welling 2009).
-- kcenter: per class, k-center greedy: start at the image nearest the class
-  mean, then repeatedly add the image farthest from every image chosen so far.
+- herding: per class, herding on the images' embeddings (Welling 2009).
+- kcenter: per class, k-center greedy on the images' embeddings.
 
 herding and kcenter work on the penultimate-layer embedding (``model.embed``)
 of one network of the run's model config trained on the full training set for
@@ -21,9 +19,10 @@ from tqdm.auto import tqdm
 from dd import seeds
 from dd.data import ImageDataset
 from dd.errors import DDError
-from dd.image.base import SynSet
+from dd.image.base import METHODS, SynSet
 from dd.image.train import fresh_model, lr_schedule, train_on_set
-from dd.registry import RunContext, register
+from dd.registry import RunContext
+from dd.selection import herding, kcenter_greedy, per_class, random_per_class
 
 
 @dataclass
@@ -36,9 +35,9 @@ class CoresetConfig:
     feature_batch_size: int = 256
 
 
-@register("kcenter", kind="image", schema=CoresetConfig, schema_name="coreset_schema")
-@register("herding", kind="image", schema=CoresetConfig, schema_name="coreset_schema")
-@register("random", kind="image", schema=CoresetConfig, schema_name="coreset_schema")
+@METHODS.register("kcenter", schema=CoresetConfig)
+@METHODS.register("herding", schema=CoresetConfig)
+@METHODS.register("random", schema=CoresetConfig)
 def run_coreset(ctx: RunContext) -> SynSet:
     cfg = ctx.cfg
     idx = select(cfg.method.name, ctx.data, cfg.ipc, seed=cfg.seed, model_cfg=cfg.model, method_cfg=cfg.method,
@@ -60,40 +59,8 @@ def check_ipc(data: ImageDataset, ipc: int) -> None:
 
 
 def random_indices(data: ImageDataset, ipc: int, seed: int) -> torch.Tensor:
-    gen = seeds.generator("coreset_select", seed)
-    chosen = []
-    for c in range(data.num_classes):
-        idx = data.indices_of_class(c)
-        chosen.append(idx[torch.randperm(len(idx), generator=gen)[:ipc]])
-    return torch.cat(chosen)
-
-
-def herding(features: torch.Tensor, k: int) -> torch.Tensor:
-    """Positions (into `features`) of k rows chosen by herding."""
-    mu = features.mean(0)
-    total = torch.zeros_like(mu)
-    available = torch.ones(len(features), dtype=torch.bool)
-    chosen = []
-    for t in range(k):
-        dist = torch.linalg.vector_norm(mu - (total + features) / (t + 1), dim=1)
-        dist[~available] = float("inf")
-        i = int(dist.argmin())
-        chosen.append(i)
-        available[i] = False
-        total += features[i]
-    return torch.tensor(chosen, dtype=torch.long)
-
-
-def kcenter_greedy(features: torch.Tensor, k: int) -> torch.Tensor:
-    """Positions of k rows chosen by k-center greedy, seeded at the row nearest the mean."""
-    first = int(torch.linalg.vector_norm(features - features.mean(0), dim=1).argmin())
-    chosen = [first]
-    nearest = torch.linalg.vector_norm(features - features[first], dim=1)
-    for _ in range(k - 1):
-        i = int(nearest.argmax())
-        chosen.append(i)
-        nearest = torch.minimum(nearest, torch.linalg.vector_norm(features - features[i], dim=1))
-    return torch.tensor(chosen, dtype=torch.long)
+    """Indices into data.train_x of ipc random images per class, grouped by class."""
+    return torch.cat(random_per_class(data.train_y, data.num_classes, ipc, seeds.generator("coreset_select", seed)))
 
 
 @torch.no_grad()
@@ -125,8 +92,5 @@ def select(
     if pick is None:
         raise DDError(f"coreset rule '{rule}' is unknown; choose one of: random, herding, kcenter")
     features = embed_all(feature_network(data, model_cfg, method_cfg, eval_cfg, seed, device, progress), data.train_x)
-    chosen = []
-    for c in tqdm(range(data.num_classes), desc=rule, leave=False, disable=not progress):
-        idx = data.indices_of_class(c)
-        chosen.append(idx[pick(features[idx], ipc)])
-    return torch.cat(chosen)
+    classes = tqdm(range(data.num_classes), desc=rule, leave=False, disable=not progress)
+    return torch.cat(per_class(data.train_y, classes, lambda members: members[pick(features[members], ipc)]))

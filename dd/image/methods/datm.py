@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from dd.errors import DDError
-from dd.image.base import SynSet
+from dd.image.base import METHODS, SynSet
 from dd.image.experts import Buffer
 from dd.image.methods.coreset import check_ipc
 from dd.image.methods.mtt import (
@@ -36,7 +36,7 @@ from dd.image.methods.mtt import (
     match_trajectories,
 )
 from dd.models import FlatModel
-from dd.registry import RunContext, register
+from dd.registry import RunContext
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ def initial_synthetic(ctx: RunContext, buffer: Buffer, experts: list[int], stude
     return Synthetic.create(images, labels, m.lr_teacher, m, logits, label_lr=m.lr_y, label_momentum=m.momentum_y)
 
 
-@register("datm", kind="image", schema=DATMConfig)
+@METHODS.register("datm", schema=DATMConfig)
 def distill(ctx: RunContext) -> SynSet:
     m = ctx.cfg.method
     check_ipc(ctx.data, ctx.cfg.ipc)

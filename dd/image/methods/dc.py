@@ -32,7 +32,7 @@ from dd.data import DSA
 from dd.data.augment import parse_strategy
 from dd.device import to_device
 from dd.errors import DDError, require_positive
-from dd.image.base import LearnedImages, SynSet
+from dd.image.base import METHODS, LearnedImages, SynSet
 from dd.image.evaluate import EvalResult, evaluate_set
 from dd.image.methods.coreset import check_ipc
 from dd.image.methods.mtt import initial_images
@@ -47,7 +47,7 @@ from dd.image.rounds import (
 )
 from dd.image.train import Schedule, fresh_model, set_loss, train_on_set
 from dd.models import model_has_state
-from dd.registry import RunContext, register
+from dd.registry import RunContext
 from dd.viz import save_curves
 
 log = logging.getLogger(__name__)
@@ -319,6 +319,6 @@ def finish(ctx: RunContext, r: Run) -> SynSet:
                               "selection": selection})
 
 
-@register("dc", kind="image", schema=DCConfig)
+@METHODS.register("dc", schema=DCConfig)
 def distill(ctx: RunContext) -> SynSet:
     return run_gradient_matching(ctx)

@@ -38,7 +38,7 @@ from dd.checkpoint import CHECKPOINT, Checkpointer, run_digest, should_resume
 from dd.data import DSA
 from dd.device import to_device
 from dd.errors import DDError, require_positive
-from dd.image.base import LearnedImages, SynSet
+from dd.image.base import METHODS, LearnedImages, SynSet
 from dd.image.evaluate import EvalResult, evaluate_set
 from dd.image.methods.coreset import check_ipc
 from dd.image.methods.mtt import initial_images
@@ -53,7 +53,7 @@ from dd.image.rounds import (
 )
 from dd.image.train import fresh_model
 from dd.models import model_has_state
-from dd.registry import RunContext, register
+from dd.registry import RunContext
 from dd.viz import save_curves
 
 log = logging.getLogger(__name__)
@@ -237,7 +237,7 @@ def evaluate_round(ctx: RunContext, syn: LearnedImages, state: LoopState, it: in
             state.best["images"] = syn.images.detach().cpu().clone()
 
 
-@register("dm", kind="image", schema=DMConfig)
+@METHODS.register("dm", schema=DMConfig)
 def distill(ctx: RunContext) -> SynSet:
     cfg, m = ctx.cfg, ctx.cfg.method
     run = set_up(ctx)

@@ -9,9 +9,9 @@ ones, as the authors' command does.
 
 from dataclasses import dataclass
 
-from dd.image.base import SynSet
+from dd.image.base import METHODS, SynSet
 from dd.image.methods.dc import DCConfig, run_gradient_matching
-from dd.registry import RunContext, register
+from dd.registry import RunContext
 
 
 @dataclass
@@ -23,6 +23,6 @@ class DSAConfig(DCConfig):
     dsa: bool = True
 
 
-@register("dsa", kind="image", schema=DSAConfig)
+@METHODS.register("dsa", schema=DSAConfig)
 def distill(ctx: RunContext) -> SynSet:
     return run_gradient_matching(ctx)

@@ -2,8 +2,8 @@
 
 from dataclasses import dataclass
 
-from dd.image.base import SynSet
-from dd.registry import RunContext, register
+from dd.image.base import METHODS, SynSet
+from dd.registry import RunContext
 
 
 @dataclass
@@ -11,6 +11,6 @@ class FullConfig:
     name: str = "full"
 
 
-@register("full", kind="image", schema=FullConfig)
+@METHODS.register("full", schema=FullConfig)
 def run_full(ctx: RunContext) -> SynSet:
     return SynSet(ctx.data.train_x, ctx.data.train_y, export=False)

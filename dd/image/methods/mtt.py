@@ -29,7 +29,7 @@ from dd.checkpoint import CHECKPOINT, Checkpointer, run_digest, should_resume
 from dd.data import DSA
 from dd.device import to_device
 from dd.errors import DDError, require_positive
-from dd.image.base import SynSet
+from dd.image.base import METHODS, SynSet
 from dd.image.evaluate import EvalResult, evaluate_set
 from dd.image.experts import Buffer, build_buffer
 from dd.image.methods.coreset import check_ipc
@@ -37,7 +37,7 @@ from dd.image.rounds import SPLITS, check_eval_every, check_select, due, evaluat
 from dd.image.train import new_model, set_loss
 from dd.inner import ENGINES, MetaGrad, meta_gradient
 from dd.models import FlatModel
-from dd.registry import RunContext, register
+from dd.registry import RunContext
 from dd.viz import save_curves
 
 log = logging.getLogger(__name__)
@@ -389,7 +389,7 @@ class Matching:
     skip_loss_above: float | None = None  # leave everything unchanged when the matching loss exceeds this
 
 
-@register("mtt", kind="image", schema=MTTConfig)
+@METHODS.register("mtt", schema=MTTConfig)
 def distill(ctx: RunContext) -> SynSet:
     check_ipc(ctx.data, ctx.cfg.ipc)
     check_method(ctx.cfg.method, ctx.cfg.inner, ctx.cfg.buffer.epochs)

@@ -22,10 +22,10 @@ from tqdm.auto import tqdm
 from dd import seeds
 from dd.device import to_device
 from dd.errors import DDError
-from dd.image.base import SynSet
+from dd.image.base import METHODS, SynSet
 from dd.image.relabel import apply_crops, relabelled_set
 from dd.image.teachers import get_teacher
-from dd.registry import RunContext, register
+from dd.registry import RunContext
 
 
 @dataclass
@@ -116,7 +116,7 @@ def select_class(teacher, data, c: int, ipc: int, m, seed: int, device) -> torch
     return stitch(best_crops[order], ipc, m.factor, size)
 
 
-@register("rded", kind="image", schema=RDEDConfig)
+@METHODS.register("rded", schema=RDEDConfig)
 def run_rded(ctx: RunContext) -> SynSet:
     cfg, data = ctx.cfg, ctx.data
     check_config(cfg.method, cfg.ipc)

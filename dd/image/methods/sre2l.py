@@ -29,10 +29,10 @@ from dd import dist, seeds
 from dd.checkpoint import CHECKPOINT, load_checkpoint, run_digest, should_resume
 from dd.errors import DDError
 from dd.fsutil import write_file
-from dd.image.base import SynSet
+from dd.image.base import METHODS, SynSet
 from dd.image.relabel import relabelled_set
 from dd.image.teachers import get_teacher
-from dd.registry import RunContext, register
+from dd.registry import RunContext
 
 
 @dataclass
@@ -148,7 +148,7 @@ def clip(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, data) -> torch.Ten
     return data.from_pixels(data.to_pixels(x.cpu()).clamp(0, 1)).to(x.device)
 
 
-@register("sre2l", kind="image", schema=SRe2LConfig)
+@METHODS.register("sre2l", schema=SRe2LConfig)
 def run_sre2l(ctx: RunContext) -> SynSet:
     cfg = ctx.cfg
     check_config(cfg.method, cfg.ipc)

@@ -37,8 +37,7 @@ from dd.errors import DDError, require_positive
 from dd.fsutil import write_file
 from dd.inner import ENGINES, meta_gradient
 from dd.precision import phase
-from dd.registry import register
-from dd.text.base import TextRunContext, TextSynSet, check_ipc, require_text
+from dd.text.base import METHODS, TextRunContext, TextSynSet, check_ipc
 from dd.text.evaluate import TextSet, batch_slice, batches, evaluate_text_set, train_steps
 from dd.text.loss import ATTENTION_LABELS, LABEL_TYPES, learner_loss, targets_of
 
@@ -339,9 +338,8 @@ def linear_schedule(total: int, warmup_ratio: float):
     return factor
 
 
-@register("attention_labels", kind="text", schema=AttentionLabelsConfig)
+@METHODS.register("attention_labels", schema=AttentionLabelsConfig)
 def distill(ctx: TextRunContext) -> TextSynSet:
-    require_text(ctx, "attention_labels")
     cfg, data, clf, device = ctx.cfg, ctx.data, ctx.classifier, ctx.device
     m = cfg.method
     check_method(m, cfg.ipc, cfg.inner.engine, data.max_length)

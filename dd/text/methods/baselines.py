@@ -1,6 +1,6 @@
 """Text baselines under the same protocol as the distilled sets.
 
-- random_text: ipc real training examples per class (seeded), fed as their word embeddings
+- random: ipc real training examples per class (seeded), fed as their word embeddings
   with their own attention masks and hard labels, trained on for the same number of SGD
   steps as a distilled set. The one lr is picked on a grid by mean macro-F1 on a held-out part of
   the train split (never used as examples; macro-F1, because on imbalanced data accuracy rewards
@@ -9,10 +9,10 @@
   fine-tuned on the pool (the train split less the held-out part) scores every pool example by
   the NLL of its label; per class, the top `skip_noisy` fraction (default 10%: the examples the
   scorer contradicts most, likely label noise) is skipped and the ipc highest-NLL examples left
-  (the least redundant, most informative end) are kept. Then trained on as random_text.
-- herding_text: per class, herding on the pretrained backbone's final [CLS] states of the pool
-  (the examples whose running mean tracks the class mean), then trained on as random_text.
-- full_finetune: ordinary fine-tuning of pretrained body + fresh head on the whole train
+  (the least redundant, most informative end) are kept. Then trained on as random.
+- herding: per class, herding on the pretrained backbone's final [CLS] states of the pool
+  (the examples whose running mean tracks the class mean), then trained on as random.
+- full: ordinary fine-tuning of pretrained body + fresh head on the whole train
   split with AdamW (linear warmup/decay, grad-norm clipping) for a few epochs; mean ± std
   over `num_runs` runs. The word-embedding table stays frozen, as in every text learner here.
 
@@ -34,10 +34,9 @@ from tqdm.auto import tqdm
 from dd import seeds
 from dd.device import to_device
 from dd.errors import DDError, require_positive
-from dd.image.methods.coreset import herding
 from dd.precision import phase
-from dd.registry import register
-from dd.text.base import TextRunContext, TextSynSet, check_ipc, require_text
+from dd.selection import herding, per_class, random_per_class
+from dd.text.base import METHODS, TextRunContext, TextSynSet, check_ipc
 from dd.text.evaluate import HEADS, TextSet, batches, evaluate_text_set, score, summarise
 from dd.text.methods.attention_labels import linear_schedule
 
@@ -46,7 +45,7 @@ from dd.text.methods.attention_labels import linear_schedule
 class RandomTextConfig:
     """Real examples per class, trained on like a distilled set; lr picked on a held-out train part."""
 
-    name: str = "random_text"
+    name: str = "random"
     inner_steps: int = 1
     batch_per_class: int = 1
     lr_grid: list[float] = field(default_factory=lambda: [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0])
@@ -65,7 +64,7 @@ class FullFinetuneConfig:
     (with 3 epochs at 5e-5, a few dozen steps, MiniLM mostly learns the class prior; measured in the README).
     """
 
-    name: str = "full_finetune"
+    name: str = "full"
     epochs: int = 5
     batch_size: int = 32
     lr: float = 1.0e-4
@@ -81,7 +80,7 @@ class LossPruneConfig(RandomTextConfig):
 
     name: str = "loss_prune"
     skip_noisy: float = 0.1  # per class, skip this top fraction by NLL (the scorer contradicts them most)
-    # the scorer's fine-tuning recipe: full_finetune's, on a short budget (2 epochs)
+    # the scorer's fine-tuning recipe: full's, on a short budget (2 epochs)
     scorer: FullFinetuneConfig = field(default_factory=lambda: FullFinetuneConfig(epochs=2, num_runs=1))
 
 
@@ -89,7 +88,7 @@ class LossPruneConfig(RandomTextConfig):
 class HerdingTextConfig(RandomTextConfig):
     """Per class, herding on the pretrained backbone's [CLS] embeddings."""
 
-    name: str = "herding_text"
+    name: str = "herding"
 
 
 def eval_precision(cfg) -> dict:
@@ -99,11 +98,8 @@ def eval_precision(cfg) -> dict:
 
 def random_examples(data, ipc: int, pool: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """ipc indices per class from `pool`, class-interleaved (example j is of class j % classes)."""
-    picks = []
-    for c in range(data.num_classes):
-        members = pool[data.train.labels[pool] == c]
-        picks.append(members[torch.randperm(len(members), generator=gen)[:ipc]])
-    return torch.stack(picks, dim=1).reshape(-1)
+    picks = random_per_class(data.train.labels[pool], data.num_classes, ipc, gen)
+    return torch.stack([pool[at] for at in picks], dim=1).reshape(-1)
 
 
 def check_real_set(m, ipc: int, n: int) -> None:
@@ -127,7 +123,7 @@ def holdout_split(data, m, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch
 
 def per_class_picks(data, pool: torch.Tensor, ipc: int, rank) -> torch.Tensor:
     """ipc indices per class from `pool`, class-interleaved; rank(members) orders a class's pool indices."""
-    picks = [rank(pool[data.train.labels[pool] == c])[:ipc] for c in range(data.num_classes)]
+    picks = per_class(data.train.labels[pool], range(data.num_classes), lambda at: rank(pool[at])[:ipc])
     return torch.stack(picks, dim=1).reshape(-1)
 
 
@@ -182,14 +178,13 @@ def real_set(ctx: TextRunContext, name: str, idx: torch.Tensor, held: torch.Tens
     )
 
 
-@register("random_text", kind="text", schema=RandomTextConfig)
-def run_random_text(ctx: TextRunContext) -> TextSynSet:
-    require_text(ctx, "random_text")
+@METHODS.register("random", schema=RandomTextConfig)
+def run_random(ctx: TextRunContext) -> TextSynSet:
     check_real_set(ctx.cfg.method, ctx.cfg.ipc, len(ctx.data.train))
     held, pool, gen = holdout_split(ctx.data, ctx.cfg.method, ctx.cfg.seed)
     check_ipc(ctx.data, ctx.cfg.ipc, pool)
     idx = random_examples(ctx.data, ctx.cfg.ipc, pool, gen)
-    return real_set(ctx, "random_text", idx, held, {})
+    return real_set(ctx, "random", idx, held, {})
 
 
 def nll_scores(clf, theta: torch.Tensor, split, batch_size: int) -> torch.Tensor:
@@ -210,11 +205,10 @@ def prune_order(members: torch.Tensor, nll: torch.Tensor, skip_noisy: float, k: 
     return order[skip:]
 
 
-@register("loss_prune", kind="text", schema=LossPruneConfig)
+@METHODS.register("loss_prune", schema=LossPruneConfig)
 def run_loss_prune(ctx: TextRunContext) -> TextSynSet:
     """Keep, per class, the ipc examples of highest label NLL under a fine-tuned scorer, after skipping
     the top `skip_noisy` fraction of the class (the examples the scorer contradicts most: likely label noise)."""
-    require_text(ctx, "loss_prune")
     cfg, data, clf = ctx.cfg, ctx.data, ctx.classifier
     m = cfg.method
     check_real_set(m, cfg.ipc, len(data.train))
@@ -255,10 +249,9 @@ def cls_features(clf, split, batch_size: int, device) -> torch.Tensor:
     return torch.cat(out).cpu()
 
 
-@register("herding_text", kind="text", schema=HerdingTextConfig)
-def run_herding_text(ctx: TextRunContext) -> TextSynSet:
+@METHODS.register("herding", schema=HerdingTextConfig)
+def run_herding(ctx: TextRunContext) -> TextSynSet:
     """Herding (Welling 2009) per class on the backbone's [CLS] embeddings of the pool."""
-    require_text(ctx, "herding_text")
     cfg, data, clf = ctx.cfg, ctx.data, ctx.classifier
     check_real_set(cfg.method, cfg.ipc, len(data.train))
     held, pool, _ = holdout_split(data, cfg.method, cfg.seed)
@@ -267,7 +260,7 @@ def run_herding_text(ctx: TextRunContext) -> TextSynSet:
     feats = torch.zeros(len(data.train), clf.hidden_size)
     feats[pool] = cls_features(clf, data.train.subset(pool), cfg.eval.test_batch_size, ctx.device)
     idx = per_class_picks(data, pool, cfg.ipc, lambda members: members[herding(feats[members], cfg.ipc)])
-    return real_set(ctx, "herding_text", idx, held, {"features": "pretrained [CLS] final state"},
+    return real_set(ctx, "herding", idx, held, {"features": "pretrained [CLS] final state"},
                     {"features_s": time.perf_counter() - t0})
 
 
@@ -301,9 +294,8 @@ def finetune(clf, train, m, seed: int, run: int, device, progress: bool, purpose
     return theta.detach()
 
 
-@register("full_finetune", kind="text", schema=FullFinetuneConfig)
-def run_full_finetune(ctx: TextRunContext) -> TextSynSet:
-    require_text(ctx, "full_finetune")
+@METHODS.register("full", schema=FullFinetuneConfig)
+def run_full(ctx: TextRunContext) -> TextSynSet:
     cfg, data, clf = ctx.cfg, ctx.data, ctx.classifier
     m = cfg.method
     require_positive({key: m[key] for key in ("epochs", "batch_size", "lr", "num_runs", "max_grad_norm")})
@@ -311,7 +303,7 @@ def run_full_finetune(ctx: TextRunContext) -> TextSynSet:
         raise DDError(f"method.warmup_ratio={m.warmup_ratio} is not allowed; it must be in [0, 1)")
     t0 = time.perf_counter()
     scores = []
-    for k in tqdm(range(m.num_runs), desc="full_finetune", disable=not ctx.progress):
+    for k in tqdm(range(m.num_runs), desc="full fine-tune", disable=not ctx.progress):
         theta = finetune(clf, data.train, m, cfg.seed, k, ctx.device, ctx.progress, **eval_precision(cfg))
         scores.append(score(clf, theta, data.test, cfg.eval.test_batch_size))
     evaluation = summarise(scores, clf.backbone.name, time.perf_counter() - t0, None, data.f1, data.test)

@@ -22,11 +22,10 @@ from omegaconf import MISSING
 
 from dd import seeds
 from dd.errors import DDError, require_positive
-from dd.lm.base import LMRunContext, Selection
+from dd.lm.base import METHODS, LMRunContext, Selection
 from dd.lm.cache import cached_scores, model_recipe
 from dd.lm.model import build_model, mixture_windows, token_losses, train
 from dd.lm.probe import probe_model, steps_for
-from dd.registry import register
 
 WEIGHTS = ("doremi", "uniform")
 
@@ -101,8 +100,9 @@ def token_shares(weights: np.ndarray, sizes: np.ndarray, total: float) -> np.nda
     return share
 
 
-@register("doremi", kind="lm", schema=DoReMiConfig)
-def select(ctx: LMRunContext, n_keep: int) -> Selection:
+@METHODS.register("doremi", schema=DoReMiConfig)
+def select(ctx: LMRunContext) -> Selection:
+    n_keep = ctx.n_keep
     m = ctx.cfg.method
     if m.weights not in WEIGHTS:
         raise DDError(f"method.weights={m.weights} is unknown; choose one of: {', '.join(WEIGHTS)}")

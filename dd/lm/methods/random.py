@@ -1,15 +1,15 @@
 """random: a uniformly random part of the training documents (the baseline every curve is read against).
 
-`method=random prune.keep=1.0` is the full training split."""
+`method=full` is the whole training split."""
 
 import torch
 
 from dd import seeds
-from dd.lm.base import LMRunContext, Selection
-from dd.registry import register
+from dd.lm.base import METHODS, LMRunContext, Selection
 
 
-@register("random", kind="lm")
-def select(ctx: LMRunContext, n_keep: int) -> Selection:
+@METHODS.register("random")
+def select(ctx: LMRunContext) -> Selection:
+    n_keep = ctx.n_keep
     order = torch.randperm(len(ctx.ids["train"]), generator=seeds.generator("lm_select", ctx.cfg.seed))
     return Selection(order[:n_keep].tolist(), None)

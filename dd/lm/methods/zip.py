@@ -21,9 +21,8 @@ from omegaconf import MISSING
 from tqdm.auto import tqdm
 
 from dd.errors import DDError, require_positive
-from dd.lm.base import LMRunContext, Selection, top
+from dd.lm.base import METHODS, LMRunContext, Selection, top
 from dd.lm.cache import cached_scores
-from dd.registry import register
 
 
 @dataclass
@@ -82,8 +81,9 @@ def greedy_order(texts: list[bytes], k1: int, k2: int, k3: int, level: int, prog
     return rank
 
 
-@register("zip", kind="lm", schema=ZipConfig)
-def select(ctx: LMRunContext, n_keep: int) -> Selection:
+@METHODS.register("zip", schema=ZipConfig)
+def select(ctx: LMRunContext) -> Selection:
+    n_keep = ctx.n_keep
     m = ctx.cfg.method
     require_positive({"k1": m.k1, "k2": m.k2, "k3": m.k3})
     if not 0 <= m.level <= 9:

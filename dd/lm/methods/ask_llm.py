@@ -14,9 +14,8 @@ from omegaconf import MISSING
 from tqdm.auto import tqdm
 
 from dd.errors import DDError, require_positive
-from dd.lm.base import LMRunContext, Selection, top
+from dd.lm.base import METHODS, LMRunContext, Selection, top
 from dd.lm.cache import cached_scores
-from dd.registry import register
 
 PROMPT = ("###\n{text}\n###\nWould the text between the ### marks be useful data for training a language model? "
           "Useful text is well written, carries real knowledge about the world, and is not hateful or harmful. "
@@ -63,8 +62,9 @@ def p_yes(model, tok, texts: list[str], m, device: torch.device, progress: bool)
     return torch.cat(out).double().numpy()
 
 
-@register("ask_llm", kind="lm", schema=AskLLMConfig)
-def select(ctx: LMRunContext, n_keep: int) -> Selection:
+@METHODS.register("ask_llm", schema=AskLLMConfig)
+def select(ctx: LMRunContext) -> Selection:
+    n_keep = ctx.n_keep
     m = ctx.cfg.method
     if not m.model_path:
         raise DDError("method=ask_llm needs method.model_path=<a local Hugging Face causal LM folder> "

@@ -11,10 +11,9 @@ from omegaconf import MISSING
 
 from dd import seeds
 from dd.errors import DDError
-from dd.lm.base import LMRunContext, Selection, top
+from dd.lm.base import METHODS, LMRunContext, Selection, top
 from dd.lm.cache import cached_scores, model_recipe
 from dd.lm.probe import mean_nll, probe_model
-from dd.registry import register
 
 BANDS = ("low", "middle", "high")
 
@@ -35,8 +34,9 @@ def band_of(perplexity: np.ndarray, n_keep: int, band: str) -> list[int]:
     return order[start: start + n_keep]
 
 
-@register("perplexity_band", kind="lm", schema=BandConfig)
-def select(ctx: LMRunContext, n_keep: int) -> Selection:
+@METHODS.register("perplexity_band", schema=BandConfig)
+def select(ctx: LMRunContext) -> Selection:
+    n_keep = ctx.n_keep
     m = ctx.cfg.method
     if m.band not in BANDS:
         raise DDError(f"method.band={m.band} is unknown; choose one of: {', '.join(BANDS)}")

@@ -18,9 +18,8 @@ from tqdm.auto import tqdm
 
 from dd import seeds
 from dd.errors import DDError, require_positive
-from dd.lm.base import LMRunContext, Selection
+from dd.lm.base import METHODS, LMRunContext, Selection
 from dd.lm.cache import cached_scores
-from dd.registry import register
 
 EMBEDDERS = ("minilm", "tfidf")
 
@@ -81,8 +80,9 @@ def inverse_propensity_sample(density: np.ndarray, n: int, gen: torch.Generator)
     return torch.argsort(keys, descending=True, stable=True)[:n].tolist()
 
 
-@register("density", kind="lm", schema=DensityConfig)
-def select(ctx: LMRunContext, n_keep: int) -> Selection:
+@METHODS.register("density", schema=DensityConfig)
+def select(ctx: LMRunContext) -> Selection:
+    n_keep = ctx.n_keep
     m = ctx.cfg.method
     if m.embedder not in EMBEDDERS:
         raise DDError(f"method.embedder={m.embedder} is unknown; choose one of: {', '.join(EMBEDDERS)}")

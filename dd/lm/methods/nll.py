@@ -14,10 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 from omegaconf import MISSING
 
-from dd.lm.base import LMRunContext, Selection, top
+from dd.lm.base import METHODS, LMRunContext, Selection, top
 from dd.lm.cache import cached_scores, model_recipe
 from dd.lm.probe import mean_nll, probe_model
-from dd.registry import register
 
 WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -37,8 +36,9 @@ def iwf_surprisal(docs: list[str]) -> np.ndarray:
     return np.array([np.mean([math.log(total / counts[w]) for w in ws]) if ws else 0.0 for ws in words])
 
 
-@register("nll", kind="lm", schema=NLLConfig)
-def select(ctx: LMRunContext, n_keep: int) -> Selection:
+@METHODS.register("nll", schema=NLLConfig)
+def select(ctx: LMRunContext) -> Selection:
+    n_keep = ctx.n_keep
     everyone = list(range(len(ctx.ids["train"])))
     recipe = {"probe": model_recipe(ctx)}
     scores, path = cached_scores(ctx, "nll", recipe, lambda: mean_nll(ctx, probe_model(ctx, "probe", everyone)))

@@ -1,5 +1,8 @@
-"""One pruning run: load the corpus, score and select its training documents, train a causal LM on what
-is kept, and report held-out perplexity overall and per domain.
+"""The corpus kind (language-model data pruning): its root config and its phases of dd.pipeline.run.
+
+load and tokenise the corpus -> the method (a data selector) gets an LMRunContext and keeps n_keep training
+documents -> causal LMs trained on what is kept -> held-out perplexity overall and per domain recorded ->
+the kept documents exported with their scores and provenance.
 
 Every point of a pruning curve trains for the same number of tokens (prune.tokens) unless
 prune.epochs asks for passes over the kept documents instead; the selection's scores and the probe
@@ -9,25 +12,33 @@ models are cached (dd.lm.cache), so a sweep over keep ratios and seeds scores ea
 import logging
 import math
 import shutil
-import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from dd import dist, seeds
-from dd.device import describe, resolve_device
+from dd.config import RunConfig
 from dd.errors import DDError, require_positive
 from dd.fsutil import write_file, write_json
 from dd.hostmem import peak_rss_mb
 from dd.lm.base import LMRunContext, Selection
-from dd.lm.corpus import load_corpus
+from dd.lm.config import PruneConfig
+from dd.lm.corpus import LMCorpus, load_corpus
 from dd.lm.model import build_model, doc_nll, perplexities, train, windows
 from dd.lm.tokenizer import build_tokenizer
-from dd.registry import get, methods
-from dd.tracking import make_tracker
+from dd.results import Metric
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class LMRunConfig(RunConfig):
+    """A corpus run's root: the shared keys plus what is kept and how the language models train on it."""
+
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    run_name: str = "${method.name}_${dataset.name}_keep${prune.keep}"
 
 
 def check_prune_config(cfg: DictConfig) -> None:
@@ -108,98 +119,14 @@ def export_kept(out_dir: Path, ctx: LMRunContext, sel: Selection, provenance: di
     return files
 
 
-def run_lm(cfg: DictConfig, out_dir: str | Path, group: str | None = None) -> dict:
-    out_dir = Path(out_dir)
-    if dist.world() > 1:
-        raise DDError(f"language-model pruning runs are one process; this job has {dist.world()}")
-    check_prune_config(cfg)
-    method = get(cfg.method.name, "lm")
-    if method.kind != "lm":
-        raise DDError(f"method '{cfg.method.name}' does not prune language-model corpora; choose one of: "
-                      f"{', '.join(methods('lm'))}")
-    device = resolve_device(cfg.device)
-    p = cfg.prune
-    cache_dir = Path(p.cache_dir).expanduser() / "lm"
-    timings, start = {}, time.perf_counter()
-
-    t0 = time.perf_counter()
-    corpus = load_corpus(cfg.dataset)
-    n_keep = documents_to_keep(cfg, len(corpus.docs["train"]))
-    tok = build_tokenizer(cfg.model, corpus.docs["train"], corpus.fingerprint, cache_dir)
-    ids = {s: tok.encode(docs) for s, docs in corpus.docs.items()}
-    timings["data_s"] = time.perf_counter() - t0
-    ctx = LMRunContext(cfg, corpus, tok, ids, device, out_dir, cache_dir, cfg.progress)
-
-    t0 = time.perf_counter()
-    sel = method.run(ctx, n_keep)
-    timings["select_s"] = time.perf_counter() - t0
-    kept_ids = [ids["train"][i] for i in sel.kept]
-    kept_tokens = sum(len(x) + 1 for x in kept_ids)
-    train_tokens = sum(len(x) + 1 for x in ids["train"])
-    steps = train_steps(cfg, kept_tokens)
-    trained = steps * p.batch_size * cfg.model.context
-    log.info("%s keeps %d of %d documents (%d of %d tokens); training %d steps (%d tokens, %.2f passes)",
-             cfg.method.name, len(sel.kept), len(ids["train"]), kept_tokens, train_tokens, steps, trained,
-             trained / kept_tokens)
-
-    tracker = make_tracker(cfg.logger, OmegaConf.to_container(cfg, resolve=True), out_dir, name=out_dir.name, group=group)
-    try:
-        runs, curves = [], []
-        timings["train_s"] = timings["evaluate_s"] = 0.0
-        for k in range(p.runs):
-            t0 = time.perf_counter()
-            model = main_model(cfg, tok.vocab_size, k)
-            gen = seeds.generator("lm_data", cfg.seed, k)
-            curve = train(model, windows(kept_ids, tok.eot, p.batch_size, cfg.model.context, gen), steps, p, device,
-                          desc=f"train {k + 1}/{p.runs}", progress=cfg.progress)
-            timings["train_s"] += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            found = {}
-            for split in ("test", "val"):
-                if ids[split]:
-                    nll, count = doc_nll(model, ids[split], tok.eot, cfg.model.context, p.eval_batch_size, device)
-                    found[split] = perplexities(nll, count, corpus.domains[split])
-            timings["evaluate_s"] += time.perf_counter() - t0
-            runs.append(found)
-            curves.append(curve)
-            tracker.log({"test_perplexity": found["test"]["perplexity"], "run": k})
-            log.info("run %d: test perplexity %.3f", k, found["test"]["perplexity"])
-        results = lm_results(cfg, corpus, sel, runs, curves, kept_tokens, train_tokens, trained)
-        provenance = {"method": cfg.method.name, "method_config": OmegaConf.to_container(cfg.method, resolve=True),
-                      "keep": p.keep, "budget": p.budget, "seed": cfg.seed, "corpus": corpus.name,
-                      "corpus_fingerprint": corpus.fingerprint, "score": sel.score_name, **sel.info}
-        score_file = sel.info.get("score_file")
-        if score_file and Path(score_file).exists() and Path(score_file).parent != out_dir:
-            write_file(out_dir / "scores.json", lambda dst: shutil.copyfile(score_file, dst))
-            results["scores_file"] = str(out_dir / "scores.json")
-        if p.export:
-            results["export"] = export_kept(out_dir, ctx, sel, provenance)
-        timings["total_s"] = time.perf_counter() - start
-        timings["peak_rss_mb"] = peak_rss_mb()
-        results["timings"] = timings
-        results["device"] = describe(device)
-        results["config"] = OmegaConf.to_container(cfg, resolve=True)
-        tracker.summary({"test_perplexity": results["perplexity"]["mean"]})
-        write_json(out_dir / "results.json", results)
-        return results
-    finally:
-        tracker.finish()
-
-
-def lm_results(cfg, corpus, sel: Selection, runs: list[dict], curves: list[list[float]],
+def corpus_details(cfg, corpus, sel: Selection, runs: list[dict], curves: list[list[float]],
                kept_tokens: int, train_tokens: int, trained: int) -> dict:
     test = [r["test"] for r in runs]
-    ppl = [r["perplexity"] for r in test]
     domains = sorted(test[0]["per_domain"])
     per_domain = {d: float(np.mean([r["per_domain"][d] for r in test])) for d in domains}
     worst = max(per_domain, key=per_domain.get)
     kept_domains = [corpus.domains["train"][i] for i in sel.kept]
     out = {
-        "kind": "lm",
-        "method": cfg.method.name,
-        "dataset": corpus.name,
-        "model": cfg.model.name,
-        "seed": cfg.seed,
         "keep": cfg.prune.keep if cfg.prune.budget is None else None,
         "budget": cfg.prune.budget,
         "kept_documents": len(sel.kept),
@@ -207,18 +134,106 @@ def lm_results(cfg, corpus, sel: Selection, runs: list[dict], curves: list[list[
         "kept_token_fraction": kept_tokens / train_tokens,
         "tokens": {"train_split": train_tokens, "kept": kept_tokens, "trained": trained,
                    "passes_over_kept": trained / kept_tokens, "test": test[0]["tokens"]},
-        "perplexity": {"mean": float(np.mean(ppl)), "std": float(np.std(ppl)), "per_seed": ppl},
         "per_domain": per_domain,
         "domain_mean": float(np.mean(list(per_domain.values()))),
         "worst_domain": {"domain": worst, "perplexity": per_domain[worst]},
         "kept_per_domain": {d: kept_domains.count(d) for d in sorted(set(corpus.domains["train"]))},
-        "selection": {"score": sel.score_name, **{k: v for k, v in sel.info.items() if k != "score_file"}},
+        "kept_by": {"score": sel.score_name, **{k: v for k, v in sel.info.items() if k != "score_file"}},
         "loss_curve": [float(np.mean(c[max(0, i - 10): i + 1])) for c in curves[-1:] for i in range(0, len(c), max(1, len(c) // 50))],
         "corpus": {**corpus.summary(), "fingerprint": corpus.fingerprint},
     }
     if all("val" in r for r in runs):
         val = [r["val"]["perplexity"] for r in runs]
         out["val_perplexity"] = {"mean": float(np.mean(val)), "std": float(np.std(val)), "per_seed": val}
-    if cfg.prune.runs == 1:
-        out["perplexity"]["note"] = "one model per run: the spread over seeds comes from a sweep over seed"
     return out
+
+
+@dataclass
+class LoadedCorpus:
+    corpus: LMCorpus
+    tokenizer: object
+    ids: dict[str, list[list[int]]]  # split -> token ids of every document
+    cache_dir: Path
+
+
+class CorpusKind:
+    name = "lm"
+
+    def check(self, cfg: DictConfig) -> None:
+        if dist.world() > 1:
+            raise DDError(f"language-model pruning runs are one process; this job has {dist.world()}")
+        check_prune_config(cfg)
+
+    def load(self, cfg: DictConfig, device) -> LoadedCorpus:
+        cache_dir = Path(cfg.prune.cache_dir).expanduser() / "lm"
+        corpus = load_corpus(cfg.dataset)
+        tok = build_tokenizer(cfg.model, corpus.docs["train"], corpus.fingerprint, cache_dir)
+        return LoadedCorpus(corpus, tok, {s: tok.encode(docs) for s, docs in corpus.docs.items()}, cache_dir)
+
+    def resolved(self, cfg: DictConfig) -> dict:
+        return OmegaConf.to_container(cfg, resolve=True)
+
+    def model_name(self, cfg: DictConfig) -> str:
+        return cfg.model.name
+
+    def context(self, cfg, loaded: LoadedCorpus, device, out_dir: Path, tracker) -> LMRunContext:
+        n_keep = documents_to_keep(cfg, len(loaded.corpus.docs["train"]))
+        return LMRunContext(cfg=cfg, data=loaded.corpus, device=device, out_dir=out_dir, tracker=tracker,
+                            progress=cfg.progress, tokenizer=loaded.tokenizer, ids=loaded.ids,
+                            cache_dir=loaded.cache_dir, n_keep=n_keep)
+
+    def evaluate(self, ctx: LMRunContext, sel: Selection, clock):
+        """Train prune.runs causal LMs on the kept documents (the same token budget at every keep) and score them."""
+        from dd.pipeline import Outcome
+
+        cfg, corpus, ids, p = ctx.cfg, ctx.corpus, ctx.ids, ctx.cfg.prune
+        kept_ids = [ids["train"][i] for i in sel.kept]
+        kept_tokens = sum(len(x) + 1 for x in kept_ids)
+        train_tokens = sum(len(x) + 1 for x in ids["train"])
+        steps = train_steps(cfg, kept_tokens)
+        trained = steps * p.batch_size * cfg.model.context
+        log.info("%s keeps %d of %d documents (%d of %d tokens); training %d steps (%d tokens, %.2f passes)",
+                 cfg.method.name, len(sel.kept), len(ids["train"]), kept_tokens, train_tokens, steps, trained,
+                 trained / kept_tokens)
+        runs, curves = [], []
+        for k in range(p.runs):
+            with clock("train_s"):
+                model = main_model(cfg, ctx.tokenizer.vocab_size, k)
+                gen = seeds.generator("lm_data", cfg.seed, k)
+                curve = train(model, windows(kept_ids, ctx.tokenizer.eot, p.batch_size, cfg.model.context, gen), steps,
+                              p, ctx.device, desc=f"train {k + 1}/{p.runs}", progress=cfg.progress)
+            with clock("evaluate_s"):
+                found = {}
+                for split in ("test", "val"):
+                    if ids[split]:
+                        nll, count = doc_nll(model, ids[split], ctx.tokenizer.eot, cfg.model.context,
+                                             p.eval_batch_size, ctx.device)
+                        found[split] = perplexities(nll, count, corpus.domains[split])
+            runs.append(found)
+            curves.append(curve)
+            ctx.tracker.log({"test_perplexity": found["test"]["perplexity"], "run": k})
+            log.info("run %d: test perplexity %.3f", k, found["test"]["perplexity"])
+        ppl = [r["test"]["perplexity"] for r in runs]
+        metric = Metric("perplexity", float(np.mean(ppl)), float(np.std(ppl)), ppl, higher_is_better=False)
+        details = corpus_details(cfg, corpus, sel, runs, curves, kept_tokens, train_tokens, trained)
+        if p.runs == 1:
+            details["note"] = "one model per run: the spread over seeds comes from a sweep over seed"
+        return Outcome(metric, details, {"peak_rss_mb": peak_rss_mb()}, selection=None, result=sel,
+                       summary={"test_perplexity": metric.mean})
+
+    def export(self, ctx: LMRunContext, sel: Selection, outcome, resolved: dict) -> dict:
+        """The kept documents (jsonl, parquet, a HF dataset) with their scores, and the score file."""
+        cfg, p, out = ctx.cfg, ctx.cfg.prune, {}
+        score_file = sel.info.get("score_file")
+        if score_file and Path(score_file).exists() and Path(score_file).parent != ctx.out_dir:
+            write_file(ctx.out_dir / "scores.json", lambda dst: shutil.copyfile(score_file, dst))
+            out["scores_file"] = str(ctx.out_dir / "scores.json")
+        if p.export:
+            provenance = {"method": cfg.method.name, "method_config": OmegaConf.to_container(cfg.method, resolve=True),
+                          "keep": p.keep, "budget": p.budget, "seed": cfg.seed, "corpus": ctx.corpus.name,
+                          "corpus_fingerprint": ctx.corpus.fingerprint, "score": sel.score_name, **sel.info}
+            out["export"] = export_kept(ctx.out_dir, ctx, sel, provenance)
+        return out
+
+
+KIND = CorpusKind()

@@ -109,7 +109,7 @@ class Registry:
         ok = ", ".join(self.names())
         others = [k for k in KINDS if k != self.kind and name in registry(k).names()]
         if others:
-            raise DDError(f"method '{name}' is a{'n' if others[0] == 'image' else ''} {others[0]} method; "
+            raise DDError(f"method '{name}' is a{'n' if others[0] in ('image', 'lm') else ''} {others[0]} method; "
                           f"{self.kind} runs (the dataset's kind) take: {ok}")
         raise DDError(f"method '{name}' is unknown; {self.kind} runs take: {ok}")
 

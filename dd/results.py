@@ -13,7 +13,6 @@ tables over older runs keep working.
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from dd import dist
 from dd.fsutil import write_json
 
 SCHEMA = 2
@@ -41,6 +40,8 @@ def record(out_dir: Path | None, *, kind: str, method: str, dataset: str, model:
     results = {"schema": SCHEMA, "kind": kind, "method": method, "dataset": dataset, "model": model, "seed": seed,
                "metric": metric.as_dict(), **details, "selection": selection, "timings": timings, "device": device,
                "precision": precision, "config": config}
+    from dd import dist
+
     if out_dir is not None and dist.is_main():
         write_json(Path(out_dir) / "results.json", results)
     return results

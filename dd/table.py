@@ -29,6 +29,7 @@ import numpy as np
 import yaml
 
 from dd.errors import DDError
+from dd.results import headline
 
 FULL = "full"
 # accuracy: fresh models on the exported set (what ddlab reports).
@@ -145,8 +146,10 @@ def collect(results: list[dict], by_model: bool = False, stat: str = "accuracy")
         ipc = None if r["method"] == FULL else int(r["ipc"])
         cell = cells[(row, r["dataset"], ipc)]
         cell.sweep = None if label is None else base
-        figure = r.get("paper_max", r["accuracy"]) if stat == "paper_max" else r["accuracy"]
-        cell.accs.extend(figure["per_model"])
+        if stat == "paper_max" and "paper_max" in r:
+            cell.accs.extend(r["paper_max"]["per_model"])
+        else:
+            cell.accs.extend(headline(r)["per_run"])
         cell.runs += 1
         cell.test_picked += selection_split(r) == "test"
         if r.get("storage"):

@@ -140,16 +140,16 @@ def check_kind(argv: list[str]) -> None:
         keys = [f.name for f in fields(roots[kind])]
         for prefix, key, value in ovr:
             top = key.split(".")[0].split("@")[0]
-            if key in ("dataset", "experiment") or key.startswith("hydra") or "/" in key:
-                continue
+            if key in ("dataset", "experiment") or key.startswith("hydra") or "/" in key or "(" in value:
+                continue  # sweeps like choice()/range() are left to Hydra
             if key == "method":
                 for v in value.split(","):
-                    if v and "(" not in v:
+                    if v:
                         registry(kind).get(v)
                 continue
             if key == "model":
                 for v in value.split(","):
-                    model_kind = compose([*probe, f"model={v}"]).model.get("kind") if v and "(" not in v else kind
+                    model_kind = compose([*probe, f"model={v}"]).model.get("kind") if v else kind
                     if model_kind != kind:
                         raise DDError(f"model '{v}' is a{an(model_kind)} {model_kind} model; {where}, which takes "
                                       f"a{an(kind)} {kind} model: {', '.join(models_of(kind))}")

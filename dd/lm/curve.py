@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from dd.fsutil import write_file, write_json
-from dd.registry import get
+from dd.registry import registry
+from dd.results import headline, kind_of
 
 FULL = "full data"
 
@@ -20,10 +21,10 @@ FULL = "full data"
 def label_of(r: dict) -> str:
     """The method, with every setting that differs from its schema's default (so two recipes never share a cell);
     perplexity_band always names its band."""
-    if r["method"] == "random" and point_of(r) == "1":
+    if r["method"] == "full" or (r["method"] == "random" and point_of(r) == "1"):
         return FULL
     m = r.get("config", {}).get("method", {})
-    schema = get(r["method"], "lm").schema
+    schema = registry("lm").get(r["method"]).schema
     defaults = {f.name: f.default for f in fields(schema)} if schema else {}
     diffs = [f"{k}={v}" for k, v in m.items() if k in defaults and k != "name" and v != defaults[k]]
     if r["method"] == "perplexity_band" and "band" not in "".join(diffs):
@@ -39,14 +40,15 @@ def collect(results: list[dict]) -> dict:
     """{dataset: {label: {point: {"ppl": [...], "worst": [...], "seconds": [...]}}}} of the lm runs."""
     out: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(lambda: defaultdict(list))))
     for r in results:
-        if r.get("kind") != "lm":
+        if kind_of(r) != "lm":
             continue
         cell = out[r["dataset"]][label_of(r)][point_of(r)]
-        cell["ppl"].extend(r["perplexity"]["per_seed"])
+        cell["ppl"].extend(headline(r)["per_run"])
         cell["worst"].append(r["worst_domain"]["perplexity"])
         t = r.get("timings", {})
         cell["seconds"].append(t.get("total_s", float("nan")))
-        for stage in ("select_s", "train_s", "evaluate_s"):
+        cell["select_s"].append(t.get("method_s", t.get("select_s", float("nan"))))  # select_s: before schema 2
+        for stage in ("train_s", "evaluate_s"):
             cell[stage].append(t.get(stage, float("nan")))
     return out
 

@@ -188,7 +188,8 @@ class TextKind:
             details["comparison"] = comparison
         timings = {**syn.timings, "evaluate_s": evaluation.seconds, "peak_rss_mb": peak_rss_mb()}
         return Outcome(accuracy_of(evaluation), details, timings, result=evaluation,
-                       selection="test" if details.get("selected_on_test_split") else None,
+                       selection={"split": "test", "by": "method.select=best_test"} if details.get(
+                           "selected_on_test_split") else None,
                        summary={"test_acc_mean": evaluation.mean, "test_acc_std": evaluation.std})
 
     def compare(self, ctx: TextRunContext) -> dict:

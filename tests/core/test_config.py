@@ -9,18 +9,38 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
-from dd.cli.common import check_choices
-from dd.config import CONF_DIR
-from dd.config import register_configs
+from dd.cli.common import check_choices, models_of
+from dd.config import CONF_DIR, register_configs
 from dd.errors import DDError
+from dd.registry import KINDS, registry
 
 register_configs()
 
 GROUPS = ("dataset", "model", "method", "eval", "logger")
 OPTIONS = {g: sorted(p.stem for p in (CONF_DIR / g).glob("*.yaml")) for g in GROUPS}
-# Composing costs ~0.3 s, so each composition picks one option of every group at once:
+
+
+def _kind_of_dataset(option: str) -> str:
+    defaults = yaml.safe_load((CONF_DIR / "dataset" / f"{option}.yaml").read_text())["defaults"]
+    return next(v for d in defaults if isinstance(d, dict) for k, v in d.items() if k.startswith("override /kind"))
+
+
+def _kind_options() -> dict[str, dict[str, list[str]]]:
+    """Each kind's options of every group it composes (images alone have the eval group)."""
+    out = {}
+    for kind in KINDS:
+        out[kind] = {"dataset": [o for o in OPTIONS["dataset"] if _kind_of_dataset(o) == kind],
+                     "model": models_of(kind),
+                     "method": [o for o in OPTIONS["method"] if o in registry(kind).names()],
+                     "logger": OPTIONS["logger"], **({"eval": OPTIONS["eval"]} if kind == "image" else {})}
+    return out
+
+
+KIND_OPTIONS = _kind_options()
+# Composing costs ~0.3 s, so each composition picks one option of every group of its kind at once:
 # combination i uses option i (mod the group's size), and every option appears in some combination.
-COMBOS = [{g: OPTIONS[g][i % len(OPTIONS[g])] for g in GROUPS} for i in range(max(map(len, OPTIONS.values())))]
+COMBOS = [{g: opts[g][i % len(opts[g])] for g in opts}
+          for opts in KIND_OPTIONS.values() for i in range(max(map(len, opts.values())))]
 
 
 def _compose(overrides):
@@ -34,11 +54,11 @@ def _yaml_values(group: str, option: str) -> dict:
     return doc
 
 
-def test_every_group_has_options():
+def test_every_option_belongs_to_a_kind_and_is_composed():
     for g in GROUPS:
         assert OPTIONS[g], f"conf/{g} has no options"
-    covered = {(g, c[g]) for c in COMBOS for g in GROUPS}
-    assert covered == {(g, o) for g in GROUPS for o in OPTIONS[g]}
+    covered = {(g, c[g]) for c in COMBOS for g in c}
+    assert covered == {(g, o) for g in GROUPS for o in OPTIONS[g]}  # no option is left to no kind
 
 
 @pytest.mark.parametrize("combo", COMBOS, ids=lambda c: ",".join(c.values()))
@@ -57,8 +77,24 @@ def test_options_compose_and_resolve(combo, monkeypatch, tmp_path):
                 assert isinstance(got, str) and "${" not in got, f"{group}={option}: {key}={got!r} unresolved"
             else:
                 assert got == value, f"{group}={option}: {key}={got!r}, yaml says {value!r}"
-    assert resolved["buffer"]["cache_dir"] == str(tmp_path / "cache")
-    assert resolved["ipc"] == 10 and resolved["seed"] == 0  # the rest keeps its defaults
+    kind = resolved["dataset"]["kind"]
+    assert {"buffer": "image", "prune": "lm"}.get(next(k for k in ("buffer", "prune", "eval") if k in resolved)) in (
+        kind, None)
+    if kind == "image":
+        assert resolved["buffer"]["cache_dir"] == str(tmp_path / "cache")
+    if kind == "lm":
+        assert resolved["prune"]["cache_dir"] == str(tmp_path / "cache") and "ipc" not in resolved
+    else:
+        assert resolved["ipc"] == 10
+    assert resolved["seed"] == 0  # the rest keeps its defaults
+
+
+def test_each_kind_holds_only_its_own_sections():
+    sections = {kind: set(_compose([f"dataset={KIND_OPTIONS[kind]['dataset'][0]}"]).keys()) for kind in KINDS}
+    assert {"buffer", "teacher", "relabel", "eval", "inner", "ipc"} <= sections["image"]
+    assert "prune" not in sections["image"]
+    assert {"eval", "inner", "ipc"} <= sections["text"] and not sections["text"] & {"buffer", "teacher", "relabel", "prune"}
+    assert "prune" in sections["lm"] and not sections["lm"] & {"buffer", "teacher", "relabel", "eval", "inner", "ipc"}
 
 
 def test_defaults_compose():
@@ -71,9 +107,9 @@ def test_defaults_compose():
 
 @pytest.mark.parametrize("ipc", [1, 10, 50])
 def test_experiments_follow_reference_preprocessing(ipc):
-    cfg = _compose([f"experiment=cifar100_mtt_ipc{ipc}"])
+    cfg = _compose(["experiment=cifar100_mtt", f"ipc={ipc}"])
     assert cfg.dataset.name == "cifar100" and cfg.dataset.stats == "cifar10"
-    cfg = _compose([f"experiment=fashion_mnist_mtt_ipc{ipc}"])
+    cfg = _compose(["experiment=fashion_mnist_mtt", f"ipc={ipc}"])
     assert cfg.model.name == "convnet" and cfg.model.first_pad == 3 and cfg.model.depth == 3
 
 
@@ -175,3 +211,26 @@ def test_conf_dir_is_the_package_config_tree():
 
     assert CONF_DIR == Path(dd.__file__).resolve().parent / "conf"
     assert (CONF_DIR / "config.yaml").is_file()
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["dataset=synthetic_topics", "buffer.epochs=3"], "'buffer' is not a key of text runs"),
+    (["dataset=digits", "prune.keep=0.3"], "'prune' is not a key of image runs"),
+    (["dataset=lm_files", "ipc=3"], "'ipc' is not a key of lm runs"),
+    (["dataset=synthetic_topics", "eval=paper"], "eval=paper is not an option of text runs"),
+    (["dataset=synthetic_topics", "method=mtt"], "method 'mtt' is an image method; text runs"),
+    (["dataset=synthetic_topics", "model=convnet"], "model 'convnet' is an image model"),
+    (["method=random_text"], "method 'random_text' is now method=random"),
+    (["method=full_finetune"], "method 'full_finetune' is now method=full"),
+    (["kind=text"], "the dataset declares it"),
+])
+def test_an_override_of_another_kind_is_refused_in_one_line(argv, needle):
+    with pytest.raises(DDError, match=needle) as err:
+        check_choices(argv)
+    assert "\n" not in str(err.value)
+
+
+def test_each_kind_takes_its_own_keys():
+    check_choices(["dataset=synthetic_topics", "method=random", "eval.num_models=3", "inner.engine=unroll"])
+    check_choices(["dataset=lm_files", "method=nll", "prune.keep=0.5", "model=gpt2_tiny"])
+    check_choices(["dataset=digits", "method=random", "buffer.epochs=3", "+buffer.extra=1"])

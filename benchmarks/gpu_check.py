@@ -312,7 +312,7 @@ def run_preset(args, name: str, folder: Path, timeout: float) -> dict:
         tail = (proc.stderr.strip().splitlines() or [""])[-1][:200]
         return {**info, "error": f"exit {proc.returncode}: {tail}", "output_tail": (proc.stdout + proc.stderr)[-4000:]}
     results = json.loads((run_dir / "results.json").read_text())
-    return {**info, "accuracy": results["accuracy"]["mean"], "accuracy_std": results["accuracy"]["std"],
+    return {**info, "accuracy": results["metric"]["mean"], "accuracy_std": results["metric"]["std"],
             "total_s": results["timings"]["total_s"], "timings": results["timings"],
             "device": results.get("device"), "precision": results.get("precision"),
             "exported": (run_dir / "distilled" / META_FILE).is_file()}

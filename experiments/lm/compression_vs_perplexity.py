@@ -18,6 +18,7 @@ from scipy.stats import spearmanr
 
 from dd.fsutil import write_json
 from dd.lm.curve import label_of, point_of
+from dd.results import headline, kind_of
 
 
 def ratio(texts: list[str]) -> float:
@@ -34,10 +35,10 @@ def main() -> None:
     for f in sorted(f for path in args.paths for f in Path(path).rglob("results.json")):
         r = json.loads(f.read_text())
         kept = f.parent / "kept" / "kept.parquet"
-        if r.get("kind") != "lm" or not kept.exists():
+        if kind_of(r) != "lm" or not kept.exists():
             continue
         rows.append({"label": label_of(r), "keep": point_of(r), "seed": r["seed"],
-                     "ratio": ratio(pd.read_parquet(kept)["text"].tolist()), "perplexity": r["perplexity"]["mean"]})
+                     "ratio": ratio(pd.read_parquet(kept)["text"].tolist()), "perplexity": headline(r)["mean"]})
     by_keep = defaultdict(list)
     for row in rows:
         by_keep[row["keep"]].append(row)

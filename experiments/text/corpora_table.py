@@ -10,7 +10,7 @@ Each argument is a dd-distill run folder (its results.json). Columns: accuracy a
 the evaluation runs), the share of runs predicting a single class, the majority-class rate of the test split,
 the wall time of the whole run, and accuracy as a share of full fine-tuning's on the same corpus; the
 targets of issue 20 are checked per distilled row (macro-F1 15 points above the constant predictor's and above
-random_text's, accuracy >= 95% of full fine-tuning's, no single-class run, std <= 3 points, <= 20 minutes).
+random's, accuracy >= 95% of full fine-tuning's, no single-class run, std <= 3 points, <= 20 minutes).
 """
 
 import argparse
@@ -18,13 +18,17 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+from dd.registry import RENAMED  # runs filed before one naming (random_text, full_finetune)
+from dd.results import headline
+
 
 def row_of(path: Path) -> dict:
     r = json.loads((path / "results.json").read_text())
-    return {"run": str(path), "dataset": r["dataset"], "method": r["method"], "acc": 100 * r["accuracy"]["mean"],
-            "acc_std": 100 * r["accuracy"]["std"], "f1": 100 * r["macro_f1"]["mean"], "f1_std": 100 * r["macro_f1"]["std"],
+    acc = headline(r)
+    return {"run": str(path), "dataset": r["dataset"], "method": RENAMED.get(r["method"], r["method"]),
+            "acc": 100 * acc["mean"], "acc_std": 100 * acc["std"], "f1": 100 * r["macro_f1"]["mean"], "f1_std": 100 * r["macro_f1"]["std"],
             "single": r["single_class_fraction"], "majority": 100 * r["majority_rate"],
-            "minutes": r["timings"]["total_s"] / 60, "runs": len(r["accuracy"]["per_model"]),
+            "minutes": r["timings"]["total_s"] / 60, "runs": len(acc["per_run"]),
             "label": f"{r['method']} ({path.name})"}
 
 
@@ -58,8 +62,8 @@ def main() -> None:
     print("| corpus | method | accuracy % | macro-F1 % | single-class runs | % of full FT | minutes | targets |")
     print("|---|---|---|---|---|---|---|---|")
     for corpus, rows in by_corpus.items():
-        full = next((r for r in rows if r["method"] == "full_finetune"), None)
-        random = next((r for r in rows if r["method"] == "random_text"), None)
+        full = next((r for r in rows if r["method"] == "full"), None)
+        random = next((r for r in rows if r["method"] == "random"), None)
         classes = next((r["classes"] for r in rows if r["classes"]), None)
         const = None if classes is None else constant_f1(rows[0]["majority"], classes)
         print(f"| {corpus} | constant (majority) | {rows[0]['majority']:.1f} | "

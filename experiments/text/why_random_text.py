@@ -33,7 +33,7 @@ def main() -> None:
     args = p.parse_args()
     register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=["model=minilm", "method=random_text", "ipc=1", *args.overrides])
+        cfg = compose("config", overrides=["model=minilm", "method=random", "ipc=1", *args.overrides])
     backbone = load_backbone(cfg.model)
     data = load_text_dataset(cfg.dataset, backbone.tokenizer)
     clf = TextClassifier(backbone, data.num_classes)

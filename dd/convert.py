@@ -1,4 +1,4 @@
-"""Converting distilled sets to and from other formats.
+"""Writing distilled sets in other formats (dd-export).
 
 - png:         one grid picture, a row per class, in pixel space (normalisation and ZCA undone)
 - imagefolder: <out>/<NN>_<class>/<i>.png, loadable by torchvision's ImageFolder (the NN prefix keeps
@@ -7,8 +7,8 @@
                labels, decoded tokens)
 - mtt_pt:      images_best.pt / labels_best.pt / lr_best.pt, as the trajectory-matching code writes them
                (soft labels as log-probabilities: DATM's code softmaxes labels_best.pt)
-- ddlab:       the reverse: read other projects' sets (mtt, datm, dc, imagefolder, ncfm) into our
-               format, given the dataset (dd.importers)
+
+The other way, other projects' sets into ours, is dd.importers (dd-import).
 """
 
 import re
@@ -19,12 +19,11 @@ import torch
 from PIL import Image
 
 from dd.errors import DDError
-from dd.export import DistilledSet
+from dd.export import DistilledSet, load
 from dd.fsutil import atomic_dir
-from dd.importers import from_mtt_pt  # noqa: F401  (the reverse of to_mtt_pt lives with the other importers)
 from dd.viz import save_grid
 
-FORMATS = ("png", "imagefolder", "hf", "mtt_pt", "ddlab")
+FORMATS = ("png", "imagefolder", "hf", "mtt_pt")
 
 
 def _class_names(ds: DistilledSet) -> list[str]:
@@ -111,3 +110,13 @@ def to_mtt_pt(ds: DistilledSet, out: Path) -> Path:
 
 
 WRITERS = {"png": to_png, "imagefolder": to_imagefolder, "hf": to_hf, "mtt_pt": to_mtt_pt}
+
+
+def export_set(path: str | Path, fmt: str, out: str | Path) -> Path:
+    """Write the ddlab set at `path` to `out` in format `fmt`; what was written appears whole or not at all."""
+    if fmt not in FORMATS:
+        raise DDError(f"format '{fmt}' is unknown; choose one of: {', '.join(FORMATS)}")
+    path = Path(path)
+    if not path.exists():
+        raise DDError(f"path {path} does not exist")
+    return WRITERS[fmt](load(path), Path(out))

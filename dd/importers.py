@@ -1,4 +1,4 @@
-"""Reading other projects' released distilled sets into a ddlab DistilledSet (dd-export format=ddlab).
+"""Reading other projects' released distilled sets into a ddlab DistilledSet (dd-import).
 
 Every reader returns the source's images in the space the source stored them in, its labels and
 provenance; `import_set` then states that space, checks it and brings the images into the target
@@ -31,7 +31,7 @@ dataset's model space. What each format is, from the authors' code:
   utils/ddp.py), in [0, 1] pixels (clamped every step; normalisation happens in its augmentation).
   Each stored image is a factor x factor mosaic: its evaluation splits every image into factor^2
   crops, upsampled bilinearly to full size, per class (condenser/decode.py, decode_type 'single').
-  All released configs use factor 2 (our default; `factor=1` keeps the images as stored). The file
+  All released configs use factor 2 (our default; factor 1 keeps the images as stored). The file
   does not record the factor, nor 'multi'/'bound' decoding, which we do not support.
 
 The source space (`source_space`): `normalized` (x = (p - mean) / std with `source_stats`),
@@ -150,7 +150,7 @@ def read_mtt(folder: Path, data, *, soft: bool | None = None) -> Source:
     if labels.dim() == 2:
         if soft is False:
             raise DDError("labels_best.pt holds (N, classes) soft labels, which MTT never writes: this is a DATM "
-                          "set, use source_format=datm")
+                          "set, use --format datm")
         if list(labels.shape) != [len(images), data.num_classes]:
             raise DDError(f"labels_best.pt has shape {list(labels.shape)} but {len(images)} images of "
                           f"{data.num_classes} classes need [{len(images)}, {data.num_classes}]")
@@ -159,7 +159,7 @@ def read_mtt(folder: Path, data, *, soft: bool | None = None) -> Source:
                       meta={"labels": "softmax (T=1) of DATM's stored soft-label logits"})
     if soft:
         raise DDError("labels_best.pt holds hard labels, but DATM stores (N, classes) soft-label logits: "
-                      "use source_format=mtt")
+                      "use --format mtt")
     return Source(images, _hard_labels(labels, len(images), data, "labels_best.pt"), "normalized", "mtt", lr)
 
 
@@ -172,7 +172,7 @@ def read_dc(path: Path, data, *, experiment: int = 0) -> Source:
                       "[[images, labels], ...] (one entry per experiment)")
     exps = res["data"]
     if not 0 <= experiment < len(exps):
-        raise DDError(f"experiment={experiment} is out of range: {path.name} holds {len(exps)} experiment(s), "
+        raise DDError(f"--experiment {experiment} is out of range: {path.name} holds {len(exps)} experiment(s), "
                       f"use 0..{len(exps) - 1}")
     pair = exps[experiment]
     if not isinstance(pair, list | tuple) or len(pair) != 2:
@@ -256,7 +256,7 @@ def read_ncfm(path: Path, data, *, factor: int = 2) -> Source:
     if not path.is_file():
         raise DDError(f"{path} is not a file; an NCFM set is one distilled_data/data_<iteration>.pt")
     if factor < 1:
-        raise DDError(f"factor={factor} must be a positive integer (NCFM's condense.factor; 1: no mosaics)")
+        raise DDError(f"--factor {factor} must be a positive integer (NCFM's condense.factor; 1: no mosaics)")
     obj = load_pt(path)
     if not isinstance(obj, list | tuple) or len(obj) != 2:
         raise DDError(f"{path} is not an NCFM set: expected [data, targets]")
@@ -280,7 +280,7 @@ def detect(path: Path) -> str:
         if any(p.is_dir() and not p.name.startswith(".") for p in path.iterdir()):
             return "imagefolder"
         raise DDError(f"cannot tell the format of folder {path}: it has neither images_best.pt (mtt/datm) nor "
-                      "class sub-folders (imagefolder); give source_format=...")
+                      "class sub-folders (imagefolder); give --format")
     if re.fullmatch(r"batch_\d+\.tar", path.name):
         raise DDError(_FKD_REFUSAL.format(path=path))
     obj = load_pt(path)
@@ -289,7 +289,7 @@ def detect(path: Path) -> str:
     if isinstance(obj, list | tuple) and len(obj) == 2 and all(isinstance(t, torch.Tensor) for t in obj):
         return "ncfm"
     raise DDError(f"cannot tell the format of {path}: it is neither a Dataset Condensation dict with 'data' "
-                  "nor an NCFM [data, targets] pair; give source_format=...")
+                  "nor an NCFM [data, targets] pair; give --format")
 
 
 def _to_pixels(x: torch.Tensor, space: str, mean, std, zca) -> torch.Tensor:
@@ -307,8 +307,8 @@ def _check_range(pixels: torch.Tensor, statement: str) -> None:
     if outside > RANGE_OUTSIDE:
         raise DDError(f"read as {statement}, the set's pixels span {pixels.min().item():.3g}..{pixels.max().item():.3g} "
                       f"({outside:.1%} outside [{lo}, {hi}]), not [0, 1]: the stated preprocessing is wrong; "
-                      f"allowed: source_space={'|'.join(SPACES)}, source_stats=<dataset> "
-                      "(or range_check=false to take responsibility)")
+                      f"state it with --source-space {'|'.join(SPACES)} and --source-stats DATASET "
+                      "(or --no-range-check to take responsibility)")
 
 
 def import_set(path: str | Path, load_data: Callable[[bool], object], *, dataset_zca: bool = False,
@@ -323,18 +323,18 @@ def import_set(path: str | Path, load_data: Callable[[bool], object], *, dataset
 
     path = Path(path)
     if source_format not in SOURCE_FORMATS:
-        raise DDError(f"source_format '{source_format}' is unknown; choose one of: {', '.join(SOURCE_FORMATS)}")
+        raise DDError(f"--format '{source_format}' is unknown; choose one of: {', '.join(SOURCE_FORMATS)}")
     if source_space is not None and source_space not in SPACES:
-        raise DDError(f"source_space '{source_space}' is unknown; choose one of: {', '.join(SPACES)}")
+        raise DDError(f"--source-space '{source_space}' is unknown; choose one of: {', '.join(SPACES)}")
     if source_stats is not None and source_stats not in STATS:
-        raise DDError(f"source_stats '{source_stats}' is unknown; choose one of: {', '.join(STATS)}")
+        raise DDError(f"--source-stats '{source_stats}' is unknown; choose one of: {', '.join(STATS)}")
     if not path.exists():
         raise DDError(f"path {path} does not exist")
     fmt = detect(path) if source_format == "auto" else source_format
     if experiment != 0 and fmt != "dc":
-        raise DDError(f"experiment=... only applies to dc sets (a res_*.pt file holds several experiments); {path} is {fmt}")
+        raise DDError(f"--experiment only applies to dc sets (a res_*.pt file holds several experiments); {path} is {fmt}")
     if factor is not None and fmt != "ncfm":
-        raise DDError(f"factor=... only applies to ncfm sets (their mosaic factor); {path} is {fmt}")
+        raise DDError(f"--factor only applies to ncfm sets (their mosaic factor); {path} is {fmt}")
     data = load_data(dataset_zca)
 
     if fmt in ("mtt", "datm"):
@@ -350,11 +350,11 @@ def import_set(path: str | Path, load_data: Callable[[bool], object], *, dataset
         src, stated_by = read_ncfm(path, data, factor=2 if factor is None else factor), "the NCFM code (clamped pixels)"
     if source_space is not None:
         if fmt == "imagefolder" and source_space != "pixels":
-            raise DDError(f"source_space={source_space} does not apply to imagefolder sets: image files are pixels")
+            raise DDError(f"--source-space {source_space} does not apply to imagefolder sets: image files are pixels")
         src.space, stated_by = source_space, "source_space"
     if source_stats is not None:
         if src.space != "normalized":
-            raise DDError(f"source_stats={source_stats} only applies to a normalized source; this one is {src.space}")
+            raise DDError(f"--source-stats {source_stats} only applies to a normalized source; this one is {src.space}")
         src.stats = source_stats
 
     # the source's transform, then the target's: equal transforms keep the tensors bit for bit
@@ -393,6 +393,23 @@ def import_set(path: str | Path, load_data: Callable[[bool], object], *, dataset
     }
     return image_set(images, src.labels, data, lr=src.lr, method=src.method, ipc=ipc or int(counts.max()),
                      model=src.model, extra_meta=provenance)
+
+
+def import_into(path: str | Path, out: str | Path, *, dataset: str, root: str | None = None, zca: bool = False,
+                data_source: str = "torchvision", download: bool = False, source_format: str = "auto",
+                source_space: str | None = None, source_stats: str | None = None, experiment: int = 0,
+                factor: int | None = None, ipc: int | None = None, range_check: bool = True) -> DistilledSet:
+    """import_set of `path` into the image dataset `dataset` (load_image_dataset's root, zca, source and
+    download), saved at `out`: the folder appears whole or not at all."""
+    from dd.data import load_image_dataset
+
+    def load_data(with_zca: bool):
+        return load_image_dataset(dataset, root=root, zca=with_zca, source=data_source, download=download)
+
+    ds = import_set(path, load_data, dataset_zca=zca, source_format=source_format, source_space=source_space,
+                    source_stats=source_stats, experiment=experiment, factor=factor, ipc=ipc, range_check=range_check)
+    ds.save(out)
+    return ds
 
 
 def _fmt(values) -> str:

@@ -1,87 +1,52 @@
-"""dd-export: convert a distilled set to other formats, or import other projects' released sets.
+"""dd-export: write a distilled set in another format.
 
-    dd-export path=outputs/run/distilled format=png out=grid.png
-    dd-export path=outputs/run/distilled format=imagefolder out=exports/digits_if
-    dd-export path=outputs/run/distilled format=hf out=exports/digits_hf
-    dd-export path=outputs/run/distilled format=mtt_pt out=exports/digits_pt
-    dd-export path=logged_files/CIFAR10/run format=ddlab dataset=cifar10 dataset.root=data/cifar10 dataset.zca=true out=imported
-    dd-export path=result/res_DC_CIFAR10_ConvNet_10ipc.pt format=ddlab dataset=cifar10 dataset.root=data/cifar10 experiment=2 out=imported
-    dd-export path=syn_data/cifar100_ipc50 format=ddlab source_format=imagefolder dataset=cifar100 dataset.root=data/cifar100 out=imported
-    dd-export path=distilled_data/data_20000.pt format=ddlab source_format=ncfm factor=2 dataset=cifar10 dataset.root=data/cifar10 out=imported
+    dd-export outputs/run/distilled grid.png --format png                  # one row per class, pixel space
+    dd-export outputs/run/distilled exports/digits_if --format imagefolder # torchvision ImageFolder
+    dd-export outputs/run/distilled exports/digits_hf --format hf          # datasets.load_from_disk
+    dd-export outputs/run/distilled exports/digits_pt --format mtt_pt      # images_best.pt, labels_best.pt, lr_best.pt
 
-format=ddlab keys: source_format=auto|mtt|datm|dc|imagefolder|ncfm (auto: from the files), the source's
-preprocessing source_space=normalized|zca|pixels and source_stats=<dataset whose mean/std it used> (defaults:
-what the format's reference code does; mtt/datm follow dataset.zca), experiment=<i> (dc), factor=<k> (ncfm
-mosaics, default 2), range_check=false (skip the [0, 1] pixel check), ipc=<n>. See dd/importers.py.
+Other projects' sets come in through dd-import.
 """
 
+import argparse
 import sys
-from pathlib import Path
 
 from dd.cli.common import guarded
+from dd.cli.parser import OneLineParser
+from dd.convert import FORMATS, export_set
 from dd.errors import DDError
 
 PROG = "dd-export"
-KEYS = ("path", "format", "out", "dataset", "dataset.root", "dataset.zca", "dataset.source", "dataset.download", "ipc",
-        "source_format", "source_space", "source_stats", "experiment", "factor", "range_check")
+IMPORT_MOVED = ("importing other projects' sets is dd-import's job: dd-import SOURCE OUT --dataset NAME "
+                "[--format auto|mtt|datm|dc|imagefolder|ncfm] (see dd-import --help)")
 
 
-def parse(argv: list[str]) -> dict[str, str]:
-    args = {}
-    for a in argv:
-        key, eq, value = a.partition("=")
-        if not eq or key not in KEYS:
-            raise DDError(f"argument '{a}' is not understood; give key=value with key one of: {', '.join(KEYS)}")
-        args[key] = value
-    for key in ("path", "format", "out"):
-        if key not in args:
-            raise DDError(f"{key}=... is missing; usage: dd-export path=<set> format=<format> out=<dir>")
-    return args
-
-
-def export(args: dict[str, str]) -> Path:
-    from dd.convert import FORMATS, WRITERS
-    from dd.export import load
-
-    fmt, path, out = args["format"], Path(args["path"]), Path(args["out"])
-    if fmt not in FORMATS:
-        raise DDError(f"format '{fmt}' is unknown; choose one of: {', '.join(FORMATS)}")
-    if not path.exists():
-        raise DDError(f"path {path} does not exist")
-    if fmt == "ddlab":
-        if "dataset" not in args:
-            raise DDError("format=ddlab needs dataset=<name> (the dataset the tensors were distilled from)")
-        from dd.data import load_image_dataset
-        from dd.importers import import_set
-
-        flag = lambda k, default="false": args.get(k, default).lower() in ("1", "true", "yes")  # noqa: E731
-        load_data = lambda zca: load_image_dataset(  # noqa: E731
-            args["dataset"], root=args.get("dataset.root"), zca=zca, source=args.get("dataset.source", "torchvision"),
-            download=flag("dataset.download"))
-        ds = import_set(path, load_data, dataset_zca=flag("dataset.zca"),
-                        source_format=args.get("source_format", "auto"), source_space=args.get("source_space"),
-                        source_stats=args.get("source_stats"), experiment=_int(args, "experiment", 0),
-                        factor=_int(args, "factor"), ipc=_int(args, "ipc"), range_check=flag("range_check", "true"))
-        return ds.save(out)
-    return WRITERS[fmt](load(path), out)
-
-
-def _int(args: dict[str, str], key: str, default: int | None = None) -> int | None:
-    if key not in args:
-        return default
-    try:
-        return int(args[key])
-    except ValueError:
-        raise DDError(f"{key}={args[key]!r} must be an integer") from None
+def refuse_old_usage(argv: list[str]) -> None:
+    """The former key=value command line (path=... format=... out=...) is refused, an import naming dd-import."""
+    if "format=ddlab" in argv:
+        raise DDError(IMPORT_MOVED)
+    old = [a for a in argv if a.partition("=")[0] in ("path", "format", "out")]
+    if old:
+        raise DDError(f"'{old[0]}': key=value arguments are gone; usage: dd-export SET OUT --format "
+                      f"{'|'.join(FORMATS)}")
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__)
-        return
-    out = guarded(PROG, lambda: export(parse(argv)))
-    print(f"written: {out}")
+    p = OneLineParser(prog=PROG, description=__doc__.splitlines()[0], epilog="\n".join(__doc__.splitlines()[1:]),
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("set", metavar="SET", help="a ddlab set (a run's distilled/ folder)")
+    p.add_argument("out", metavar="OUT", help="where to write it: a folder, or with --format png a .png file")
+    p.add_argument("--format", required=True, metavar="|".join(FORMATS), help="the format to write")
+    guarded(PROG, lambda: refuse_old_usage(argv))
+    args = p.parse_args(argv)
+
+    def go():
+        if args.format == "ddlab":
+            raise DDError(IMPORT_MOVED)
+        return export_set(args.set, args.format, args.out)
+
+    print(f"written: {guarded(PROG, go)}")
 
 
 if __name__ == "__main__":

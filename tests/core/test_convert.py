@@ -1,4 +1,4 @@
-"""dd-export formats and dd-eval, against the libraries that read them."""
+"""dd-export formats, dd-import of them, and dd-eval, against the libraries that read them."""
 
 import json
 import os
@@ -8,10 +8,11 @@ import sys
 import pytest
 import torch
 
-from dd.convert import from_mtt_pt, to_hf, to_imagefolder, to_mtt_pt, to_png
+from dd.convert import to_hf, to_imagefolder, to_mtt_pt, to_png
 from dd.data import load_image_dataset
 from dd.errors import DDError
 from dd.export import image_set, load
+from dd.importers import from_mtt_pt
 
 
 @pytest.fixture(scope="module")
@@ -77,17 +78,27 @@ def cli(module, *args):
     return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env, timeout=300)
 
 
-def test_dd_export_cli(saved_set, tmp_path):
-    ok = cli("dd.cli.export", f"path={saved_set}", "format=mtt_pt", f"out={tmp_path / 'pt'}")
-    assert ok.returncode == 0, ok.stderr
-    back = cli("dd.cli.export", f"path={tmp_path / 'pt'}", "format=ddlab", "dataset=digits", f"out={tmp_path / 'back'}")
-    assert back.returncode == 0, back.stderr
+def test_dd_export_and_dd_import_clis(saved_set, tmp_path):
+    ok = cli("dd.cli.export", str(saved_set), str(tmp_path / "pt"), "--format", "mtt_pt")
+    assert ok.returncode == 0 and ok.stdout == f"written: {tmp_path / 'pt'}\n", ok.stderr
+    back = cli("dd.cli.importer", str(tmp_path / "pt"), str(tmp_path / "back"), "--dataset", "digits")
+    assert back.returncode == 0 and back.stdout.startswith(f"written: {tmp_path / 'back'} (20 digits images"), back.stderr
     assert torch.equal(load(tmp_path / "back").images, load(saved_set).images)
-    for bad, words in [(["format=jpg"], "format 'jpg'"), (["format=png", "colour=red"], "colour=red"),
-                       (["format=ddlab"], "dataset=")]:
-        args = [f"path={saved_set if 'ddlab' not in bad[0] else tmp_path / 'pt'}", f"out={tmp_path / 'z'}", *bad]
-        r = cli("dd.cli.export", *args)
-        assert r.returncode == 2 and words in r.stderr and r.stderr.strip().count("\n") == 0
+    z = str(tmp_path / "z")
+    for bad, words in [
+        ([str(saved_set), z, "--format", "jpg"], "format 'jpg' is unknown"),
+        ([str(saved_set), z, "--format", "png", "--colour", "red"], "--colour"),
+        ([str(saved_set), z], "--format"),
+        ([str(tmp_path / "missing"), z, "--format", "png"], "does not exist"),
+        ([str(tmp_path / "pt"), z, "--format", "ddlab"], "dd-import SOURCE OUT --dataset"),  # imports moved
+        ([f"path={tmp_path / 'pt'}", "format=ddlab", "dataset=digits", f"out={z}"], "dd-import SOURCE OUT --dataset"),
+        ([f"path={saved_set}", "format=png", f"out={z}"], "key=value arguments are gone"),
+    ]:
+        r = cli("dd.cli.export", *bad)
+        assert r.returncode == 2 and words in r.stderr and r.stderr.strip().count("\n") == 0, (bad, r.stderr)
+        assert r.stderr.startswith("dd-export: error: ")
+    r = cli("dd.cli.importer", str(tmp_path / "pt"), z)
+    assert r.returncode == 2 and "--dataset" in r.stderr and r.stderr.strip().count("\n") == 0
     assert not (tmp_path / "z").exists()
 
 

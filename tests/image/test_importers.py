@@ -1,4 +1,4 @@
-"""dd-export format=ddlab: importers for MTT, DATM, DC, ImageFolder (SRe2L/RDED) and NCFM sets, each built
+"""dd-import: importers for MTT, DATM, DC, ImageFolder (SRe2L/RDED) and NCFM sets, each built
 here in its authors' layout from digits tensors and checked against independently computed expectations."""
 
 import numpy as np
@@ -7,9 +7,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from dd.cli.export import export, main, parse
+from dd.cli.importer import main
 from dd.data import load_image_dataset
-from dd.errors import DDError
 from dd.export import load
 from dd.importers import detect
 
@@ -39,13 +38,14 @@ def pixels_of(digits, x):
     return x * digits.std[0] + digits.mean[0]
 
 
-def run(path, out, *keys):
-    return load(export(parse([f"path={path}", "format=ddlab", "dataset=digits", f"out={out}", *keys])))
+def run(path, out, *flags):
+    main([str(path), str(out), "--dataset", "digits", *flags])
+    return load(out)
 
 
-def refused(capsys, path, out, *keys) -> str:
+def refused(capsys, path, out, *flags) -> str:
     with pytest.raises(SystemExit) as e:
-        main([f"path={path}", "format=ddlab", "dataset=digits", f"out={out}", *keys])
+        main([str(path), str(out), "--dataset", "digits", *flags])
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and err.count("\n") == 0 and "Traceback" not in err
     assert not out.exists()  # nothing half-written
@@ -81,7 +81,13 @@ def test_mtt_tensors_kept_bit_for_bit(digits, picks, tmp_path):
     assert ds.meta["converted"] == "kept as stored"
 
 
-def test_datm_logits_arrive_as_distributions(digits, picks, tmp_path):
+def test_dd_import_prints_one_summary_line(digits, picks, tmp_path, capsys):
+    src = mtt_folder(tmp_path / "mtt", digits.train_x[picks], digits.train_y[picks])
+    run(src, tmp_path / "out")
+    assert capsys.readouterr().out == f"written: {tmp_path / 'out'} (20 digits images from mtt, kept as stored)\n"
+
+
+def test_datm_logits_arrive_as_distributions(digits, picks, tmp_path, capsys):
     logits = torch.randn(len(picks), 10, generator=torch.Generator().manual_seed(0)) * 3
     src = mtt_folder(tmp_path / "datm", digits.train_x[picks], logits)
     assert detect(src) == "datm"
@@ -90,8 +96,7 @@ def test_datm_logits_arrive_as_distributions(digits, picks, tmp_path):
     assert ds.labels.shape == (20, 10) and torch.allclose(ds.labels, expected, atol=1e-6)
     assert torch.allclose(ds.labels.sum(1), torch.ones(20)) and ds.meta["method"] == "datm"
     assert "softmax" in ds.meta["labels"]
-    with pytest.raises(DDError, match="source_format=datm"):
-        run(src, tmp_path / "o2", "source_format=mtt")
+    assert "--format datm" in refused(capsys, src, tmp_path / "o2", "--format", "mtt")
 
 
 def test_ddlab_soft_labels_survive_mtt_pt_round_trip(digits, picks, tmp_path):
@@ -109,18 +114,18 @@ def test_dc_experiment_lands_unchanged_with_provenance(digits, picks, tmp_path, 
     path = tmp_path / "res_DC_digits_ConvNet_2ipc.pt"
     torch.save({"data": exps, "accs_all_exps": {"ConvNet": [np.float64(0.9), np.float64(0.91)]}}, path)
     assert detect(path) == "dc"
-    ds = run(path, tmp_path / "out", "experiment=1")
+    ds = run(path, tmp_path / "out", "--experiment", "1")
     assert torch.equal(ds.images, exps[1][0]) and torch.equal(ds.labels, exps[1][1])
     assert ds.meta["experiments"] == 3 and ds.meta["experiment"] == 1 and ds.meta["method"] == "dc"
     assert ds.meta["model"] == {"name": "ConvNet"} and ds.meta["source_accuracies"] == {"ConvNet": [0.9, 0.91]}
-    err = refused(capsys, path, tmp_path / "o2", "experiment=3")
-    assert "experiment=3" in err and "0..2" in err
+    err = refused(capsys, path, tmp_path / "o2", "--experiment", "3")
+    assert "--experiment 3" in err and "0..2" in err
 
 
 def test_dc_into_zca_dataset_goes_through_pixels(digits, digits_zca, picks, tmp_path):
     path = tmp_path / "res_DM_digits_ConvNet_2ipc.pt"
     torch.save({"data": [[digits.train_x[picks], digits.train_y[picks]]], "accs_all_exps": {}}, path)
-    ds = run(path, tmp_path / "out", "dataset.zca=true")
+    ds = run(path, tmp_path / "out", "--zca")
     pixels = pixels_of(digits, digits.train_x[picks])
     assert ds.meta["zca"] and ds.meta["converted"].startswith("via pixels")
     assert torch.allclose(ds.images, digits_zca.zca.apply(pixels), atol=1e-4)
@@ -129,10 +134,10 @@ def test_dc_into_zca_dataset_goes_through_pixels(digits, digits_zca, picks, tmp_
 
 def test_zca_source_into_normalised_dataset(digits, digits_zca, picks, tmp_path):
     src = mtt_folder(tmp_path / "mtt", digits_zca.train_x[picks], digits_zca.train_y[picks])
-    ds = run(src, tmp_path / "out", "source_space=zca")
+    ds = run(src, tmp_path / "out", "--source-space", "zca")
     assert ds.meta["source_preprocessing"]["stated_by"] == "source_space" and not ds.meta["zca"]
     assert torch.allclose(ds.images, digits.train_x[picks], atol=1e-3)  # both are the same real digits
-    kept = run(src, tmp_path / "out2", "dataset.zca=true")  # the MTT recipe is ddlab's dataset.zca=true
+    kept = run(src, tmp_path / "out2", "--zca")  # the MTT recipe is ddlab's dataset.zca=true
     assert torch.equal(kept.images, digits_zca.train_x[picks])
 
 
@@ -167,7 +172,7 @@ def test_ncfm_mosaics_decoded(digits, picks, tmp_path):
     path = tmp_path / "data_20000.pt"
     torch.save([pixels, labels], path)
     assert detect(path) == "ncfm"
-    ds = run(path, tmp_path / "out", "source_format=ncfm")
+    ds = run(path, tmp_path / "out", "--format", "ncfm")
     expected, ys = [], []
     for c in range(10):  # class by class; within a class crop (0,0) of every image, then (0,1), ...
         x = pixels[labels == c]
@@ -178,7 +183,7 @@ def test_ncfm_mosaics_decoded(digits, picks, tmp_path):
                 ys += [c] * len(x)
     assert ds.labels.tolist() == ys and ds.meta["ipc"] == 8 and ds.meta["stored_images"] == 20
     assert torch.allclose(ds.pixels(), torch.cat(expected), atol=1e-5)
-    flat = run(path, tmp_path / "o1", "factor=1")
+    flat = run(path, tmp_path / "o1", "--factor", "1")
     assert torch.allclose(flat.pixels(), pixels, atol=1e-5) and len(flat.labels) == 20
 
 
@@ -186,12 +191,12 @@ def test_wrong_normalisation_refused(digits, picks, tmp_path, capsys):
     path = tmp_path / "data_1.pt"
     torch.save([digits.train_x[picks], digits.train_y[picks]], path)  # normalised tensors, read as NCFM pixels
     err = refused(capsys, path, tmp_path / "out")
-    assert "pixels span" in err and "source_space=" in err
-    assert run(path, tmp_path / "ok", "source_space=normalized").images.shape == (80, 1, 16, 16)
+    assert "pixels span" in err and "--source-space" in err
+    assert run(path, tmp_path / "ok", "--source-space", "normalized").images.shape == (80, 1, 16, 16)
     res = tmp_path / "res_DC_digits_ConvNet_2ipc.pt"
     torch.save({"data": [[digits.train_x[picks] * 255, digits.train_y[picks]]]}, res)
     assert "pixels span" in refused(capsys, res, tmp_path / "out")
-    assert run(res, tmp_path / "taken", "range_check=false").meta["source_preprocessing"]["range_checked"] is False
+    assert run(res, tmp_path / "taken", "--no-range-check").meta["source_preprocessing"]["range_checked"] is False
 
 
 def test_pickled_objects_refused_in_one_line(digits, picks, tmp_path, capsys):
@@ -200,17 +205,18 @@ def test_pickled_objects_refused_in_one_line(digits, picks, tmp_path, capsys):
     err = refused(capsys, res, tmp_path / "out")
     assert str(res) in err and "Opaque" in err and "weights_only" in err
     src = mtt_folder(tmp_path / "mtt", Opaque(), digits.train_y[picks])
-    assert "images_best.pt" in refused(capsys, src, tmp_path / "out", "source_format=mtt")
+    assert "images_best.pt" in refused(capsys, src, tmp_path / "out", "--format", "mtt")
 
 
 def test_bad_inputs_refused(digits, picks, tmp_path, capsys):
     src = mtt_folder(tmp_path / "mtt", digits.train_x[picks], digits.train_y[picks])
-    err = refused(capsys, src, tmp_path / "out", "source_format=kip")
-    assert "'kip'" in err and "mtt, datm, dc, imagefolder, ncfm" in err
-    assert "source_space" in refused(capsys, src, tmp_path / "out", "source_space=lab")
-    assert "factor" in refused(capsys, src, tmp_path / "out", "factor=2")
-    assert "only applies to a normalized" in refused(capsys, src, tmp_path / "out", "source_space=pixels",
-                                                     "source_stats=mnist", "range_check=false")
+    err = refused(capsys, src, tmp_path / "out", "--format", "kip")
+    assert "--format" in err and "'kip'" in err and "ncfm" in err
+    assert "--source-space" in refused(capsys, src, tmp_path / "out", "--source-space", "lab")
+    assert "--factor only applies" in refused(capsys, src, tmp_path / "out", "--factor", "2")
+    assert "only applies to a normalized" in refused(capsys, src, tmp_path / "out", "--source-space", "pixels",
+                                                     "--source-stats", "mnist", "--no-range-check")
+    assert "--dataset" in refused(capsys, src, tmp_path / "out", "--dataset")  # given without its value
     big = mtt_folder(tmp_path / "big", torch.zeros(2, 3, 32, 32), torch.tensor([0, 1]))
     assert "[2, 3, 32, 32]" in refused(capsys, big, tmp_path / "out")
     res = tmp_path / "res_DC_digits_ConvNet_2ipc.pt"
@@ -219,13 +225,13 @@ def test_bad_inputs_refused(digits, picks, tmp_path, capsys):
     (src / "images_best.pt").unlink()
     assert "images_best.pt is missing" in refused(capsys, src, tmp_path / "out")
     assert "does not exist" in refused(capsys, tmp_path / "nowhere", tmp_path / "out")
-    assert "must be an integer" in refused(capsys, res, tmp_path / "out", "experiment=one")
+    assert "invalid int value: 'one'" in refused(capsys, res, tmp_path / "out", "--experiment", "one")
 
 
 def test_source_stats_other_than_the_targets_converted(digits, picks, tmp_path):
     pixels = pixels_of(digits, digits.train_x[picks])
     path = tmp_path / "res_DC_digits_ConvNet_2ipc.pt"
     torch.save({"data": [[(pixels - 0.1307) / 0.3081, digits.train_y[picks]]]}, path)  # MNIST's mean/std
-    ds = run(path, tmp_path / "out", "source_stats=mnist")
+    ds = run(path, tmp_path / "out", "--source-stats", "mnist")
     assert ds.meta["source_preprocessing"]["mean"] == [0.1307] and ds.meta["converted"].startswith("via pixels")
     assert torch.allclose(ds.images, digits.train_x[picks], atol=1e-5)

@@ -28,7 +28,7 @@ register_configs()
 
 CUDA = ["model=tiny_bert", "dataset.num_train=48", "dataset.num_test=32", "dataset.max_length=8", "eval.num_models=1",
         "progress=false", "logger=none", "device=cuda"]
-ATTN = ["experiment=topics_attn_ipc1", *CUDA, "method.real_batch_size=8", "method.checkpoint_every=100",
+ATTN = ["experiment=topics_attn", *CUDA, "method.real_batch_size=8", "method.checkpoint_every=100",
         "method.max_steps=3"]
 BASELINES = {
     "random_text": ["method.holdout=16", "method.grid_runs=1", "method.lr_grid=[0.1,1.0]"],

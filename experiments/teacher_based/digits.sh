@@ -17,7 +17,7 @@ relabel_eval() {  # <set folder> <labels> <T> <batch> <out>
 }
 for ipc in 1 10; do
   for m in rded sre2l; do
-    $BIN/dd-distill experiment=digits_${m}_ipc$ipc $Q hydra.run.dir=$OUT/stored/${m}_ipc$ipc
+    $BIN/dd-distill experiment=digits_$m ipc=$ipc $Q hydra.run.dir=$OUT/stored/${m}_ipc$ipc
     for labels in teacher hard; do
       relabel_eval $OUT/stored/${m}_ipc$ipc/distilled $labels $(temperature $m) $(batch $ipc) $OUT/$labels/${m}_ipc$ipc
     done
@@ -28,7 +28,7 @@ for ipc in 1 10; do
   done
 done
 for m in mtt datm; do  # the bi-level sets: their own recipe, then the teacher-based students' recipe
-  $BIN/dd-distill experiment=digits_${m}_ipc1 $Q hydra.run.dir=$OUT/own/${m}_ipc1
+  $BIN/dd-distill experiment=digits_$m ipc=1 $Q hydra.run.dir=$OUT/own/${m}_ipc1
   for labels in teacher hard; do
     relabel_eval $OUT/own/${m}_ipc1/distilled $labels 20 10 $OUT/$labels/${m}_ipc1
   done

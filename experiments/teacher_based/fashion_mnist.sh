@@ -14,7 +14,7 @@ DS="dataset=fashion_mnist_debian progress=false"
 TEACHER="teacher.model.name=convnet teacher.model.norm=batch teacher.model.first_pad=3 teacher.model.depth=3 \
 teacher.epochs=3 teacher.lr=0.01 teacher.dsa=false"
 
-$BIN/dd-teacher experiment=fashion_mnist_rded_ipc10 $DS hydra.run.dir=$OUT/teacher
+$BIN/dd-teacher experiment=fashion_mnist_rded $DS hydra.run.dir=$OUT/teacher
 
 temperature() { [ "$1" = sre2l ] && echo 30 || echo 20; }
 batch() { [ "$1" = 1 ] && echo 10 || echo 50; }
@@ -22,7 +22,7 @@ batch() { [ "$1" = 1 ] && echo 10 || echo 50; }
 method() {
   local m=$1
   for ipc in 1 10; do
-    $BIN/dd-distill experiment=fashion_mnist_${m}_ipc$ipc $DS hydra.run.dir=$OUT/stored/${m}_ipc$ipc
+    $BIN/dd-distill experiment=fashion_mnist_$m ipc=$ipc $DS hydra.run.dir=$OUT/stored/${m}_ipc$ipc
     for labels in teacher hard; do
       $BIN/dd-eval path=$OUT/stored/${m}_ipc$ipc/distilled eval=relabel eval.labels=$labels \
         eval.temperature=$(temperature $m) eval.batch_size=$(batch $ipc) progress=false \

@@ -50,7 +50,7 @@ class AttentionLabelsConfig:
 
     The defaults are for a laptop CPU (minutes, not GPU-days): examples start as real ones and
     attention labels as the model's own attention, so a few hundred outer steps already learn.
-    The paper's settings (N(0,1) starts, 30 epochs, ...) live in dd/conf/experiment/*_attn_ipc1.yaml.
+    The paper's settings (N(0,1) starts, 30 epochs, ...) live in dd/conf/experiment/recipe/attention_labels.yaml.
     Which paper setting comes from where: the reference CODE's defaults are N(0,1) inputs_embeds
     (length 512), lr_init 0.01, warmup 0.1, clipping 1.0, 30 epochs, real batch 32, AdamW's default
     weight decay 0.01 on the labels' and the lr's groups, and every distilled lr tied to

@@ -138,8 +138,8 @@ def setup_torch(device: str, threads: int):
         torch.set_num_threads(threads)
     from omegaconf import OmegaConf
 
-    from dd.config import InnerConfig
     from dd.hostmem import keep_freed_memory
+    from dd.inner.engines import InnerConfig
     from dd.precision import start_run
 
     # what a dd-distill run starts with: cuDNN autotuning on, TF32 off outside evaluation and experts
@@ -360,7 +360,7 @@ def convnet_config(args: argparse.Namespace):
     average pooling are the ConvNet's defaults), for `dd.image.train.new_model` / `fresh_model`."""
     from omegaconf import OmegaConf
 
-    from dd.config import ModelConfig
+    from dd.models.factory import ModelConfig
 
     return OmegaConf.structured(ModelConfig(name="convnet", width=args.width, depth=args.depth, norm="instance"))
 
@@ -463,7 +463,8 @@ def _precision() -> dict | None:
     torch = sys.modules.get("torch")
     if torch is None:
         return None
-    from dd.config import BufferConfig, EvalConfig
+    from dd.image.evaluate import EvalConfig
+    from dd.image.experts import BufferConfig
 
     return {"cudnn_benchmark": torch.backends.cudnn.benchmark, "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
             "tf32_cudnn": torch.backends.cudnn.allow_tf32, "eval_tf32": EvalConfig().tf32,

@@ -45,9 +45,9 @@ def eval_workload(args) -> dict:
     import torch
     from omegaconf import OmegaConf
 
-    from dd.config import EvalConfig, ModelConfig
     from dd.data import load_image_dataset
-    from dd.image.evaluate import evaluate_set
+    from dd.image.evaluate import EvalConfig, evaluate_set
+    from dd.models.factory import ModelConfig
 
     data = load_image_dataset("digits")
     gen = torch.Generator().manual_seed(args.seed)
@@ -86,11 +86,12 @@ def mtt_workload(args, dtype=None) -> dict:
     import torch
     from omegaconf import OmegaConf
 
-    from dd.config import InnerConfig, ModelConfig
     from dd.data import DSA
     from dd.image.methods.mtt import MTTConfig, Segment, Synthetic, outer_iteration, plan_steps
     from dd.image.train import fresh_model
+    from dd.inner.engines import InnerConfig
     from dd.models import FlatModel
+    from dd.models.factory import ModelConfig
 
     dtype = dtype or torch.float32
     data, _ = common.random_image_dataset(1000, 10, (3, 32, 32), seed=args.seed)

@@ -128,7 +128,7 @@ def configs(args, k: int, mode: str, epochs: int | None = None):
     """(model config, `dd.config.EvalConfig`) of an evaluation of K models in one mode."""
     from omegaconf import OmegaConf
 
-    from dd.config import EvalConfig
+    from dd.image.evaluate import EvalConfig
 
     eval_cfg = OmegaConf.structured(EvalConfig(
         num_models=k, epochs=args.epochs if epochs is None else epochs, lr=args.lr, dsa=args.dsa,

@@ -226,8 +226,8 @@ def golden_variants() -> dict[str, dict]:
 
 def golden_gradients(tg, g: dict, inner: dict, plan_name: str, device: str) -> dict:
     """images_grad and syn_lr_grad (on the CPU) of one outer iteration of the golden case on `device`."""
-    from dd.config import InnerConfig
     from dd.image.methods.mtt import MTTConfig, Segment, Synthetic, outer_iteration
+    from dd.inner.engines import InnerConfig
 
     s = tg.SETTINGS["mtt_iteration"]
     on = {k: v.to(device) for k, v in g.items()}
@@ -371,7 +371,8 @@ def run_config():
     """The keys of a distillation run's config that `dd.precision` reads for the meta-gradient (the defaults)."""
     from omegaconf import OmegaConf
 
-    from dd.config import Config, InnerConfig
+    from dd.config import Config
+    from dd.inner.engines import InnerConfig
 
     return OmegaConf.create({"cudnn_benchmark": Config.cudnn_benchmark, "inner": OmegaConf.structured(InnerConfig())})
 
@@ -427,8 +428,8 @@ def budgeted_row(margs, engine: str, syn_steps: int, ref: dict, timeout: float) 
 def section_meta_grad(args, out: list[dict]) -> None:
     """Every engine's outer iteration beside the reference pattern's, per syn_steps; the default engine's targets."""
     from dd import precision
-    from dd.config import InnerConfig
     from dd.inner import ENGINES
+    from dd.inner.engines import InnerConfig
 
     margs = meta_grad_args(args)
     precision.start_run(run_config())

@@ -141,10 +141,10 @@ def _base_row(args, engine: str, syn_steps: int) -> dict:
 def measure(args, engine: str, syn_steps: int) -> dict:
     """Run warm-up + timed outer iterations of one configuration in this process; return its row."""
     torch = common.setup_torch(args.device, args.threads)
-    from dd.config import InnerConfig
     from dd.data import DSA
     from dd.image.methods.mtt import MTTConfig, Segment, Synthetic, outer_iteration, plan_steps
     from dd.image.train import fresh_model
+    from dd.inner.engines import InnerConfig
     from dd.models import FlatModel
 
     row = _base_row(args, engine, syn_steps)

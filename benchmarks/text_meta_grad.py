@@ -32,9 +32,8 @@ def child(args) -> dict:
     from omegaconf import OmegaConf
 
     from dd import seeds
-    from dd.config import TextDatasetConfig, TextModelConfig
-    from dd.data.text import load_text_dataset
-    from dd.models.bert import TextClassifier, load_backbone
+    from dd.data.text import TextDatasetConfig, load_text_dataset
+    from dd.models.bert import TextClassifier, TextModelConfig, load_backbone
     from dd.text.evaluate import batches
     from dd.text.methods.attention_labels import AttentionLabelsConfig, Distilled, outer_step
 

@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from dd import precision, seeds
 from dd.device import describe, resolve_device
 from dd.errors import DDError
-from dd.registry import KINDS, registry
+from dd.registry import KINDS, article, registry
 from dd.results import Metric, record
 from dd.tracking import make_tracker
 
@@ -68,8 +68,8 @@ def run(cfg: DictConfig, out_dir: str | Path, group: str | None = None) -> dict:
     methods.get(cfg.method.name)  # an unknown or other-kind method is refused before anything is loaded
     model_kind = cfg.model.get("kind")
     if model_kind != kind.name:
-        raise DDError(f"model '{cfg.model.name}' is made for {model_kind} runs; dataset={cfg.dataset.name} makes this "
-                      f"a {kind.name} run, which takes a {kind.name} model")
+        raise DDError(f"model '{cfg.model.name}' is {article(model_kind)} {model_kind} model; dataset={cfg.dataset.name} "
+                      f"is {article(kind.name)} {kind.name} dataset, which takes {article(kind.name)} {kind.name} model")
     kind.check(cfg)
     device = resolve_device(cfg.device)
     precision.start_run(cfg)

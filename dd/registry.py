@@ -109,7 +109,7 @@ class Registry:
         ok = ", ".join(self.names())
         others = [k for k in KINDS if k != self.kind and name in registry(k).names()]
         if others:
-            raise DDError(f"method '{name}' is a{'n' if others[0] in ('image', 'lm') else ''} {others[0]} method; "
+            raise DDError(f"method '{name}' is {article(others[0])} {others[0]} method; "
                           f"{self.kind} runs (the dataset's kind) take: {ok}")
         raise DDError(f"method '{name}' is unknown; {self.kind} runs take: {ok}")
 
@@ -124,6 +124,11 @@ class Registry:
     def with_fields(self, *fields: str) -> list[str]:
         """Names of the methods whose schema has all these fields (a query, e.g. baselines that share steps)."""
         return [n for n, m in self.methods().items() if all(f in m.schema.__dataclass_fields__ for f in fields)]
+
+
+def article(kind: str) -> str:
+    """'an image', 'a text', 'an lm': for messages that name a kind."""
+    return "an" if kind in ("image", "lm") else "a"
 
 
 def registry(kind: str) -> Registry:

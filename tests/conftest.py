@@ -1,22 +1,147 @@
-"""Shared fixtures: the embedded digits dataset (loaded once per session), a quiet wandb, the CPU as
-the default device, and `fake_cuda` (code run "on CUDA" on a CPU, tests/fake_cuda.py).
+"""What the tests share.
+
+Layout: tests/core (the run skeleton, configs, CLIs, tables, export, processes), tests/image, tests/text and
+tests/lm (one kind each); helpers importable from every test (this folder is on sys.path): conftest (below),
+fake_cuda.py (code run "on CUDA" on a CPU), ranks.py (a job of several processes); data/ holds fixtures.
+
+Here: a private cache for the whole run (DD_CACHE, HF_HOME: nothing is read from or left in ~/.cache),
+a quiet wandb, the CPU as the default device; one tiny composed config per kind (`image_cfg`, `text_cfg`,
+`lm_cfg`: the test adds only its own overrides); ONE way to run a dd-* command as a user does (`run_cli`);
+and what several tests need built once per run (the digits dataset, a small expert buffer, a small teacher).
 
 Tests use tiny models, for which one intra-op thread is fastest; with two threads torch
 spin-waits and a busy 2-core machine runs them many times slower.
 """
 
+import atexit
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import tomllib
+from pathlib import Path
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 # Tests mean the CPU unless they say otherwise (tests/fake_cuda.py runs code "on CUDA"); on a GPU machine
 # `device=auto` would otherwise pick CUDA for every composed config and every CLI subprocess.
 os.environ["DD_DEVICE"] = "cpu"
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# A fresh cache for this run, as on a fresh clone: buffers, teachers, LM scores (DD_CACHE) and Hugging Face
+# files (HF_HOME) are neither read from nor written to the user's ~/.cache; removed when the run ends.
+CACHE = Path(tempfile.mkdtemp(prefix="dd-tests-cache-"))
+atexit.register(shutil.rmtree, CACHE, ignore_errors=True)
+os.environ["DD_CACHE"] = str(CACHE)
+os.environ["HF_HOME"] = str(CACHE / "huggingface")
+os.environ.pop("DD_DATA", None)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+TESTS = Path(__file__).resolve().parent
+DATA = TESTS / "data"  # fixtures on disk (reference values, a small text corpus)
+REPO = TESTS.parent
+
+# --- one tiny config per kind -------------------------------------------------------------------------------
+
+QUIET = ["progress=false", "logger=none"]
+IMAGE = ["dataset=digits", "ipc=1", "model.width=6", "eval.epochs=2", "eval.num_models=1", *QUIET]
+TEXT = ["dataset=synthetic_topics", "model=tiny_bert", "ipc=1", "dataset.num_train=48", "dataset.num_test=32",
+        "dataset.max_length=8", "eval.num_models=1", *QUIET]
+LM = ["dataset=lm_files", "model=gpt2_tiny", "model.n_layer=1", "model.n_embd=32", "model.context=32",
+      "model.vocab_size=300", "prune.tokens=6000", "prune.probe_tokens=6000", "prune.batch_size=8",
+      "dataset.domain_column=domain", *QUIET]
+
+
+def image_cfg(*overrides: str):
+    """The run config `dd-distill` composes for a tiny digits run (width-6 ConvNet, 1 image per class, a
+    2-epoch evaluation of 1 model, no progress bars or logger), with the test's own overrides last."""
+    from dd.config import compose
+
+    return compose([*IMAGE, *overrides])
+
+
+def text_cfg(*overrides: str):
+    """A tiny text run: the seeded synthetic topics (48 train, 32 test texts of 8 tokens), a 2-layer tiny BERT."""
+    from dd.config import compose
+
+    return compose([*TEXT, *overrides])
+
+
+def lm_cfg(*overrides: str):
+    """A tiny language-model pruning run on local files (dataset.train_file is the test's): a 1-layer GPT-2."""
+    from dd.config import compose
+
+    return compose([*LM, *overrides])
+
+
+# --- the dd-* commands as a user runs them ------------------------------------------------------------------
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node"]
+
+
+def _entry_points() -> dict[str, str]:
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+
+
+def cli_command(prog: str) -> list[str]:
+    """The installed console script `prog` (dd-distill, ...); where it is not installed (a newer command than the
+    environment), its entry point run by this Python."""
+    exe = Path(sys.executable).parent / prog
+    if exe.is_file():
+        return [str(exe)]
+    module, fn = _entry_points()[prog].split(":")
+    return [sys.executable, "-c", f"import sys; sys.argv[0] = {prog!r}; from {module} import {fn}; sys.exit({fn}())"]
+
+
+def cli_env(**extra: str | None) -> dict[str, str]:
+    """The environment a command runs in: this run's private cache, no wandb, the CPU, one thread, and the dd
+    package this test session imported (a copy of the repository tests its own code); None removes a variable."""
+    import dd
+
+    env = dict(os.environ, WANDB_MODE="disabled", OMP_NUM_THREADS="1", DD_DEVICE="cpu", HYDRA_FULL_ERROR="0",
+               DD_CACHE=str(CACHE), HF_HOME=str(CACHE / "huggingface"))
+    env.pop("DD_DATA", None)
+    root = str(Path(dd.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])
+    for key, value in extra.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = str(value)
+    return env
+
+
+def run_cli(prog: str, *args, cwd=None, env: dict | None = None, nproc: int | None = None,
+            timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run `prog args...` as a user would (a real process; `nproc`: under torchrun with that many processes)
+    and hand back the finished process (text stdout/stderr). `env` adds to (None: removes from) cli_env()."""
+    cmd = [*cli_command(prog), *map(str, args)]
+    if nproc:  # torchrun starts a Python script (the console script) or a module
+        script = cmd[:1] if cmd[0] != sys.executable else ["-m", _entry_points()[prog].split(":")[0]]
+        cmd = [*TORCHRUN, str(nproc), *script, *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, env=cli_env(**(env or {})), cwd=cwd, timeout=timeout)
+
+
+def assert_ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    """Assert the command succeeded, showing its output where it did not."""
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def assert_refused(proc: subprocess.CompletedProcess, prog: str, *needles: str, code: int = 2) -> str:
+    """Assert the command was refused the way every dd-* command refuses: exit 2, one line on stderr that starts
+    with `<prog>: error:` and holds each needle, no traceback. Hands back that line."""
+    err = proc.stderr.strip()
+    assert proc.returncode == code, f"exit {proc.returncode}\nstderr:\n{proc.stderr[-3000:]}"
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"{prog}: error: "), err
+    assert "Traceback" not in proc.stdout + proc.stderr
+    for needle in needles:
+        assert needle in err, (needle, err)
+    return err
 
 
 def pytest_collection_modifyitems(config, items):

@@ -89,10 +89,6 @@ def check_choices(argv: list[str], kinds: bool = True) -> None:
         check_kind(argv)
 
 
-def an(kind: str) -> str:
-    return "n" if kind in ("image", "lm") else ""
-
-
 def models_of(kind: str) -> list[str]:
     """The model options that declare `kind` (an option without one is an image model)."""
     import yaml
@@ -121,7 +117,7 @@ def check_kind(argv: list[str]) -> None:
     from dataclasses import fields
 
     from dd.config import compose, kind_roots
-    from dd.registry import registry
+    from dd.registry import article, registry
 
     ovr = overrides_of(argv)
     picks = {k: (p, [v for v in value.split(",") if v]) for p, k, value in ovr
@@ -136,7 +132,7 @@ def check_kind(argv: list[str]) -> None:
         except Exception:  # Hydra reports what fails to compose, with its own message
             return
         kind = cfg.dataset.kind
-        where = f"dataset={cfg.dataset.name} is a{an(kind)} {kind} dataset"
+        where = f"dataset={cfg.dataset.name} is {article(kind)} {kind} dataset"
         keys = [f.name for f in fields(roots[kind])]
         for prefix, key, value in ovr:
             top = key.split(".")[0].split("@")[0]
@@ -151,15 +147,23 @@ def check_kind(argv: list[str]) -> None:
                 for v in value.split(","):
                     model_kind = compose([*probe, f"model={v}"]).model.get("kind") if v else kind
                     if model_kind != kind:
-                        raise DDError(f"model '{v}' is a{an(model_kind)} {model_kind} model; {where}, which takes "
-                                      f"a{an(kind)} {kind} model: {', '.join(models_of(kind))}")
+                        raise DDError(f"model '{v}' is {article(model_kind)} {model_kind} model; {where}, which takes "
+                                      f"{article(kind)} {kind} model: {', '.join(models_of(kind))}")
                 continue
             if key in KIND_GROUPS["image"] and key not in KIND_GROUPS[kind]:
                 raise DDError(f"{key}={value} is not an option of {kind} runs ({where}); {kind} runs take the "
                               f"groups {', '.join(KIND_GROUPS[kind])}")
-            if top not in keys and top not in KIND_GROUPS[kind] and not prefix.startswith("+"):
+            if prefix.startswith("+"):
+                continue  # an addition: Hydra checks it against the schema
+            if top not in keys and top not in KIND_GROUPS[kind]:
                 raise DDError(f"{key}={value}: '{top}' is not a key of {kind} runs ({where}); {kind} runs take: "
                               f"{', '.join(keys)}")
+            section = cfg.get(top)
+            sub = key.split(".")[1] if "." in key else None
+            if sub is not None and top in ("eval", "inner", "buffer", "teacher", "relabel", "prune") and \
+                    hasattr(section, "keys") and sub not in section:
+                raise DDError(f"{key}={value}: '{sub}' is not a key of {article(kind)} {kind} run's {top} ({where}); "
+                              f"it takes: {', '.join(section.keys())}")
 
 
 def check_slurm() -> None:

@@ -88,12 +88,14 @@ def test_end_to_end_random(runs, digits_data):
     _ok(proc)
     run_dir = tmp / "e2e" / "run"
     res = json.loads((run_dir / "results.json").read_text())
-    for key in ("accuracy", "method", "dataset", "ipc", "model", "seed", "timings", "config"):
+    for key in ("kind", "metric", "method", "dataset", "ipc", "model", "seed", "timings", "device", "precision",
+                "selection", "config"):
         assert key in res, key
-    acc = res["accuracy"]
-    assert set(acc) >= {"mean", "std", "per_model"} and len(acc["per_model"]) == 2
-    assert acc["mean"] == pytest.approx(sum(acc["per_model"]) / 2)
-    assert acc["std"] == pytest.approx(abs(acc["per_model"][0] - acc["per_model"][1]) / 2)
+    acc = res["metric"]
+    assert res["kind"] == "image" and acc["name"] == "accuracy" and acc["higher_is_better"]
+    assert len(acc["per_run"]) == 2
+    assert acc["mean"] == pytest.approx(sum(acc["per_run"]) / 2)
+    assert acc["std"] == pytest.approx(abs(acc["per_run"][0] - acc["per_run"][1]) / 2)
     assert (res["method"], res["dataset"], res["ipc"], res["model"], res["seed"]) == ("random", "digits", 1, "convnet", 0)
     assert res["config"]["model"]["width"] == 8 and res["config"]["eval"]["epochs"] == 2
     assert all(v >= 0 for v in res["timings"].values()) and "total_s" in res["timings"]
@@ -114,7 +116,7 @@ def test_end_to_end_random(runs, digits_data):
     assert len(idx) == 10 and len(set(idx.tolist())) == 10
     assert torch.equal(ds.images, digits_data.train_x[idx])
     assert torch.equal(ds.labels, digits_data.train_y[idx])
-    assert ds.meta["method"] == "random" and ds.meta["ipc"] == 1 and ds.meta["evaluation"]["per_model"] == acc["per_model"]
+    assert ds.meta["method"] == "random" and ds.meta["ipc"] == 1 and ds.meta["evaluation"]["per_model"] == acc["per_run"]
 
     from PIL import Image
 
@@ -132,7 +134,7 @@ def test_full_writes_results_but_no_export(runs):
     _ok(procs["full"])
     run_dir = tmp / "full" / "run"
     res = json.loads((run_dir / "results.json").read_text())
-    assert res["method"] == "full" and len(res["accuracy"]["per_model"]) == 1
+    assert res["method"] == "full" and len(res["metric"]["per_run"]) == 1
     assert not (run_dir / "distilled").exists() and not (run_dir / "grid.png").exists()
 
 
@@ -157,7 +159,7 @@ def test_multirun_and_table(runs):
     rows = {ln.strip("| ").split("|")[0].strip(): ln.split("|")[2].strip() for ln in lines[2:]}
     assert set(rows) == {"random", "herding"}
     for method, r in by_method.items():
-        acc = r["accuracy"]["per_model"]
+        acc = r["metric"]["per_run"]
         mean = 100 * sum(acc) / len(acc)
         std = 100 * abs(acc[0] - acc[1]) / 2
         assert rows[method] == f"{mean:.1f} ± {std:.1f} (n=1)"

@@ -109,7 +109,7 @@ def test_dd_eval_cli_writes_results_beside_the_set_meta(saved_set, tmp_path):
     assert r.returncode == 0, r.stderr
     results = json.loads((run / "results.json").read_text())
     assert results["model"] == "mlp" and results["distilled_with"] == "convnet" and results["method"] == "random"
-    assert len(results["accuracy"]["per_model"]) == 2 and results["eval"]["lr"] == pytest.approx(0.02)
+    assert len(results["metric"]["per_run"]) == 2 and results["eval"]["lr"] == pytest.approx(0.02)
     assert json.loads((run / "set_meta.json").read_text())["sha256"] == load(saved_set).meta["sha256"]
     bad = cli("dd.cli.eval", f"path={tmp_path / 'missing'}", f"hydra.run.dir={tmp_path / 'e2'}")
     assert bad.returncode == 2 and "missing" in bad.stderr

@@ -13,9 +13,10 @@ from conftest import dies_at_call
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from dd.config import CONF_DIR
-from dd.config import EvalConfig, ModelConfig, register_configs
+from dd.config import CONF_DIR, register_configs
 from dd.data import DSA
+from dd.image.evaluate import EvalConfig
+from dd.models.factory import ModelConfig
 from dd.pipeline import run
 
 pytestmark = pytest.mark.cuda
@@ -46,8 +47,8 @@ def synchronising_calls(fn) -> int:
 
 
 def test_an_mtt_iteration_synchronises_once_whatever_its_inner_steps(digits_data):
-    from dd.image.train import new_model
     from dd.image.methods import mtt
+    from dd.image.train import new_model
     from dd.models import FlatModel
 
     def iteration(steps: int):
@@ -109,7 +110,7 @@ def test_a_checkpoint_written_on_the_gpu_resumes_on_the_cpu(tmp_path, monkeypatc
         run(config(tmp_path, "device=cuda"), tmp_path / "run")
     monkeypatch.setattr(mtt, "meta_gradient", real)
     results = run(config(tmp_path, "device=cpu", "resume=true"), tmp_path / "run")
-    assert results["device"]["device"] == "cpu" and 0 <= results["accuracy"]["mean"] <= 1
+    assert results["device"]["device"] == "cpu" and 0 <= results["metric"]["mean"] <= 1
 
 
 def test_precision_settings_apply_on_the_gpu(tmp_path):

@@ -13,11 +13,12 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from dd.config import CONF_DIR, InnerConfig
+from dd.config import CONF_DIR
 from dd.image.batched import ModelStack, train_stack
 from dd.image.methods.mtt import MTTConfig, Segment, Synthetic, outer_iteration
 from dd.image.train import accuracy, lr_schedule, set_loss, train_on_set
 from dd.inner import budget
+from dd.inner.engines import InnerConfig
 from dd.models import FlatModel, build_model
 
 REFERENCE = Path(__file__).parents[1] / "data" / "reference"

@@ -8,6 +8,7 @@ job, dd-eval on its export, and dd-table.
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -21,8 +22,12 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def wheel_env(tmp_path_factory):
     work = tmp_path_factory.mktemp("wheel")
+    src = work / "src"  # a copy, so the build leaves nothing in the checkout
+    shutil.copytree(ROOT / "dd", src / "dd", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
-                    str(work / "dist"), str(ROOT)], check=True, capture_output=True, text=True)
+                    str(work / "dist"), str(src)], check=True, capture_output=True, text=True)
     wheel = next((work / "dist").glob("ddlab-*.whl"))
     venv = work / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)

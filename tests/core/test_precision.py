@@ -6,8 +6,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from dd import precision
-from dd.config import CONF_DIR
-from dd.config import register_configs
+from dd.config import CONF_DIR, register_configs
 from dd.errors import DDError
 from dd.pipeline import run
 

@@ -9,11 +9,10 @@ from hydra import compose, initialize_config_dir
 
 import dd.image.evaluate as evaluate
 from dd import seeds
-from dd.config import CONF_DIR
-from dd.config import register_configs
+from dd.config import CONF_DIR, register_configs
 from dd.errors import DDError
 from dd.image.experts import build_buffer
-from dd.image.pipeline import load_data
+from dd.image.kind import load_data
 from dd.models import FlatModel
 
 register_configs()

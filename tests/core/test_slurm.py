@@ -107,7 +107,7 @@ def test_a_grid_through_slurm_gives_the_local_table(cluster, tmp_path):
         out = {}
         for f in sweep.glob("*/results.json"):
             r = json.loads(f.read_text())
-            out[(r["method"], r["ipc"])] = r["accuracy"]["per_model"]
+            out[(r["method"], r["ipc"])] = r["metric"]["per_run"]
         return out
 
     slurm, local = cells(tmp_path / "slurm"), cells(tmp_path / "local")

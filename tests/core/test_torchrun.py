@@ -33,7 +33,7 @@ def test_dd_distill_and_dd_eval_under_torchrun(tmp_path):
     done = torchrun(2, "dd-distill", *MTT, f"buffer.dir={tmp_path / 'buffer'}", f"hydra.run.dir={run_dir}")
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((run_dir / "results.json").read_text())
-    assert results["device"]["world_size"] == 2 and len(results["accuracy"]["per_model"]) == 3
+    assert results["device"]["world_size"] == 2 and len(results["metric"]["per_run"]) == 3
     assert done.stdout.count("mtt digits ipc=1: test accuracy") == 1  # rank 0 reports, once
     assert (run_dir / "distilled").is_dir() and (run_dir / ".hydra").is_dir()
     assert not list(tmp_path.glob("outputs*")) and not list(Path.cwd().glob("dd-rank*"))
@@ -50,7 +50,7 @@ def test_dd_distill_and_dd_eval_under_torchrun(tmp_path):
                          "progress=false", "logger=none", f"hydra.run.dir={tmp_path / 'eval'}")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     scored = json.loads((tmp_path / "eval" / "results.json").read_text())
-    assert scored["device"]["world_size"] == 2 and len(scored["accuracy"]["per_model"]) == 3
+    assert scored["device"]["world_size"] == 2 and len(scored["metric"]["per_run"]) == 3
 
 
 def test_dd_buffer_under_torchrun_shares_the_experts_out(tmp_path):

@@ -7,12 +7,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from dd.config import EvalConfig, ModelConfig
 from dd.errors import DDError
 from dd.image.batched import faster_batched
-from dd.image.evaluate import evaluate_set
+from dd.image.evaluate import EvalConfig, evaluate_set
 from dd.image.train import lr_schedule, new_model, train_on_set
 from dd.models import build_model
+from dd.models.factory import ModelConfig
 from dd.workers import Stopped, check_workers, run_jobs, worker_count
 
 MODEL = OmegaConf.structured(ModelConfig(name="convnet", width=8, norm="instance", act="relu", pool="avg"))

@@ -4,10 +4,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from dd.config import BufferConfig, EvalConfig, ModelConfig
 from dd.errors import DDError
-from dd.image.evaluate import evaluate_set
-from dd.image.experts import expert_seeds, train_expert, train_experts_batched
+from dd.image.evaluate import EvalConfig, evaluate_set
+from dd.image.experts import BufferConfig, expert_seeds, train_expert, train_experts_batched
+from dd.models.factory import ModelConfig
 
 MODEL = OmegaConf.structured(ModelConfig(name="convnet", width=8, norm="instance", act="relu", pool="avg"))
 

@@ -5,9 +5,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from dd.config import EvalConfig, ModelConfig
 from dd.errors import DDError
+from dd.image.evaluate import EvalConfig
 from dd.image.methods.coreset import CoresetConfig, check_ipc, random_indices, select
+from dd.models.factory import ModelConfig
 
 # --- random ------------------------------------------------------------------------
 

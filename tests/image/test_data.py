@@ -327,7 +327,7 @@ def test_stats_errors():
 
 
 def test_dataset_of_uses_recorded_stats():
-    from dd.image.pipeline import dataset_of
+    from dd.image.exported import dataset_of
 
     meta = {"dataset": "digits", "zca": False, "mean": [0.1307], "config": {"dataset": {"stats": "mnist"}}}
     assert dataset_of(meta, None).std == [0.3081]

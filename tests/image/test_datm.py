@@ -19,14 +19,14 @@ from omegaconf import OmegaConf
 from safetensors.torch import save_file
 from torch import nn
 
-from dd.config import CONF_DIR
-from dd.config import InnerConfig, register_configs
+from dd.config import CONF_DIR, register_configs
 from dd.errors import DDError
 from dd.export import load
 from dd.image.experts import Buffer
 from dd.image.methods import datm
 from dd.image.methods.datm import DATMConfig, start_epoch_bound
 from dd.image.methods.mtt import Segment, Synthetic, outer_iteration, plan_steps
+from dd.inner.engines import InnerConfig
 from dd.models import FlatModel
 from dd.pipeline import run
 from dd.registry import RunContext
@@ -223,7 +223,7 @@ def test_dd_distill_datm_end_to_end(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "datm digits ipc=1: test accuracy" in out.stdout
     results = json.loads((run_dir / "results.json").read_text())
-    assert results["method"] == "datm" and 0 <= results["accuracy"]["mean"] <= 1
+    assert results["method"] == "datm" and 0 <= results["metric"]["mean"] <= 1
     ds = load(run_dir / "distilled")
     assert ds.images.shape == (10, 1, 16, 16) and ds.labels.shape == (10, 10)  # soft labels, exported
     assert torch.allclose(ds.labels.sum(1), torch.ones(10), atol=1e-5) and ds.meta["method"] == "datm"

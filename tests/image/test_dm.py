@@ -12,8 +12,7 @@ import torch
 from conftest import dies_at_call
 from hydra import compose, initialize_config_dir
 
-from dd.config import CONF_DIR
-from dd.config import register_configs
+from dd.config import CONF_DIR, register_configs
 from dd.data import DSA
 from dd.errors import DDError
 from dd.export import load
@@ -211,7 +210,7 @@ def test_dd_distill_dm_end_to_end(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "dm digits ipc=1: test accuracy" in out.stdout
     results = json.loads((run_dir / "results.json").read_text())
-    assert results["method"] == "dm" and len(results["accuracy"]["per_model"]) == 1
+    assert results["method"] == "dm" and len(results["metric"]["per_run"]) == 1
     ds = load(run_dir / "distilled")
     assert ds.images.shape == (10, 1, 16, 16) and torch.isfinite(ds.images).all()
     assert ds.meta["iteration"] == 3 and [r["iteration"] for r in ds.meta["rounds"]] == [0, 2]
@@ -233,6 +232,6 @@ def test_eval_every_zero_runs_no_round_during_distillation(tmp_path, monkeypatch
     calls = []
     monkeypatch.setattr(rounds, "evaluate_set", lambda *a, **k: calls.append(k["round"]))
     results = run(config("method.eval_every=0"), tmp_path / "run")
-    assert calls == [] and 0 <= results["accuracy"]["mean"] <= 1  # the pipeline's final round 0 still ran
+    assert calls == [] and 0 <= results["metric"]["mean"] <= 1  # the pipeline's final round 0 still ran
     saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert not any("acc_mean" in h for h in saved["state"]["history"])

@@ -6,11 +6,11 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from dd.config import EvalConfig, ModelConfig
 from dd.errors import DDError
-from dd.image.evaluate import EvalResult, evaluate_set
+from dd.image.evaluate import EvalConfig, EvalResult, evaluate_set
 from dd.image.methods.coreset import random_indices
 from dd.image.train import fresh_model, lr_schedule, set_loss, train_on_set
+from dd.models.factory import ModelConfig
 
 MODEL = OmegaConf.structured(ModelConfig(name="convnet", width=8, norm="instance", act="relu", pool="avg"))
 

@@ -11,11 +11,12 @@ from fake_cuda import DeviceMismatch, FakeCuda, FakeCudaError
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from dd.config import CONF_DIR
-from dd.config import EvalConfig, ModelConfig, register_configs
+from dd.config import CONF_DIR, register_configs
 from dd.data import DSA
 from dd.device import resolve_device
 from dd.errors import DDError
+from dd.image.evaluate import EvalConfig
+from dd.models.factory import ModelConfig
 from dd.pipeline import run
 
 register_configs()
@@ -113,14 +114,14 @@ def test_cuda_on_a_machine_without_cuda_names_what_is_available(monkeypatch):
 @pytest.mark.parametrize("engine", ["unroll", "reverse", "auto", "tesla", "higher"])
 def test_mtt_runs_on_cuda_through_every_engine(tmp_path, fake_cuda, engine):
     results = run(config(tmp_path, "mtt", f"inner.engine={engine}"), tmp_path / "run")
-    assert 0 <= results["accuracy"]["mean"] <= 1
+    assert 0 <= results["metric"]["mean"] <= 1
     assert results["device"]["device"] == "cuda:0" and results["precision"]["meta_gradient"]["tf32"] is False
 
 
 @pytest.mark.parametrize("method", ["datm", "dc", "dsa", "dm", "herding"])
 def test_image_methods_run_on_cuda(tmp_path, fake_cuda, method):
     results = run(config(tmp_path, method), tmp_path / "run")
-    assert 0 <= results["accuracy"]["mean"] <= 1 and results["device"]["device"] == "cuda:0"
+    assert 0 <= results["metric"]["mean"] <= 1 and results["device"]["device"] == "cuda:0"
 
 
 @pytest.mark.parametrize("batched", [False, True])
@@ -154,16 +155,15 @@ def test_teacher_based_methods_and_their_label_sources_run_on_cuda(tmp_path, fak
     cfg = config(tmp_path, method, f"teacher.cache_dir={tmp_path}", f"eval.labels={labels}", "eval=relabel",
                  "eval.epochs=2", "eval.num_models=2")
     results = run(cfg, tmp_path / "run")
-    assert 0 <= results["accuracy"]["mean"] <= 1 and results["eval"]["labels"] == labels
+    assert 0 <= results["metric"]["mean"] <= 1 and results["eval"]["labels"] == labels
     assert results["device"]["device"] == "cuda:0"
     assert (results.get("storage", {}).get("labels_bytes", 0) > 0) is (labels == "stored")  # bytes the students use
 
 
 @pytest.mark.parametrize("source", ["stored", "teacher"])
 def test_an_evaluation_epoch_on_teacher_labels_waits_for_the_gpu_at_most_once(digits_data, fake_cuda, source):
-    from dd.config import RelabelConfig
     from dd.image.evaluate import evaluate_set
-    from dd.image.relabel import LabelStore, StoredLabels, TeacherLabels, draw_crops
+    from dd.image.relabel import LabelStore, RelabelConfig, StoredLabels, TeacherLabels, draw_crops
     from dd.image.teachers import Teacher, frozen
     from dd.image.train import new_model
 

@@ -11,8 +11,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from dd.config import CONF_DIR
-from dd.config import register_configs
+from dd.config import CONF_DIR, register_configs
 from dd.data import DSA
 from dd.errors import DDError
 from dd.export import load
@@ -169,7 +168,7 @@ def test_select_test_reports_the_best_round_on_fresh_models_and_keeps_the_last(t
     last = load(tmp_path / "run" / "distilled_last")
     assert best.meta["best_iteration"] in (0, 2, 4)  # rounds at 0 and 2, and the final set
     assert last.meta["iteration"] == 4
-    assert results["accuracy"]["per_model"] == best.meta["evaluation"]["per_model"]
+    assert results["metric"]["per_run"] == best.meta["evaluation"]["per_model"]
     assert results["selection"] == {"split": "test", "rounds": 3, "iteration": best.meta["best_iteration"]}
 
 

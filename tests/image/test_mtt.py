@@ -7,8 +7,7 @@ import torch
 from conftest import dies_at_call
 from hydra import compose, initialize_config_dir
 
-from dd.config import CONF_DIR
-from dd.config import register_configs
+from dd.config import CONF_DIR, register_configs
 from dd.errors import DDError
 from dd.export import load
 from dd.image.experts import Buffer
@@ -39,7 +38,7 @@ def test_distillation_lowers_the_loss_and_exports(tmp_path):
     ds = load(tmp_path / "run" / "distilled")
     assert ds.images.shape == (10, 1, 16, 16) and torch.isfinite(ds.images).all()
     assert ds.meta["method"] == "mtt" and ds.lr is not None and float(ds.lr) > 0
-    assert 0 <= results["accuracy"]["mean"] <= 1
+    assert 0 <= results["metric"]["mean"] <= 1
     assert (tmp_path / "run" / "grid.png").is_file() and (tmp_path / "run" / "curves.png").is_file()
 
 
@@ -69,7 +68,7 @@ def test_resume_without_checkpoint_is_refused(tmp_path):
 
 def test_buffer_skips_finished_experts_and_refuses_mismatch(tmp_path):
     from dd.image.experts import build_buffer
-    from dd.image.pipeline import load_data
+    from dd.image.kind import load_data
 
     cfg = config(tmp_path, "buffer.num_experts=2")
     data = load_data(cfg)
@@ -97,7 +96,7 @@ def test_buffer_skips_finished_experts_and_refuses_mismatch(tmp_path):
 def test_trajectory_matches_sequential_sgd(tmp_path):
     """Stored epochs are the expert's real parameters: epoch 0 is the seeded init."""
     from dd.image.experts import build_buffer
-    from dd.image.pipeline import load_data
+    from dd.image.kind import load_data
     from dd.image.train import new_model
     from dd.models import FlatModel
 
@@ -115,7 +114,7 @@ def test_trajectory_matches_sequential_sgd(tmp_path):
 
 def test_corrupt_expert_file_is_reported(tmp_path):
     from dd.image.experts import build_buffer
-    from dd.image.pipeline import load_data
+    from dd.image.kind import load_data
 
     cfg = config(tmp_path)
     buf = build_buffer(cfg, load_data(cfg), "cpu", ids=[0], progress=False)
@@ -176,7 +175,7 @@ def test_bad_method_settings(tmp_path, override, message):
 def test_distillation_uses_exactly_the_configured_experts(tmp_path, monkeypatch):
     """A buffer folder shared with a bigger run holds more experts; this run draws only from its own."""
     from dd.image.experts import build_buffer
-    from dd.image.pipeline import load_data
+    from dd.image.kind import load_data
 
     cfg = config(tmp_path)
     build_buffer(cfg, load_data(cfg), "cpu", ids=[0, 1, 2, 3], progress=False)  # a bigger run's experts

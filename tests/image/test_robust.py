@@ -14,9 +14,8 @@ import torch
 from omegaconf import OmegaConf
 
 import dd.image.robust as robust
-from dd.config import EvalConfig, ModelConfig
 from dd.errors import DDError
-from dd.image.evaluate import EvalResult, evaluate_set
+from dd.image.evaluate import EvalConfig, EvalResult, evaluate_set
 from dd.image.robust import (
     CONDITIONS,
     augmentation_robust_score,
@@ -26,6 +25,7 @@ from dd.image.robust import (
     normalise,
     random_subset,
 )
+from dd.models.factory import ModelConfig
 from dd.table import collect, find_results, render
 
 MODEL = OmegaConf.structured(ModelConfig(name="convnet", width=8))
@@ -316,7 +316,7 @@ def test_dd_eval_robust_writes_lrs_and_ars_in_the_unit_interval(digits_random_se
         assert set(c) >= {"mean", "std", "per_model"} and len(c["per_model"]) == 2
     # a random set has hard labels: its own recipe is the hard one, and dd-eval's figure is syn_own
     assert rob["conditions"]["syn_own"]["per_model"] == rob["conditions"]["syn_hard"]["per_model"]
-    assert res["accuracy"]["per_model"] == rob["conditions"]["syn_own"]["per_model"]
+    assert res["metric"]["per_run"] == rob["conditions"]["syn_own"]["per_model"]
     hlr = np.subtract(rob["conditions"]["full"]["per_model"], rob["conditions"]["syn_hard"]["per_model"])
     assert rob["hlr"]["per_model"] == pytest.approx(hlr.tolist())
     # dd-table shows the two scores beside the accuracy
@@ -334,11 +334,12 @@ def test_an_unknown_protocol_is_refused_before_anything_is_written(digits_random
 
 
 def test_dd_distill_leaves_the_robust_protocol_to_dd_eval():
-    from dd.image.pipeline import check_config
+    from dd.image.kind import KIND
 
-    cfg = OmegaConf.create({"ipc": 1, "model": {"name": "convnet"}, "eval": {**vars(EvalConfig()), "protocol": "robust"}})
+    cfg = OmegaConf.create({"ipc": 1, "model": {"name": "convnet"}, "eval": {**vars(EvalConfig()), "protocol": "robust"},
+                            "buffer": {}})
     with pytest.raises(DDError, match="dd-eval"):
-        check_config(cfg)
+        KIND.check(cfg)
 
 
 def test_robust_full_epochs_without_the_robust_protocol_is_refused():

@@ -6,8 +6,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 import dd.image.rounds as rounds
-from dd.config import CONF_DIR
-from dd.config import register_configs
+from dd.config import CONF_DIR, register_configs
 from dd.data import ZCA, load_image_dataset
 from dd.data.images import holdout_indices
 from dd.errors import DDError
@@ -150,7 +149,7 @@ def test_mtt_selection_rounds_score_on_the_chosen_split(tmp_path, monkeypatch, s
                                     **({"holdout_per_class": 5} if split == "val" else {})}
     assert ("paper_max" in results) == (split == "test")  # a val pick is not the reference's statistic
     # the reported figure is round 0 on the test split (the real evaluator: a test-split accuracy)
-    assert results["accuracy"]["per_model"] == ds.meta["evaluation"]["per_model"]
+    assert results["metric"]["per_run"] == ds.meta["evaluation"]["per_model"]
 
 
 def test_dc_select_val_picks_the_set_and_the_lr_on_the_held_out_split(tmp_path, monkeypatch):
@@ -165,7 +164,7 @@ def test_dc_select_val_picks_the_set_and_the_lr_on_the_held_out_split(tmp_path, 
     # rounds of iterations 0, 2 and the final set (4) on val; the lrs on val (rounds 6, 7, 8); once on test
     assert calls == [("val", 1, 0.01), ("val", 3, 0.01), ("val", 5, 0.01),
                      ("val", 6, 0.001), ("val", 7, 0.05), ("val", 8, 0.2), ("test", 0, 0.05)]
-    assert results["eval"]["lr"] == 0.05 and results["accuracy"]["mean"] == 0.1
+    assert results["eval"]["lr"] == 0.05 and results["metric"]["mean"] == 0.1
     sel = results["selection"]
     assert (sel["split"], sel["iteration"], sel["rounds"], sel["holdout_per_class"], sel["lr"]) == ("val", 2, 3, 5, 0.05)
     assert [r["lr"] for r in sel["lrs"]] == [0.001, 0.05, 0.2] and sel["lrs"][1]["acc_mean"] == 0.7

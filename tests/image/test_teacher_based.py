@@ -16,12 +16,20 @@ from conftest import dies_at_call
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from dd.config import RelabelConfig, TeacherConfig
 from dd.data import load_image_dataset
 from dd.errors import DDError
 from dd.image import teachers
 from dd.image.methods import rded, sre2l
-from dd.image.relabel import LabelStore, StoredLabels, TeacherLabels, apply_crops, draw_crops, generate
+from dd.image.relabel import (
+    LabelStore,
+    RelabelConfig,
+    StoredLabels,
+    TeacherLabels,
+    apply_crops,
+    draw_crops,
+    generate,
+)
+from dd.image.teachers import TeacherConfig
 from dd.image.train import lr_schedule, make_optimizer, train_on_set
 
 BIN = Path(sys.executable).parent

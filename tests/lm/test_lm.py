@@ -144,7 +144,7 @@ def test_windows_read_every_document_once_per_pass():
 # ---- selectors' rules ---------------------------------------------------------------------------------------
 
 def test_iwf_surprisal_closed_form():
-    from dd.lm.selectors.nll import iwf_surprisal
+    from dd.lm.methods.nll import iwf_surprisal
 
     s = iwf_surprisal(["a a b", "c", ""])  # counts a2 b1 c1, total 4
     assert s[0] == pytest.approx((2 * math.log(2) + math.log(4)) / 3)
@@ -152,7 +152,7 @@ def test_iwf_surprisal_closed_form():
 
 
 def test_perplexity_bands():
-    from dd.lm.selectors.perplexity_band import band_of
+    from dd.lm.methods.perplexity_band import band_of
 
     ppl = np.array([5.0, 1.0, 3.0, 4.0, 2.0, 6.0])
     assert band_of(ppl, 2, "low") == [1, 4]
@@ -161,7 +161,7 @@ def test_perplexity_bands():
 
 
 def test_zip_prefers_what_is_not_already_selected():
-    from dd.lm.selectors.zip import added_size, greedy_order
+    from dd.lm.methods.zip import added_size, greedy_order
 
     rng = random.Random(0)
     fresh = [" ".join(rng.choice(WORDS) for _ in range(40)).encode() for _ in range(6)]
@@ -180,7 +180,7 @@ def test_zip_prefers_what_is_not_already_selected():
 
 
 def test_kernel_density_and_inverse_propensity():
-    from dd.lm.selectors.density import inverse_propensity_sample, kernel_density
+    from dd.lm.methods.density import inverse_propensity_sample, kernel_density
 
     emb = torch.tensor([[1.0, 0.0], [0.99, 0.05], [0.98, -0.05], [0.0, 1.0]])
     found = kernel_density(emb, 0.5)
@@ -194,7 +194,7 @@ def test_kernel_density_and_inverse_propensity():
 
 
 def test_doremi_token_shares_water_fill():
-    from dd.lm.selectors.doremi import token_shares
+    from dd.lm.methods.doremi import token_shares
 
     got = token_shares(np.array([0.6, 0.3, 0.1]), np.array([10.0, 100.0, 100.0]), 60.0)
     assert got[0] == pytest.approx(10.0)  # capped at its size; the other 50 split 3:1
@@ -204,9 +204,10 @@ def test_doremi_token_shares_water_fill():
 
 # ---- cached scores and provenance ---------------------------------------------------------------------------
 
-def small_ctx(tmp_path, records, model=None, **prune):
+def small_ctx(tmp_path, records, model=None, n_keep=0, **prune):
     from dd.lm.base import LMRunContext
     from dd.lm.tokenizer import build_tokenizer
+    from dd.tracking import Tracker
 
     model = {**OmegaConf.to_container(TINY_MODEL), **(model or {})}
     cfg = OmegaConf.create({"seed": 0, "model": model, "method": {"name": "nll", "iwf": False,
@@ -216,7 +217,8 @@ def small_ctx(tmp_path, records, model=None, **prune):
     c = lmcorpus.load_corpus(corpus_cfg(train_file=str(write_jsonl(tmp_path / f"c{len(records)}.jsonl", records))))
     tok = build_tokenizer(cfg.model, c.docs["train"], c.fingerprint, tmp_path / "cache")
     ids = {s: tok.encode(d) for s, d in c.docs.items()}
-    return LMRunContext(cfg, c, tok, ids, torch.device("cpu"), tmp_path, tmp_path / "cache", progress=False)
+    return LMRunContext(cfg=cfg, data=c, device=torch.device("cpu"), out_dir=tmp_path, tracker=Tracker(), progress=False,
+                        tokenizer=tok, ids=ids, cache_dir=tmp_path / "cache", n_keep=n_keep)
 
 
 def test_scores_are_cached_and_foreign_score_files_refused(tmp_path):
@@ -246,10 +248,10 @@ def test_scores_are_cached_and_foreign_score_files_refused(tmp_path):
 
 
 def test_nll_probe_ranks_boilerplate_as_least_informative(tmp_path):
-    from dd.lm.selectors.nll import select
+    from dd.lm.methods.nll import select
 
-    ctx = small_ctx(tmp_path, toy_records(150), model={"n_embd": 32, "context": 32}, probe_tokens=40000)
-    sel = select(ctx, 20)
+    ctx = small_ctx(tmp_path, toy_records(150), model={"n_embd": 32, "context": 32}, n_keep=20, probe_tokens=40000)
+    sel = select(ctx)
     domains = ctx.corpus.domains["train"]
     boiler = np.array([d == "boiler" for d in domains])
     assert sel.scores[boiler].mean() < sel.scores[~boiler].mean()  # the probe learnt the template
@@ -259,7 +261,7 @@ def test_nll_probe_ranks_boilerplate_as_least_informative(tmp_path):
 def test_ask_llm_batched_left_padding_equals_one_prompt_at_a_time(tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-    from dd.lm.selectors.ask_llm import PROMPT, p_yes
+    from dd.lm.methods.ask_llm import PROMPT, p_yes
     from dd.lm.tokenizer import build_tokenizer
 
     docs = [r["text"] for r in toy_records(40)]
@@ -301,7 +303,7 @@ def test_cli_runs_a_curve_point_and_the_table(tmp_path, toy_file):
         assert r.returncode == 0, r.stderr[-2000:]
         res = json.loads((out / "results.json").read_text())
         assert res["kind"] == "lm" and res["method"] == method
-        assert res["perplexity"]["mean"] > 1 and set(res["per_domain"]) == {"boiler", "prose"}
+        assert res["metric"]["mean"] > 1 and set(res["per_domain"]) == {"boiler", "prose"}
         assert res["tokens"]["trained"] == math.ceil(6000 / (8 * 32)) * 8 * 32  # the same at every keep
         kept = [json.loads(line) for line in (out / "kept" / "kept.jsonl").read_text().splitlines()]
         assert len(kept) == res["kept_documents"]
@@ -313,12 +315,12 @@ def test_cli_runs_a_curve_point_and_the_table(tmp_path, toy_file):
     kept = {json.loads(line)["doc_index"] for line in (tmp_path / "nll_0.5" / "kept" / "kept.jsonl").read_text().splitlines()}
     assert min(scores[i] for i in kept) >= max(s for i, s in enumerate(scores) if i not in kept)  # lowest NLL pruned
     doremi = json.loads((tmp_path / "doremi_0.5" / "results.json").read_text())
-    assert sum(doremi["selection"]["domain_weights"].values()) == pytest.approx(1)
+    assert sum(doremi["kept_by"]["domain_weights"].values()) == pytest.approx(1)
     t = run_cli([str(tmp_path), "--plot", str(tmp_path / "c.png"), "--json", str(tmp_path / "c.json")], tmp_path, TABLE)
     assert t.returncode == 0, t.stderr
     assert "full data" in t.stdout and "| nll |" in t.stdout and (tmp_path / "c.png").stat().st_size > 1000
     curve = json.loads((tmp_path / "c.json").read_text())["lm_files"]
-    assert curve["nll"]["0.5"]["mean"] == pytest.approx(nll["perplexity"]["mean"])
+    assert curve["nll"]["0.5"]["mean"] == pytest.approx(nll["metric"]["mean"])
 
 
 BAD_LM = {  # name -> (overrides, text the one-line error must contain)
@@ -328,7 +330,7 @@ BAD_LM = {  # name -> (overrides, text the one-line error must contain)
     "budget": (["prune.budget=100000"], "prune.budget=100000"),
     "one_domain": (["method=doremi", "dataset.domain_column=null"], "at least 2 domains"),
     "model_path": (["model.name_or_path=/nonexistent/lm"], "/nonexistent/lm"),
-    "image_model": (["model=convnet"], "model=convnet is not a language model"),
+    "image_model": (["model=convnet"], "model 'convnet' is an image model"),
     "image_method": (["method=mtt"], "method 'mtt'"),
 }
 
@@ -359,11 +361,17 @@ def test_cli_refuses_bad_input_in_one_line(bad_runs, name):
     assert not (out / "results.json").exists() and not (out / "kept").exists()
 
 
-def test_random_is_a_coreset_for_images_and_a_selector_for_corpora():
-    from dd.registry import get
+def test_random_and_full_mean_the_same_on_every_kind_and_old_names_are_refused():
+    from dd.registry import KINDS, registry
 
-    assert get("random", "image").kind == "image" and get("random", "lm").kind == "lm"
-    assert get("nll", "image").kind == "lm"  # the caller names the mismatch
+    for kind in KINDS:  # random real examples, and the full-data reference, on images, text and corpora
+        methods = registry(kind)
+        assert methods.get("random").kind == kind and methods.get("full").kind == kind
+    with pytest.raises(DDError, match="method 'nll' is an lm method; image runs"):
+        registry("image").get("nll")
+    for old, new in (("random_text", "random"), ("herding_text", "herding"), ("full_finetune", "full")):
+        with pytest.raises(DDError, match=f"method '{old}' is now method={new}"):
+            registry("text").get(old)
 
 
 def test_cli_trains_a_hugging_face_model_folder_with_its_tokenizer(tmp_path, toy_file):
@@ -385,7 +393,7 @@ def test_cli_trains_a_hugging_face_model_folder_with_its_tokenizer(tmp_path, toy
     res = json.loads((out / "results.json").read_text())
     c = lmcorpus.load_corpus(corpus_cfg(train_file=str(toy_file), test_fraction=0.1, val_fraction=0.05))
     assert res["tokens"]["test"] == sum(len(hf_tok(d, add_special_tokens=False)["input_ids"]) + 1 for d in c.docs["test"])
-    assert 1 < res["perplexity"]["mean"] < 10 * tok.vocab_size
+    assert 1 < res["metric"]["mean"] < 10 * tok.vocab_size
 
 
 def test_lm_training_and_scoring_are_device_clean_on_cuda(fake_cuda):

@@ -16,11 +16,10 @@ from omegaconf import OmegaConf
 
 import dd.text.evaluate as ev
 import dd.text.methods.attention_labels as al
-from dd.config import CONF_DIR
-from dd.config import TextDatasetConfig, TextModelConfig, register_configs
-from dd.data.text import load_text_dataset
+from dd.config import CONF_DIR, register_configs
+from dd.data.text import TextDatasetConfig, load_text_dataset
 from dd.inner import ENGINES
-from dd.models.bert import TextClassifier, load_backbone
+from dd.models.bert import TextClassifier, TextModelConfig, load_backbone
 from dd.pipeline import run
 from dd.text.methods.baselines import FullFinetuneConfig, finetune
 
@@ -31,11 +30,11 @@ CUDA = ["model=tiny_bert", "dataset.num_train=48", "dataset.num_test=32", "datas
 ATTN = ["experiment=topics_attn", *CUDA, "method.real_batch_size=8", "method.checkpoint_every=100",
         "method.max_steps=3"]
 BASELINES = {
-    "random_text": ["method.holdout=16", "method.grid_runs=1", "method.lr_grid=[0.1,1.0]"],
-    "herding_text": ["method.holdout=16", "method.grid_runs=1", "method.lr_grid=[0.1]"],
+    "random": ["method.holdout=16", "method.grid_runs=1", "method.lr_grid=[0.1,1.0]"],
+    "herding": ["method.holdout=16", "method.grid_runs=1", "method.lr_grid=[0.1]"],
     "loss_prune": ["method.holdout=16", "method.grid_runs=1", "method.lr_grid=[0.1]", "method.scorer.epochs=1",
                    "method.scorer.batch_size=16"],
-    "full_finetune": ["method.epochs=1", "method.num_runs=1", "method.batch_size=16"],
+    "full": ["method.epochs=1", "method.num_runs=1", "method.batch_size=16"],
 }
 # host syncs of one attention-label outer step: one copy of (outer loss, finite?, the last update's lrs)
 OUTER_STEP_SYNCS = 1
@@ -176,7 +175,7 @@ def test_text_baseline_is_device_clean_on_cuda(fake_cuda, monkeypatch, tmp_path,
         cfg = compose("config", overrides=[*CUDA, "dataset=synthetic_topics", "ipc=1", f"method={method}",
                                            *BASELINES[method]])
     res = run(cfg, tmp_path)
-    assert res["method"] == method and 0 <= res["accuracy"]["mean"] <= 1
+    assert res["method"] == method and 0 <= res["metric"]["mean"] <= 1
     assert res["device"]["device"] == "cuda:0" and res["precision"]["applies"]
 
 

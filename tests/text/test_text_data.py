@@ -6,8 +6,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from dd.config import TextDatasetConfig
-from dd.data.text import load_text_dataset, synthetic_topics
+from dd.data.text import TextDatasetConfig, load_text_dataset, synthetic_topics
 from dd.errors import DDError
 
 

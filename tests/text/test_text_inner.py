@@ -5,10 +5,9 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from dd.config import TextDatasetConfig, TextModelConfig
-from dd.data.text import load_text_dataset
+from dd.data.text import TextDatasetConfig, load_text_dataset
 from dd.inner import meta_gradient
-from dd.models.bert import TextClassifier, load_backbone
+from dd.models.bert import TextClassifier, TextModelConfig, load_backbone
 from dd.text.evaluate import evaluate_text_set
 from dd.text.loss import attention_kl
 from dd.text.methods.attention_labels import AttentionLabelsConfig, Distilled

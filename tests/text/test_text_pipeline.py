@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
-from dd.config import CONF_DIR
-from dd.config import register_configs
+from dd.config import CONF_DIR, register_configs
 from dd.errors import DDError
 from dd.export import load
 from dd.pipeline import run
@@ -49,24 +49,25 @@ def bare(*extra):
 def test_cli_writes_results_comparisons_and_a_loadable_set(tmp_path):
     out = tmp_path / "run"
     env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="disabled", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "dd.cli.distill", *TINY, "method.compare.random_text.holdout=16",
-           "method.compare.random_text.grid_runs=1", "method.compare.full_finetune.epochs=1",
-           "method.compare.full_finetune.num_runs=1", f"hydra.run.dir={out}"]
+    cmd = [sys.executable, "-m", "dd.cli.distill", *TINY, "method.compare.random.holdout=16",
+           "method.compare.random.grid_runs=1", "method.compare.full.epochs=1",
+           "method.compare.full.num_runs=1", f"hydra.run.dir={out}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=Path(__file__).parents[2], timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
-    for name in ("attention_labels", "random_text", "full_finetune"):
+    for name in ("attention_labels", "random", "full"):
         assert any(line.lstrip().startswith(name) for line in lines), proc.stdout
     results = json.loads((out / "results.json").read_text())
     assert results["method"] == "attention_labels" and results["dataset"] == "synthetic_topics"
-    assert results["model"] == "tiny_bert" and results["ipc"] == 1 and len(results["accuracy"]["per_model"]) == 2
-    assert set(results["comparison"]) == {"random_text", "full_finetune"}
+    assert results["model"] == "tiny_bert" and results["ipc"] == 1 and len(results["metric"]["per_run"]) == 2
+    assert set(results["comparison"]) == {"random", "full"}
     assert results["timings"]["s_per_outer_step"] > 0 and results["timings"]["peak_rss_mb"] > 0
     # a text run records the settings it reads: not the image evaluator's, nor the expert buffer
-    assert results["config"]["eval"] == {"num_models": 2, "test_batch_size": 200} and "buffer" not in results["config"]
-    for name in ("random_text", "full_finetune"):  # each comparison is a row dd-table can read
+    assert results["kind"] == "text" and results["metric"]["name"] == "accuracy"
+    assert results["config"]["eval"]["num_models"] == 2 and not {"buffer", "prune"} & set(results["config"])
+    for name in ("random", "full"):  # each comparison is a row dd-table can read
         sub = json.loads((out / "compare" / name / "results.json").read_text())
-        assert sub["method"] == name and 0 <= sub["accuracy"]["mean"] <= 1
+        assert sub["method"] == name and 0 <= sub["metric"]["mean"] <= 1
 
     ds = load(out / "distilled")
     t = ds.tensors
@@ -99,7 +100,7 @@ def test_cli_writes_results_comparisons_and_a_loadable_set(tmp_path):
     tset = TextSet(t["inputs_embeds"], t["attention_mask"], t["token_type_ids"], t["labels"], t["lr"],
                    num_classes=4, attention_labels=t["attention_labels"])
     again = evaluate_text_set(clf, tset, data, 2, seed=0, progress=False)
-    assert again.per_model == pytest.approx(results["accuracy"]["per_model"], abs=1e-6)
+    assert again.per_model == pytest.approx(results["metric"]["per_run"], abs=1e-6)
 
 
 def test_resume_reaches_the_same_tensors(tmp_path, monkeypatch):
@@ -133,11 +134,10 @@ def test_resume_reaches_the_same_tensors(tmp_path, monkeypatch):
     (["method.label_type=fuzzy"], "label_type 'fuzzy'"),
     (["method.batch_per_class=2", "ipc=3"], "must divide ipc=3"),
     (["method.length=0"], "method.length=0"),
-    (["eval.epochs=10"], "eval.epochs=10 is an image-evaluator setting"),
     (["method.init=real", "method.length=9"], "at most dataset.max_length=8"),
     (["dataset=text_files", "dataset.train_file=/nonexistent/train.csv", "dataset.test_file=/nonexistent/t.csv"],
      "does not exist"),
-    (["model=convnet"], "image model"),
+    (["model=convnet"], "model 'convnet' is an image model"),
 ])
 def test_bad_input_is_refused_before_any_output(tmp_path, overrides, message):
     cfg = bare(*overrides)
@@ -148,11 +148,19 @@ def test_bad_input_is_refused_before_any_output(tmp_path, overrides, message):
 
 
 def test_text_methods_and_image_data_refuse_each_other(tmp_path):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        img = compose("config", overrides=["dataset=digits", "method=attention_labels", "progress=false"])
-        txt = compose("config", overrides=["dataset=synthetic_topics", "model=tiny_bert", "method=mtt", "progress=false"])
-    with pytest.raises(DDError, match="needs a text dataset"):
-        run(img, tmp_path / "a")
-    with pytest.raises(DDError, match="works on image datasets"):
+    """The CLI refuses a method or an evaluator key of the other kind before Hydra starts; a Python user's
+    config that names one anyway is refused by dd.pipeline.run before anything is written."""
+    from dd.cli.common import check_choices
+
+    with pytest.raises(DDError, match="method 'attention_labels' is a text method; image runs"):
+        check_choices(["dataset=digits", "method=attention_labels"])
+    with pytest.raises(DDError, match="method 'mtt' is an image method; text runs"):
+        check_choices(["dataset=synthetic_topics", "method=mtt"])
+    with pytest.raises(DDError, match="'epochs' is not a key of a text run's eval"):
+        check_choices(["dataset=synthetic_topics", "eval.epochs=10"])
+    txt = bare()
+    OmegaConf.set_struct(txt, False)
+    txt.method = {"name": "mtt"}
+    with pytest.raises(DDError, match="method 'mtt' is an image method"):
         run(txt, tmp_path / "b")
     assert not any(tmp_path.rglob("results.json"))

@@ -115,14 +115,62 @@ def cli_env(**extra: str | None) -> dict[str, str]:
 
 
 def run_cli(prog: str, *args, cwd=None, env: dict | None = None, nproc: int | None = None,
-            timeout: float = 600) -> subprocess.CompletedProcess:
+            timeout: float = 600, in_process: bool = False) -> subprocess.CompletedProcess:
     """Run `prog args...` as a user would (a real process; `nproc`: under torchrun with that many processes)
-    and hand back the finished process (text stdout/stderr). `env` adds to (None: removes from) cli_env()."""
+    and hand back the finished process (text stdout/stderr). `env` adds to (None: removes from) cli_env().
+
+    in_process=True: the command's entry point called in this process (its stdout, stderr and exit status
+    captured the same way), for the many refusals that end before any work: a fresh process costs seconds of
+    imports. What only a fresh process shows (import-time output, one line on stderr from start to end) is
+    checked by at least one real refusal of every command."""
+    if in_process:
+        assert cwd is None and nproc is None, "in_process runs here, in this folder, in one process"
+        return _run_here(prog, [str(a) for a in args], env or {})
     cmd = [*cli_command(prog), *map(str, args)]
     if nproc:  # torchrun starts a Python script (the console script) or a module
         script = cmd[:1] if cmd[0] != sys.executable else ["-m", _entry_points()[prog].split(":")[0]]
         cmd = [*TORCHRUN, str(nproc), *script, *map(str, args)]
     return subprocess.run(cmd, capture_output=True, text=True, env=cli_env(**(env or {})), cwd=cwd, timeout=timeout)
+
+
+def _run_here(prog: str, args: list[str], env: dict) -> subprocess.CompletedProcess:
+    import contextlib
+    import importlib
+    import io
+    import logging
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    module, fn = _entry_points()[prog].split(":")
+    main = getattr(importlib.import_module(module), fn)
+    out, err = io.StringIO(), io.StringIO()
+    root = logging.getLogger()
+    saved_handlers, saved_level, saved_argv, saved_env = root.handlers[:], root.level, sys.argv, dict(os.environ)
+    code = 0
+    try:
+        sys.argv = [prog, *args]
+        os.environ.update({k: str(v) for k, v in env.items() if v is not None})
+        for k in [k for k, v in env.items() if v is None]:
+            os.environ.pop(k, None)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main()
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        sys.argv = saved_argv
+        os.environ.clear()
+        os.environ.update(saved_env)
+        for h in root.handlers[:]:  # what Hydra's job logging added
+            if h not in saved_handlers:
+                root.removeHandler(h)
+                h.close()
+        for h in saved_handlers:
+            if h not in root.handlers:
+                root.addHandler(h)
+        root.setLevel(saved_level)
+        GlobalHydra.instance().clear()
+    return subprocess.CompletedProcess([prog, *args], code, out.getvalue(), err.getvalue())
 
 
 def assert_ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:

@@ -1,44 +1,24 @@
 """dd-distill / dd-table as a user runs them: real subprocesses, tiny settings on digits.
 
-Every invocation is independent, so a module fixture starts them all at once on a small
+Every invocation is independent, so a module fixture starts the real processes at once on a small
 thread pool and the tests read the outcomes; the suite then costs about the longest few
-runs instead of their sum.
+runs instead of their sum. The refusals end before any work: one is a real process (nothing printed
+at start or exit may break its one line), the others run in this process (conftest.run_cli).
 """
 
 import json
 import os
 import re
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_cli
 
 import dd.export
 
-BIN = Path(sys.executable).parent
 TINY = ["dataset=digits", "model.width=8", "eval.epochs=2", "eval.num_models=2"]
-
-
-def _cmd(script: str, module: str) -> list[str]:
-    exe = BIN / script
-    return [str(exe)] if exe.is_file() else [sys.executable, "-m", module]
-
-
-DISTILL = _cmd("dd-distill", "dd.cli.distill")
-TABLE = _cmd("dd-table", "dd.cli.table")
-
-
-def _env():
-    env = dict(os.environ, WANDB_MODE="disabled", OMP_NUM_THREADS="1", HYDRA_FULL_ERROR="0")
-    env.pop("DD_DATA", None)
-    return env
-
-
-def _run(cmd, timeout=300):
-    return subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=timeout)
 
 
 BAD = {  # name -> (overrides, text the one-line error must contain)
@@ -53,26 +33,30 @@ BAD = {  # name -> (overrides, text the one-line error must contain)
     "device_cuda7": (["device=cuda:7"], "device=cuda:7 was asked for but"),  # no GPU here, or fewer than 8
     "mnist_missing": (["dataset=mnist", "dataset.root={tmp}/nonexistent"], "{tmp}/nonexistent"),
 }
+REAL = "lr_neg"  # the refusal run as a real process: it goes through Hydra and into the run before refusing
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cli")
     jobs = {
-        "multirun": DISTILL + ["-m", "method=random,herding", "ipc=1", *TINY, "method.feature_epochs=1",
-                               "progress=false", f"hydra.sweep.dir={tmp}/sweep"],
-        "e2e": DISTILL + ["method=random", "ipc=1", *TINY, f"hydra.run.dir={tmp}/e2e/run"],
-        "full": DISTILL + ["method=full", "dataset=digits", "eval.epochs=1", "eval.num_models=1", "model.width=8",
-                           f"hydra.run.dir={tmp}/full/run"],
+        "multirun": ["-m", "method=random,herding", "ipc=1", *TINY, "method.feature_epochs=1",
+                     "progress=false", f"hydra.sweep.dir={tmp}/sweep"],
+        "e2e": ["method=random", "ipc=1", *TINY, f"hydra.run.dir={tmp}/e2e/run"],
+        "full": ["method=full", "dataset=digits", "eval.epochs=1", "eval.num_models=1", "model.width=8",
+                 f"hydra.run.dir={tmp}/full/run"],
     }
+    bad = {}
     for name, (overrides, _) in BAD.items():
         # dataset=... comes after TINY so it wins; the bad runs keep progress bars on (stderr must still be one line)
-        jobs[name] = DISTILL + ["method=random", "ipc=1", *TINY, *[o.format(tmp=tmp) for o in overrides],
-                                f"hydra.run.dir={tmp}/{name}/run"]
+        bad[name] = ["method=random", "ipc=1", *TINY, *[o.format(tmp=tmp) for o in overrides],
+                     f"hydra.run.dir={tmp}/{name}/run"]
+    jobs[REAL] = bad.pop(REAL)
     workers = max(2, min(4, os.cpu_count() or 2))
     with ThreadPoolExecutor(max_workers=workers) as pool:  # the long runs were added first
-        futures = {name: pool.submit(_run, cmd) for name, cmd in jobs.items()}
-        return tmp, {name: f.result() for name, f in futures.items()}
+        futures = {name: pool.submit(run_cli, "dd-distill", *args) for name, args in jobs.items()}
+        procs = {name: run_cli("dd-distill", *args, in_process=True) for name, args in bad.items()}  # meanwhile
+        return tmp, {**procs, **{name: f.result() for name, f in futures.items()}}
 
 
 def _ok(proc):
@@ -152,7 +136,7 @@ def test_multirun_and_table(runs):
         by_method[r["method"]] = r
     assert set(by_method) == {"random", "herding"}
 
-    table = _run(TABLE + [str(sweep)], timeout=120)
+    table = run_cli("dd-table", sweep, timeout=120)
     _ok(table)
     lines = table.stdout.strip().splitlines()
     assert lines[0].replace(" ", "") == "|method|digitsipc1|"

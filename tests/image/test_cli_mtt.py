@@ -1,37 +1,30 @@
 """dd-buffer and dd-distill method=mtt as a user runs them, plus wandb offline logging."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
+from conftest import run_cli
 
 from dd.export import load
 
 TINY = ["dataset=digits", "model.width=6", "buffer.epochs=2", "progress=false"]
 
 
-def cli(module, *args, env=None):
-    env = {**os.environ, "WANDB_MODE": "disabled", **(env or {})}
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env, timeout=600)
-
-
 def test_dd_buffer_builds_resumes_and_shards(tmp_path):
     buf = tmp_path / "buf"
-    first = cli("dd.cli.buffer", *TINY, "buffer.num_experts=2", f"buffer.dir={buf}", f"hydra.run.dir={tmp_path / 'r1'}")
+    first = run_cli("dd-buffer", *TINY, "buffer.num_experts=2", f"buffer.dir={buf}", f"hydra.run.dir={tmp_path / 'r1'}")
     assert first.returncode == 0, first.stderr
     assert "2 experts" in first.stdout
     manifest = json.loads((buf / "manifest.json").read_text())
     assert manifest["dataset"] == "digits" and manifest["model"]["width"] == 6
     stamp = (buf / "expert_0000.safetensors").stat().st_mtime_ns
     # a shard adds expert 2 and leaves 0 and 1 alone
-    shard = cli("dd.cli.buffer", *TINY, "buffer.expert_ids=[2]", f"buffer.dir={buf}", f"hydra.run.dir={tmp_path / 'r2'}")
+    shard = run_cli("dd-buffer", *TINY, "buffer.expert_ids=[2]", f"buffer.dir={buf}", f"hydra.run.dir={tmp_path / 'r2'}")
     assert shard.returncode == 0, shard.stderr
     assert (buf / "expert_0000.safetensors").stat().st_mtime_ns == stamp
     assert sorted(p.name for p in buf.glob("expert_*.json")) == ["expert_0000.json", "expert_0001.json", "expert_0002.json"]
     # another model into the same folder is refused with exit 2 and one line
-    bad = cli("dd.cli.buffer", *TINY, "model.width=8", "buffer.num_experts=1", f"buffer.dir={buf}",
+    bad = run_cli("dd-buffer", *TINY, "model.width=8", "buffer.num_experts=1", f"buffer.dir={buf}",
               f"hydra.run.dir={tmp_path / 'r3'}")
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0 and "model.width is 6 in the buffer but 8" in bad.stderr
@@ -42,7 +35,7 @@ def test_dd_distill_mtt_end_to_end(tmp_path):
     args = [*TINY, "method=mtt", "ipc=1", "buffer.num_experts=1", "method.max_start_epoch=1", "method.expert_epochs=1",
             "method.syn_steps=2", "method.iterations=2", "method.eval_every=1", "eval.epochs=5", "eval.num_models=1",
             f"buffer.dir={tmp_path / 'buf'}", f"hydra.run.dir={run_dir}"]
-    out = cli("dd.cli.distill", *args)
+    out = run_cli("dd-distill", *args)
     assert out.returncode == 0, out.stderr
     assert "mtt digits ipc=1: test accuracy" in out.stdout
     results = json.loads((run_dir / "results.json").read_text())
@@ -56,7 +49,7 @@ def test_dd_distill_mtt_end_to_end(tmp_path):
 
 def test_mtt_bad_input_exits_2_without_output(tmp_path):
     run_dir = tmp_path / "run"
-    out = cli("dd.cli.distill", *TINY, "method=mtt", "method.lr_lr=-1", f"hydra.run.dir={run_dir}")
+    out = run_cli("dd-distill", *TINY, "method=mtt", "method.lr_lr=-1", f"hydra.run.dir={run_dir}", in_process=True)
     assert out.returncode == 2
     assert "lr_lr=-1" in out.stderr and out.stderr.strip().count("\n") == 0
     assert not (run_dir / "results.json").exists() and not (run_dir / "distilled").exists()
@@ -65,7 +58,7 @@ def test_mtt_bad_input_exits_2_without_output(tmp_path):
 def test_wandb_offline_logging(tmp_path):
     pytest.importorskip("wandb")
     run_dir = tmp_path / "run"
-    out = cli("dd.cli.distill", "method=random", "ipc=1", "model.width=6", "eval.epochs=2", "eval.num_models=1",
+    out = run_cli("dd-distill", "method=random", "ipc=1", "model.width=6", "eval.epochs=2", "eval.num_models=1",
               "logger=wandb", "progress=false", f"hydra.run.dir={run_dir}",
               env={"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DIR": str(tmp_path)})
     assert out.returncode == 0, out.stderr

@@ -1,12 +1,10 @@
 """dd-export formats, dd-import of them, and dd-eval, against the libraries that read them."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from conftest import run_cli
 
 from dd.convert import to_hf, to_imagefolder, to_mtt_pt, to_png
 from dd.data import load_image_dataset
@@ -73,19 +71,14 @@ def test_png_grid_has_one_row_per_class(saved_set, tmp_path):
     assert h > w / 2  # ten rows of two images: taller than a single strip
 
 
-def cli(module, *args):
-    env = {**os.environ, "WANDB_MODE": "disabled"}
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env, timeout=300)
-
-
 def test_dd_export_and_dd_import_clis(saved_set, tmp_path):
-    ok = cli("dd.cli.export", str(saved_set), str(tmp_path / "pt"), "--format", "mtt_pt")
+    ok = run_cli("dd-export", saved_set, str(tmp_path / "pt"), "--format", "mtt_pt")
     assert ok.returncode == 0 and ok.stdout == f"written: {tmp_path / 'pt'}\n", ok.stderr
-    back = cli("dd.cli.importer", str(tmp_path / "pt"), str(tmp_path / "back"), "--dataset", "digits")
+    back = run_cli("dd-import", tmp_path / "pt", str(tmp_path / "back"), "--dataset", "digits")
     assert back.returncode == 0 and back.stdout.startswith(f"written: {tmp_path / 'back'} (20 digits images"), back.stderr
     assert torch.equal(load(tmp_path / "back").images, load(saved_set).images)
     z = str(tmp_path / "z")
-    for bad, words in [
+    for i, (bad, words) in enumerate([
         ([str(saved_set), z, "--format", "jpg"], "format 'jpg' is unknown"),
         ([str(saved_set), z, "--format", "png", "--colour", "red"], "--colour"),
         ([str(saved_set), z], "--format"),
@@ -93,23 +86,23 @@ def test_dd_export_and_dd_import_clis(saved_set, tmp_path):
         ([str(tmp_path / "pt"), z, "--format", "ddlab"], "dd-import SOURCE OUT --dataset"),  # imports moved
         ([f"path={tmp_path / 'pt'}", "format=ddlab", "dataset=digits", f"out={z}"], "dd-import SOURCE OUT --dataset"),
         ([f"path={saved_set}", "format=png", f"out={z}"], "key=value arguments are gone"),
-    ]:
-        r = cli("dd.cli.export", *bad)
+    ]):
+        r = run_cli("dd-export", *bad, in_process=i > 0)  # the first as a real process, the others here
         assert r.returncode == 2 and words in r.stderr and r.stderr.strip().count("\n") == 0, (bad, r.stderr)
         assert r.stderr.startswith("dd-export: error: ")
-    r = cli("dd.cli.importer", str(tmp_path / "pt"), z)
+    r = run_cli("dd-import", tmp_path / "pt", z)
     assert r.returncode == 2 and "--dataset" in r.stderr and r.stderr.strip().count("\n") == 0
     assert not (tmp_path / "z").exists()
 
 
 def test_dd_eval_cli_writes_results_beside_the_set_meta(saved_set, tmp_path):
     run = tmp_path / "eval"
-    r = cli("dd.cli.eval", f"path={saved_set}", "model=mlp", "eval.epochs=3", "eval.num_models=2", "progress=false",
+    r = run_cli("dd-eval", f"path={saved_set}", "model=mlp", "eval.epochs=3", "eval.num_models=2", "progress=false",
             f"hydra.run.dir={run}")
     assert r.returncode == 0, r.stderr
     results = json.loads((run / "results.json").read_text())
     assert results["model"] == "mlp" and results["distilled_with"] == "convnet" and results["method"] == "random"
     assert len(results["metric"]["per_run"]) == 2 and results["eval"]["lr"] == pytest.approx(0.02)
     assert json.loads((run / "set_meta.json").read_text())["sha256"] == load(saved_set).meta["sha256"]
-    bad = cli("dd.cli.eval", f"path={tmp_path / 'missing'}", f"hydra.run.dir={tmp_path / 'e2'}")
+    bad = run_cli("dd-eval", f"path={tmp_path / 'missing'}", f"hydra.run.dir={tmp_path / 'e2'}")
     assert bad.returncode == 2 and "missing" in bad.stderr

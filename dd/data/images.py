@@ -305,12 +305,19 @@ def _from_uint8(a) -> Tensor:
 
 
 def _load_digits() -> _Raw:
-    from sklearn.datasets import load_digits
+    # scikit-learn's digits file, read as sklearn.datasets.load_digits reads it (the same values), without
+    # importing scikit-learn: that import costs seconds, more than the rest of a tiny digits run
+    import importlib.util
 
-    d = load_digits()
-    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (1797, 1, 8, 8)
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise DDError("dataset=digits needs scikit-learn (its digits file): pip install scikit-learn")
+    path = os.path.join(list(spec.submodule_search_locations)[0], "datasets", "data", "digits.csv.gz")
+    with gzip.open(path, "rt") as f:
+        d = np.loadtxt(f, delimiter=",")
+    x = torch.tensor(d[:, :-1].reshape(-1, 8, 8), dtype=torch.float32).unsqueeze(1) / 16.0  # (1797, 1, 8, 8)
     x = F.interpolate(x, size=(16, 16), mode="bilinear", align_corners=False)
-    y = torch.tensor(d.target, dtype=torch.int64)
+    y = torch.tensor(d[:, -1].astype(int), dtype=torch.int64)
     return _Raw(x[:1500], y[:1500], x[1500:], y[1500:], [str(i) for i in range(10)])
 
 

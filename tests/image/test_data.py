@@ -27,9 +27,17 @@ def digits_zca():
 
 
 def test_digits_shapes_and_labels(digits):
+    """dd reads scikit-learn's digits file itself (importing scikit-learn costs seconds): the images and labels
+    are scikit-learn's, its 8x8 images upsampled bilinearly to 16x16."""
+    import torch.nn.functional as F
     from sklearn.datasets import load_digits
 
-    target = torch.as_tensor(load_digits().target, dtype=torch.int64)
+    sk = load_digits()
+    target = torch.as_tensor(sk.target, dtype=torch.int64)
+    pixels = F.interpolate(torch.tensor(sk.images, dtype=torch.float32).unsqueeze(1) / 16.0, size=(16, 16),
+                           mode="bilinear", align_corners=False)
+    torch.testing.assert_close(digits.to_pixels(digits.train_x), pixels[:1500], atol=1e-5, rtol=0)
+    torch.testing.assert_close(digits.to_pixels(digits.test_x), pixels[1500:], atol=1e-5, rtol=0)
     assert digits.train_x.shape == (1500, 1, 16, 16) and digits.test_x.shape == (297, 1, 16, 16)
     assert digits.train_x.dtype == torch.float32 and digits.train_y.dtype == torch.int64
     assert torch.equal(digits.train_y, target[:1500]) and torch.equal(digits.test_y, target[1500:])

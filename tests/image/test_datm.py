@@ -5,14 +5,11 @@ buffer of three linear "experts" whose last-epoch predictions are chosen in the 
 """
 
 import json
-import os
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import dies_at_call
+from conftest import dies_at_call, run_cli
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
@@ -217,9 +214,7 @@ def test_mtt_only_keys_are_unknown_to_datm(tmp_path):
 def test_dd_distill_datm_end_to_end(tmp_path):
     run_dir = tmp_path / "run"
     args = [*[a for a in TINY if a != "logger=none"], f"buffer.dir={tmp_path / 'buffer'}", f"hydra.run.dir={run_dir}"]
-    env = {**os.environ, "WANDB_MODE": "disabled"}
-    out = subprocess.run([sys.executable, "-m", "dd.cli.distill", *args], capture_output=True, text=True, env=env,
-                         timeout=300)
+    out = run_cli("dd-distill", *args)
     assert out.returncode == 0, out.stderr
     assert "datm digits ipc=1: test accuracy" in out.stdout
     results = json.loads((run_dir / "results.json").read_text())

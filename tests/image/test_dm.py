@@ -2,14 +2,11 @@
 a fresh network every iteration, resume, refused values, and the CLI end to end."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import dies_at_call
+from conftest import dies_at_call, run_cli
 from hydra import compose, initialize_config_dir
 
 from dd.config import CONF_DIR, register_configs
@@ -196,10 +193,8 @@ def test_bad_values_are_refused_before_any_output(tmp_path, override, message):
 # --- as a user runs it -----------------------------------------------------------------------------
 
 
-def cli(*args):
-    env = {**os.environ, "WANDB_MODE": "disabled"}
-    return subprocess.run([sys.executable, "-m", "dd.cli.distill", *args], capture_output=True, text=True, env=env,
-                          timeout=300)
+def cli(*args, in_process=False):
+    return run_cli("dd-distill", *args, in_process=in_process)
 
 
 def test_dd_distill_dm_end_to_end(tmp_path):
@@ -220,7 +215,7 @@ def test_dd_distill_dm_end_to_end(tmp_path):
 
 def test_dd_distill_dm_bad_value_exits_2_with_one_line(tmp_path):
     run_dir = tmp_path / "run"
-    out = cli("method=dm", "method.lr_img=0", "progress=false", f"hydra.run.dir={run_dir}")
+    out = cli("method=dm", "method.lr_img=0", "progress=false", f"hydra.run.dir={run_dir}", in_process=True)
     assert out.returncode == 2
     assert "lr_img=0" in out.stderr and out.stderr.strip().count("\n") == 0
     assert not (run_dir / "results.json").exists()

@@ -2,12 +2,10 @@
 
 import json
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from conftest import run_cli
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -173,9 +171,7 @@ def test_select_test_reports_the_best_round_on_fresh_models_and_keeps_the_last(t
 
 
 def cli(*args):
-    env = {**os.environ, "WANDB_MODE": "disabled"}
-    return subprocess.run([sys.executable, "-m", "dd.cli.distill", *args], capture_output=True, text=True, env=env,
-                          timeout=300)
+    return run_cli("dd-distill", *args)
 
 
 @pytest.mark.parametrize("method, init", [("dc", "noise"), ("dsa", "real")])

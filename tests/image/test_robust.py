@@ -3,14 +3,11 @@ subsets, which labels and augmentation each condition trains with, and a run as 
 
 import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import image_cfg, run_cli
 from omegaconf import OmegaConf
 
 import dd.image.robust as robust
@@ -281,27 +278,19 @@ def test_per_model_sets_train_model_k_on_set_k(digits_data):
 
 # --- the command ----------------------------------------------------------------------------------------
 
-def _env():
-    return dict(os.environ, WANDB_MODE="disabled", OMP_NUM_THREADS="1", HYDRA_FULL_ERROR="0",
-                PYTHONPATH=str(Path(__file__).resolve().parents[2]))
-
-
-def _run(*args):
-    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, env=_env(), timeout=600)
-
-
 @pytest.fixture(scope="module")
 def digits_random_set(tmp_path_factory):
+    """The set `dd-distill method=random` exports (made here by its pipeline; dd-distill itself runs in test_cli)."""
+    from dd.pipeline import run
+
     out = tmp_path_factory.mktemp("robust") / "random"
-    r = _run("dd.cli.distill", "method=random", "dataset=digits", "ipc=1", "model.width=8", "eval.num_models=1",
-             "eval.epochs=2", f"hydra.run.dir={out}", "progress=false")
-    assert r.returncode == 0, r.stderr
+    run(image_cfg("method=random", "model.width=8"), out)
     return out / "distilled"
 
 
 def test_dd_eval_robust_writes_lrs_and_ars_in_the_unit_interval(digits_random_set, tmp_path, capsys):
     out = tmp_path / "robust"
-    r = _run("dd.cli.eval", f"path={digits_random_set}", "eval.protocol=robust", "eval.num_models=2", "eval.epochs=3",
+    r = run_cli("dd-eval", f"path={digits_random_set}", "eval.protocol=robust", "eval.num_models=2", "eval.epochs=3",
              f"hydra.run.dir={out}", "progress=false")
     assert r.returncode == 0, r.stderr
     assert "LRS" in r.stdout and "syn_own = syn_hard" in r.stdout
@@ -328,7 +317,7 @@ def test_dd_eval_robust_writes_lrs_and_ars_in_the_unit_interval(digits_random_se
 
 def test_an_unknown_protocol_is_refused_before_anything_is_written(digits_random_set, tmp_path):
     out = tmp_path / "never"
-    r = _run("dd.cli.eval", f"path={digits_random_set}", "eval.protocol=fair", f"hydra.run.dir={out}")
+    r = run_cli("dd-eval", f"path={digits_random_set}", "eval.protocol=fair", f"hydra.run.dir={out}", in_process=True)
     assert r.returncode == 2 and "eval.protocol 'fair' is unknown" in r.stderr and "standard, robust" in r.stderr
     assert not (out / "results.json").exists()
 

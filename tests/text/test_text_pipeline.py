@@ -1,13 +1,10 @@
 """Text runs end to end on a tiny BERT: the CLI, export, resume, and refusals before any output."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO, run_cli
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -48,11 +45,9 @@ def bare(*extra):
 
 def test_cli_writes_results_comparisons_and_a_loadable_set(tmp_path):
     out = tmp_path / "run"
-    env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="disabled", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "dd.cli.distill", *TINY, "method.compare.random.holdout=16",
-           "method.compare.random.grid_runs=1", "method.compare.full.epochs=1",
-           "method.compare.full.num_runs=1", f"hydra.run.dir={out}"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=Path(__file__).parents[2], timeout=300)
+    proc = run_cli("dd-distill", *TINY, "method.compare.random.holdout=16", "method.compare.random.grid_runs=1",
+                   "method.compare.full.epochs=1", "method.compare.full.num_runs=1", f"hydra.run.dir={out}",
+                   env={"HF_HUB_OFFLINE": "1"}, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
     for name in ("attention_labels", "random", "full"):

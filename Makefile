@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo table-digits test test-all lint bench gpu-check slurm-check corpora clean
+.PHONY: install demo table-digits test test-all lint bench gpu-check slurm-check corpora docs clean
 
 install: $(STAMP)
 
@@ -75,5 +75,10 @@ slurm-check: install
 lint: install
 	$(VENV)/bin/ruff check dd tests benchmarks
 
+# The manual (MkDocs + Material, mkdocs.yml) into site/, offline; strict: a broken link, a missing page or API
+# reference fails. Its configuration tables are generated from the schemas at build time (docs/_hooks/).
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) outputs multirun wandb .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) outputs multirun wandb site .pytest_cache .ruff_cache *.egg-info

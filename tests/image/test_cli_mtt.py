@@ -19,7 +19,8 @@ def test_dd_buffer_builds_resumes_and_shards(tmp_path):
     assert manifest["dataset"] == "digits" and manifest["model"]["width"] == 6
     stamp = (buf / "expert_0000.safetensors").stat().st_mtime_ns
     # a shard adds expert 2 and leaves 0 and 1 alone
-    shard = run_cli("dd-buffer", *TINY, "buffer.expert_ids=[2]", f"buffer.dir={buf}", f"hydra.run.dir={tmp_path / 'r2'}")
+    shard = run_cli("dd-buffer", *TINY, "buffer.expert_ids=[2]", f"buffer.dir={buf}", f"hydra.run.dir={tmp_path / 'r2'}",
+                    in_process=True)
     assert shard.returncode == 0, shard.stderr
     assert (buf / "expert_0000.safetensors").stat().st_mtime_ns == stamp
     assert sorted(p.name for p in buf.glob("expert_*.json")) == ["expert_0000.json", "expert_0001.json", "expert_0002.json"]
@@ -35,7 +36,7 @@ def test_dd_distill_mtt_end_to_end(tmp_path):
     args = [*TINY, "method=mtt", "ipc=1", "buffer.num_experts=1", "method.max_start_epoch=1", "method.expert_epochs=1",
             "method.syn_steps=2", "method.iterations=2", "method.eval_every=1", "eval.epochs=5", "eval.num_models=1",
             f"buffer.dir={tmp_path / 'buf'}", f"hydra.run.dir={run_dir}"]
-    out = run_cli("dd-distill", *args)
+    out = run_cli("dd-distill", *args, in_process=True)  # a real process in test_cli
     assert out.returncode == 0, out.stderr
     assert "mtt digits ipc=1: test accuracy" in out.stdout
     results = json.loads((run_dir / "results.json").read_text())

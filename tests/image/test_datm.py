@@ -214,7 +214,7 @@ def test_mtt_only_keys_are_unknown_to_datm(tmp_path):
 def test_dd_distill_datm_end_to_end(tmp_path):
     run_dir = tmp_path / "run"
     args = [*[a for a in TINY if a != "logger=none"], f"buffer.dir={tmp_path / 'buffer'}", f"hydra.run.dir={run_dir}"]
-    out = run_cli("dd-distill", *args)
+    out = run_cli("dd-distill", *args, in_process=True)  # a real process in test_cli
     assert out.returncode == 0, out.stderr
     assert "datm digits ipc=1: test accuracy" in out.stdout
     results = json.loads((run_dir / "results.json").read_text())

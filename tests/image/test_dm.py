@@ -193,8 +193,10 @@ def test_bad_values_are_refused_before_any_output(tmp_path, override, message):
 # --- as a user runs it -----------------------------------------------------------------------------
 
 
-def cli(*args, in_process=False):
-    return run_cli("dd-distill", *args, in_process=in_process)
+def cli(*args):
+    """dd-distill called in this process (conftest.run_cli: its output and exit status as a user sees them; the
+    command runs as a real process in test_cli)."""
+    return run_cli("dd-distill", *args, in_process=True)
 
 
 def test_dd_distill_dm_end_to_end(tmp_path):
@@ -215,7 +217,7 @@ def test_dd_distill_dm_end_to_end(tmp_path):
 
 def test_dd_distill_dm_bad_value_exits_2_with_one_line(tmp_path):
     run_dir = tmp_path / "run"
-    out = cli("method=dm", "method.lr_img=0", "progress=false", f"hydra.run.dir={run_dir}", in_process=True)
+    out = cli("method=dm", "method.lr_img=0", "progress=false", f"hydra.run.dir={run_dir}")
     assert out.returncode == 2
     assert "lr_img=0" in out.stderr and out.stderr.strip().count("\n") == 0
     assert not (run_dir / "results.json").exists()

@@ -171,7 +171,9 @@ def test_select_test_reports_the_best_round_on_fresh_models_and_keeps_the_last(t
 
 
 def cli(*args):
-    return run_cli("dd-distill", *args)
+    """dd-distill called in this process (conftest.run_cli: its output and exit status as a user sees them; the
+    command runs as a real process in test_cli)."""
+    return run_cli("dd-distill", *args, in_process=True)
 
 
 @pytest.mark.parametrize("method, init", [("dc", "noise"), ("dsa", "real")])

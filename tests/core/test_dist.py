@@ -1,8 +1,12 @@
 """Several processes, one job (dd.dist, gloo on the CPU): the numbers of one process.
 
-Each test starts a real job of 2 or 3 processes (tests/ranks.py, torchrun's environment) and compares
-what every rank computed with the reference code's values (tests/data/reference) and with one process.
+The tests compare what every rank of a real job of 2 or 3 processes (tests/ranks.py, torchrun's environment)
+computed with the reference code's values (tests/data/reference) and with one process. Starting a process
+costs more than the work asked of it, so one job of 2 processes (the `two_ranks` fixture) does the work of
+every 2-process test, each part's outcome or refusal kept for its test.
 """
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -53,9 +57,33 @@ def iterations(cases: list[tuple]) -> list[dict]:
     return [iteration(*case) for case in cases]
 
 
-def test_two_ranks_give_the_reference_meta_gradient_with_every_engine():
-    cases = [(engine, plan) for engine in ENGINES for plan in ("full", "mini")]
-    ranked = run_ranks(iterations, 2, cases)
+ENGINE_CASES = [(engine, plan) for engine in ENGINES for plan in ("full", "mini")]
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """One job of 2 processes: the rank-by-rank outcomes of two_rank_job."""
+    return run_ranks(two_rank_job, 2, str(tmp_path_factory.mktemp("job")))
+
+
+def two_rank_job(out: str) -> dict:
+    """What the 2-process tests ask of a job, in one: the engines' iterations, the step-size check (its refusal
+    kept as text) and the whole runs of each method (into out/<method>)."""
+    done = {"iterations": iterations(ENGINE_CASES), "small_steps": small_steps(20, 6)}
+    try:
+        small_steps(21, 10)
+        done["small_steps_refused"] = None
+    except DDError as e:
+        done["small_steps_refused"] = str(e)
+    for method in DISTILLED:
+        done[method] = distill_run(job_overrides(method, f"{out}/buffer_{method}"), f"{out}/{method}")
+    done["out"] = out
+    return done
+
+
+def test_two_ranks_give_the_reference_meta_gradient_with_every_engine(two_ranks):
+    cases = ENGINE_CASES
+    ranked = [rank["iterations"] for rank in two_ranks]
     g = load_file(str(REFERENCE / "mtt_iteration.safetensors"))
     for k, (engine, plan) in enumerate(cases):
         a, b = ranked[0][k], ranked[1][k]
@@ -111,10 +139,10 @@ def small_steps(n, batch_syn):
     return "ok"
 
 
-def test_a_step_smaller_than_the_world_is_refused_on_every_rank():
-    assert run_ranks(small_steps, 2, 20, 6) == ["ok", "ok"]  # steps of 6 and the remainder 2
-    with pytest.raises(Exception, match="fewer than the 2 processes"):
-        run_ranks(small_steps, 2, 21, 10)  # a remainder of 1 image
+def test_a_step_smaller_than_the_world_is_refused_on_every_rank(two_ranks):
+    assert [rank["small_steps"] for rank in two_ranks] == ["ok", "ok"]  # steps of 6 and the remainder 2
+    for rank in two_ranks:  # a remainder of 1 image
+        assert "fewer than the 2 processes" in rank["small_steps_refused"]
     with pytest.raises(DDError, match="batchnorm"):
         check_world_with_batchnorm()
 
@@ -148,6 +176,13 @@ METHODS = {
 }
 
 
+DISTILLED = ["dc", "dm", "mtt"]  # dsa is dc's class sharing with augmentation
+
+
+def job_overrides(method: str, buffer: str) -> list[str]:
+    return [*RUN, *METHODS[method], f"buffer.dir={buffer}"]
+
+
 def distill_run(overrides: list[str], out: str) -> dict:
     """dd.pipeline.run as dd-distill calls it: what it returned, and (rank 0) the exported images."""
     from pathlib import Path
@@ -168,14 +203,12 @@ def distill_run(overrides: list[str], out: str) -> dict:
     return {"results": results, "images": images, "rank": dist.rank()}
 
 
-@pytest.mark.parametrize("method", ["dc", "dm", "mtt"])  # dsa is dc's class sharing with augmentation
-def test_two_processes_distill_what_one_does(method, tmp_path):
-    overrides = [*RUN, *METHODS[method], f"buffer.dir={tmp_path / 'buffer'}"]
-    one = distill_run(overrides, str(tmp_path / "one"))
-    if method == "mtt":  # the job builds its own experts, shared out over the ranks, into a fresh folder
-        overrides[-1] = f"buffer.dir={tmp_path / 'buffer2'}"
-    job = run_ranks(distill_run, 2, overrides, str(tmp_path / "job"))
-    a, b = job
+@pytest.mark.parametrize("method", DISTILLED)
+def test_two_processes_distill_what_one_does(method, tmp_path, two_ranks):
+    one = distill_run(job_overrides(method, str(tmp_path / "buffer")), str(tmp_path / "one"))
+    # the job built its own experts, shared out over the ranks, into a fresh folder
+    a, b = (rank[method] for rank in two_ranks)
+    job_dir = Path(two_ranks[0]["out"]) / method
     # every rank evaluated the same models: the per-model numbers of one process (models dealt to ranks)
     assert a["results"]["metric"]["per_run"] == b["results"]["metric"]["per_run"]
     assert a["results"]["metric"]["per_run"] == pytest.approx(one["results"]["metric"]["per_run"], abs=1e-6)
@@ -186,11 +219,11 @@ def test_two_processes_distill_what_one_does(method, tmp_path):
         assert close(a["images"], one["images"]) < 1e-5
     else:
         assert torch.equal(a["images"], one["images"])
-    assert b["images"] is None and (tmp_path / "job" / "results.json").is_file()
+    assert b["images"] is None and (job_dir / "results.json").is_file()
     if method == "mtt":
         from dd.image.experts import Buffer
 
-        records = Buffer.open(tmp_path / "buffer2").records()
+        records = Buffer.open(Path(two_ranks[0]["out"]) / "buffer_mtt").records()
         assert sorted(r["id"] for r in records) == [0, 1, 2]
         assert sorted(r["rank"] for r in records) == [0, 0, 1]  # dealt round-robin: 0 and 2 to rank 0
 

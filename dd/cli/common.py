@@ -87,6 +87,24 @@ def check_choices(argv: list[str], kinds: bool = True) -> None:
                 raise DDError(f"{key} '{v}' is unknown; choose one of: {', '.join(known)}")
     if kinds and not extra:  # a user's config folder may hold what the package's tree cannot compose
         check_kind(argv)
+        if not {"-m", "--multirun"} & set(argv):  # a single run: Hydra's own checks, as one line
+            check_compose(argv)
+
+
+def check_compose(argv: list[str]) -> None:
+    """Compose the run as dd-distill will, so a misspelt key or an ill-typed value is refused in one line (the
+    first of Hydra's message, which names the key) before anything is written."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from dd.config import compose
+
+    wanted = [f"{p}{k}={v}" for p, k, v in overrides_of(argv) if not k.startswith("hydra")]
+    try:
+        compose(wanted)
+    except (HydraException, OmegaConfBaseException) as e:
+        first = [str(x).strip().splitlines()[0] for x in (e, e.__cause__) if x is not None and str(x).strip()]
+        raise DDError(": ".join(first) if first else type(e).__name__) from None
 
 
 def models_of(kind: str) -> list[str]:

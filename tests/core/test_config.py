@@ -196,9 +196,9 @@ def test_check_choices_prefixed_and_late_in_list(arg):
         ["dataset=digits"],
         ["-m", "method=random,herding,kcenter", "dataset=digits,mnist"],
         ["model=convnet_bn", "eval=quick", "logger=wandb"],
-        ["ipc=foo", "seed=bar", "model.width=8", "dataset.name=whatever", "hydra.run.dir=/x/y"],
+        ["ipc=3", "seed=2", "model.width=8", "dataset.name=whatever", "hydra.run.dir=/x/y"],
         ["--multirun", "-c", "job", "--cfg=job"],
-        ["method=choice(random,herding)"],  # Hydra sweep functions are left to Hydra
+        ["-m", "method=choice(random,herding)"],  # Hydra sweep functions are left to Hydra
         [],
     ],
 )
@@ -234,3 +234,13 @@ def test_each_kind_takes_its_own_keys():
     check_choices(["dataset=synthetic_topics", "method=random", "eval.num_models=3", "inner.engine=unroll"])
     check_choices(["dataset=lm_files", "method=nll", "prune.keep=0.5", "model=gpt2_tiny"])
     check_choices(["dataset=digits", "method=random", "buffer.epochs=3", "+buffer.extra=1"])
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["ipc=abc"], "ipc=abc: Value 'abc' of type 'str' could not be converted to Integer"),
+    (["method=mtt", "method.syn_stepz=3"], "syn_stepz"),
+])
+def test_a_typo_or_a_wrong_type_is_refused_in_one_line_before_hydra_starts(argv, needle):
+    with pytest.raises(DDError, match=needle) as err:
+        check_choices(argv)
+    assert "\n" not in str(err.value)

@@ -9,7 +9,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from dd.cli.common import check_choices, guarded, rank_argv
+from dd.cli.common import check_choices, guarded, print_version_if_asked, rank_argv
 from dd.config import CONF_DIR, register_configs
 from dd.errors import DDError
 
@@ -43,6 +43,7 @@ def _app(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    print_version_if_asked(PROG, sys.argv[1:])
     guarded(PROG, lambda: check_choices(sys.argv[1:]))
     sys.argv = rank_argv(sys.argv)  # several processes (torchrun, srun): one run folder, rank 0's
     _app()

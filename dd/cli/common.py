@@ -195,6 +195,22 @@ def check_slurm() -> None:
                       "cluster's login node, or use hydra/launcher=local")
 
 
+def version_line(prog: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"{prog} (ddlab {version('ddlab')})"
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return f"{prog} (ddlab, not installed)"
+
+
+def print_version_if_asked(prog: str, argv: list[str]) -> None:
+    """`--version` on a Hydra command: the version line, exit 0 (argparse commands use action="version")."""
+    if "--version" in argv:
+        print(version_line(prog))
+        sys.exit(0)
+
+
 def fail(prog: str, err: Exception) -> None:
     print(f"{prog}: error: {err}", file=sys.stderr)
     sys.exit(2)

@@ -11,7 +11,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from dd.cli.common import check_choices, guarded, job_output_dir, rank_argv
+from dd.cli.common import check_choices, guarded, job_output_dir, print_version_if_asked, rank_argv
 from dd.config import CONF_DIR, register_configs
 
 PROG = "dd-distill"
@@ -32,6 +32,7 @@ def _app(cfg: DictConfig) -> float:
 
 
 def main() -> None:
+    print_version_if_asked(PROG, sys.argv[1:])
     guarded(PROG, lambda: check_choices(sys.argv[1:]))
     sys.argv = rank_argv(sys.argv)  # several processes (torchrun, srun): one run folder, rank 0's
     _app()

@@ -11,7 +11,7 @@ Other projects' sets come in through dd-import.
 import argparse
 import sys
 
-from dd.cli.common import guarded
+from dd.cli.common import guarded, version_line
 from dd.cli.parser import OneLineParser
 from dd.convert import FORMATS, export_set
 from dd.errors import DDError
@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     p = OneLineParser(prog=PROG, description=__doc__.splitlines()[0], epilog="\n".join(__doc__.splitlines()[1:]),
                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=version_line(PROG))
     p.add_argument("set", metavar="SET", help="a ddlab set (a run's distilled/ folder)")
     p.add_argument("out", metavar="OUT", help="where to write it: a folder, or with --format png a .png file")
     p.add_argument("--format", required=True, metavar="|".join(FORMATS), help="the format to write")

@@ -13,7 +13,7 @@ must lie almost all in [0, 1].
 
 import argparse
 
-from dd.cli.common import guarded
+from dd.cli.common import guarded, version_line
 from dd.cli.parser import OneLineParser
 from dd.importers import SOURCE_FORMATS, SPACES, import_into
 
@@ -23,6 +23,7 @@ PROG = "dd-import"
 def main(argv: list[str] | None = None) -> None:
     p = OneLineParser(prog=PROG, description=__doc__.splitlines()[0], epilog="\n".join(__doc__.splitlines()[1:]),
                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=version_line(PROG))
     p.add_argument("source", metavar="SOURCE", help="the released set: a folder or a .pt file")
     p.add_argument("out", metavar="OUT", help="the ddlab set to write (a folder)")
     p.add_argument("--format", default="auto", choices=SOURCE_FORMATS, help="the source's format (default: auto)")

@@ -8,7 +8,7 @@
 import argparse
 import json
 
-from dd.cli.common import guarded
+from dd.cli.common import guarded, version_line
 from dd.presets import find_presets, format_presets
 
 PROG = "dd-presets"
@@ -16,6 +16,7 @@ PROG = "dd-presets"
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=version_line(PROG))
     p.add_argument("--config-dir", "-cd", action="append", default=[], metavar="DIR",
                    help="a config folder of your own, as Hydra's --config-dir: its experiment/*.yaml are listed too "
                         "(repeatable)")

@@ -7,7 +7,7 @@
 import argparse
 from pathlib import Path
 
-from dd.cli.common import guarded
+from dd.cli.common import guarded, version_line
 from dd.errors import DDError
 from dd.table import CAPTIONS, STATS, collect, find_results, load_reference, plot, render
 
@@ -16,6 +16,7 @@ PROG = "dd-table"
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=version_line(PROG))
     p.add_argument("paths", nargs="+", help="run or multirun folders (searched for results.json)")
     p.add_argument("--format", default="md", choices=["md", "csv", "latex"])
     p.add_argument("--reference", help="published.yaml with the paper's figures")

@@ -10,7 +10,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from dd.cli.common import check_choices, guarded
+from dd.cli.common import check_choices, guarded, print_version_if_asked
 from dd.config import CONF_DIR, register_configs
 from dd.errors import DDError
 
@@ -38,6 +38,7 @@ def _app(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    print_version_if_asked(PROG, sys.argv[1:])
     guarded(PROG, lambda: check_choices(sys.argv[1:]))
     _app()
 

@@ -244,3 +244,13 @@ def test_a_typo_or_a_wrong_type_is_refused_in_one_line_before_hydra_starts(argv,
     with pytest.raises(DDError, match=needle) as err:
         check_choices(argv)
     assert "\n" not in str(err.value)
+
+
+def test_every_command_prints_its_version():
+    from importlib.metadata import version
+
+    from conftest import run_cli
+
+    for prog in ("dd-distill", "dd-table"):  # a Hydra command and an argparse one
+        r = run_cli(prog, "--version", in_process=True)
+        assert r.returncode == 0 and r.stdout.strip() == f"{prog} (ddlab {version('ddlab')})", r.stdout + r.stderr

@@ -82,7 +82,7 @@ def lm_cfg(*overrides: str):
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node"]
 
 
-def _entry_points() -> dict[str, str]:
+def entry_points() -> dict[str, str]:
     return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
 
 
@@ -92,7 +92,7 @@ def cli_command(prog: str) -> list[str]:
     exe = Path(sys.executable).parent / prog
     if exe.is_file():
         return [str(exe)]
-    module, fn = _entry_points()[prog].split(":")
+    module, fn = entry_points()[prog].split(":")
     return [sys.executable, "-c", f"import sys; sys.argv[0] = {prog!r}; from {module} import {fn}; sys.exit({fn}())"]
 
 
@@ -128,7 +128,7 @@ def run_cli(prog: str, *args, cwd=None, env: dict | None = None, nproc: int | No
         return _run_here(prog, [str(a) for a in args], env or {})
     cmd = [*cli_command(prog), *map(str, args)]
     if nproc:  # torchrun starts a Python script (the console script) or a module
-        script = cmd[:1] if cmd[0] != sys.executable else ["-m", _entry_points()[prog].split(":")[0]]
+        script = cmd[:1] if cmd[0] != sys.executable else ["-m", entry_points()[prog].split(":")[0]]
         cmd = [*TORCHRUN, str(nproc), *script, *map(str, args)]
     return subprocess.run(cmd, capture_output=True, text=True, env=cli_env(**(env or {})), cwd=cwd, timeout=timeout)
 
@@ -138,10 +138,11 @@ def _run_here(prog: str, args: list[str], env: dict) -> subprocess.CompletedProc
     import importlib
     import io
     import logging
+    import warnings
 
     from hydra.core.global_hydra import GlobalHydra
 
-    module, fn = _entry_points()[prog].split(":")
+    module, fn = entry_points()[prog].split(":")
     main = getattr(importlib.import_module(module), fn)
     out, err = io.StringIO(), io.StringIO()
     root = logging.getLogger()
@@ -149,10 +150,16 @@ def _run_here(prog: str, args: list[str], env: dict) -> subprocess.CompletedProc
     code = 0
     try:
         sys.argv = [prog, *args]
-        os.environ.update({k: str(v) for k, v in env.items() if v is not None})
-        for k in [k for k, v in env.items() if v is None]:
-            os.environ.pop(k, None)
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        fresh = cli_env(**env)  # the environment the command's process would get
+        os.environ.clear()
+        os.environ.update(fresh)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+            # warnings print to (the captured) stderr under a fresh interpreter's filters, as in a real process
+            warnings.resetwarnings()
+            for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+                warnings.filterwarnings("ignore", category=category)
+            warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: sys.stderr.write(
+                warnings.formatwarning(message, category, filename, lineno, line))
             try:
                 main()
             except SystemExit as e:

@@ -3,18 +3,21 @@
 Every invocation is independent, so a module fixture starts the real processes at once on a small
 thread pool and the tests read the outcomes; the suite then costs about the longest few
 runs instead of their sum. The refusals end before any work: one is a real process (nothing printed
-at start or exit may break its one line), the others run in this process (conftest.run_cli).
+at start or exit may break its one line), the others run in this process (conftest.run_cli), as does
+method=full. The end-to-end run logs to wandb offline as well.
 """
 
 import json
 import os
 import re
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import cli_env, entry_points, run_cli
 
 import dd.export
 
@@ -42,10 +45,11 @@ def runs(tmp_path_factory):
     jobs = {
         "multirun": ["-m", "method=random,herding", "ipc=1", *TINY, "method.feature_epochs=1",
                      "progress=false", f"hydra.sweep.dir={tmp}/sweep"],
-        "e2e": ["method=random", "ipc=1", *TINY, f"hydra.run.dir={tmp}/e2e/run"],
-        "full": ["method=full", "dataset=digits", "eval.epochs=1", "eval.num_models=1", "model.width=8",
-                 f"hydra.run.dir={tmp}/full/run"],
+        "e2e": ["method=random", "ipc=1", *TINY, "logger=wandb", f"hydra.run.dir={tmp}/e2e/run"],
     }
+    env = {"e2e": {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DIR": str(tmp / "e2e")}}
+    here = {"full": ["method=full", "dataset=digits", "eval.epochs=1", "eval.num_models=1", "model.width=8",
+                     f"hydra.run.dir={tmp}/full/run"]}
     bad = {}
     for name, (overrides, _) in BAD.items():
         # dataset=... comes after TINY so it wins; the bad runs keep progress bars on (stderr must still be one line)
@@ -54,8 +58,8 @@ def runs(tmp_path_factory):
     jobs[REAL] = bad.pop(REAL)
     workers = max(2, min(4, os.cpu_count() or 2))
     with ThreadPoolExecutor(max_workers=workers) as pool:  # the long runs were added first
-        futures = {name: pool.submit(run_cli, "dd-distill", *args) for name, args in jobs.items()}
-        procs = {name: run_cli("dd-distill", *args, in_process=True) for name, args in bad.items()}  # meanwhile
+        futures = {name: pool.submit(run_cli, "dd-distill", *args, env=env.get(name)) for name, args in jobs.items()}
+        procs = {name: run_cli("dd-distill", *args, in_process=True) for name, args in {**here, **bad}.items()}
         return tmp, {**procs, **{name: f.result() for name, f in futures.items()}}
 
 
@@ -113,6 +117,14 @@ def test_end_to_end_random(runs, digits_data):
     assert leftovers == []  # no temp files from the atomic writes
 
 
+def test_wandb_offline_logging(runs):
+    tmp, procs = runs
+    _ok(procs["e2e"])
+    logs = list((tmp / "e2e" / "run" / "wandb").glob("offline-run-*"))
+    assert len(logs) == 1
+    assert list(logs[0].glob("*.wandb"))  # the offline run's log file
+
+
 def test_full_writes_results_but_no_export(runs):
     tmp, procs = runs
     _ok(procs["full"])
@@ -166,6 +178,31 @@ def test_bad_input_exits_2_with_one_line(runs, name):
     assert not (run_dir / "results.json").exists()
     assert not (run_dir / "distilled").exists()
     assert not (run_dir / "grid.png").exists()
+
+
+STARTS = """
+import importlib, sys
+for prog, target in {targets!r}.items():
+    module, fn = target.split(":")
+    sys.argv = [prog, "--version"]
+    try:
+        getattr(importlib.import_module(module), fn)()
+    except SystemExit as e:
+        assert e.code in (0, None), (prog, e.code)
+"""
+
+
+def test_every_command_starts_in_a_fresh_process_without_a_word_on_stderr():
+    """What only a fresh process shows, for every dd-* command at once (the refusals of each command run in
+    process, conftest.run_cli): importing it and starting it print nothing on stderr (a warning at import would
+    break the one-line refusals)."""
+    from importlib.metadata import version
+
+    targets = entry_points()
+    r = subprocess.run([sys.executable, "-c", STARTS.format(targets=targets)], capture_output=True, text=True,
+                       env=cli_env(), timeout=300)
+    assert r.returncode == 0 and r.stderr == "", r.stderr[-3000:]
+    assert r.stdout.splitlines() == [f"{prog} (ddlab {version('ddlab')})" for prog in targets]
 
 
 def test_an_unusable_device_is_refused_before_the_run_folder_exists(runs):

@@ -78,7 +78,7 @@ def test_dd_export_and_dd_import_clis(saved_set, tmp_path):
     assert back.returncode == 0 and back.stdout.startswith(f"written: {tmp_path / 'back'} (20 digits images"), back.stderr
     assert torch.equal(load(tmp_path / "back").images, load(saved_set).images)
     z = str(tmp_path / "z")
-    for i, (bad, words) in enumerate([
+    for bad, words in [
         ([str(saved_set), z, "--format", "jpg"], "format 'jpg' is unknown"),
         ([str(saved_set), z, "--format", "png", "--colour", "red"], "--colour"),
         ([str(saved_set), z], "--format"),
@@ -86,23 +86,24 @@ def test_dd_export_and_dd_import_clis(saved_set, tmp_path):
         ([str(tmp_path / "pt"), z, "--format", "ddlab"], "dd-import SOURCE OUT --dataset"),  # imports moved
         ([f"path={tmp_path / 'pt'}", "format=ddlab", "dataset=digits", f"out={z}"], "dd-import SOURCE OUT --dataset"),
         ([f"path={saved_set}", "format=png", f"out={z}"], "key=value arguments are gone"),
-    ]):
-        r = run_cli("dd-export", *bad, in_process=i > 0)  # the first as a real process, the others here
+    ]:
+        r = run_cli("dd-export", *bad, in_process=True)  # a fresh process starts silently: test_cli
         assert r.returncode == 2 and words in r.stderr and r.stderr.strip().count("\n") == 0, (bad, r.stderr)
         assert r.stderr.startswith("dd-export: error: ")
-    r = run_cli("dd-import", tmp_path / "pt", z)
+    r = run_cli("dd-import", tmp_path / "pt", z, in_process=True)
     assert r.returncode == 2 and "--dataset" in r.stderr and r.stderr.strip().count("\n") == 0
     assert not (tmp_path / "z").exists()
 
 
 def test_dd_eval_cli_writes_results_beside_the_set_meta(saved_set, tmp_path):
     run = tmp_path / "eval"
+    # in process (conftest.run_cli); dd-eval runs as a real process in test_robust and test_torchrun
     r = run_cli("dd-eval", f"path={saved_set}", "model=mlp", "eval.epochs=3", "eval.num_models=2", "progress=false",
-            f"hydra.run.dir={run}")
+                f"hydra.run.dir={run}", in_process=True)
     assert r.returncode == 0, r.stderr
     results = json.loads((run / "results.json").read_text())
     assert results["model"] == "mlp" and results["distilled_with"] == "convnet" and results["method"] == "random"
     assert len(results["metric"]["per_run"]) == 2 and results["eval"]["lr"] == pytest.approx(0.02)
     assert json.loads((run / "set_meta.json").read_text())["sha256"] == load(saved_set).meta["sha256"]
-    bad = run_cli("dd-eval", f"path={tmp_path / 'missing'}", f"hydra.run.dir={tmp_path / 'e2'}")
+    bad = run_cli("dd-eval", f"path={tmp_path / 'missing'}", f"hydra.run.dir={tmp_path / 'e2'}", in_process=True)
     assert bad.returncode == 2 and "missing" in bad.stderr

@@ -1,4 +1,5 @@
-"""dd-buffer and dd-distill method=mtt as a user runs them."""
+"""dd-buffer and dd-distill method=mtt as a user runs them, called in this process (conftest.run_cli: the same
+argv, output and exit status; dd-buffer runs as a real process in test_torchrun, dd-distill in test_cli)."""
 
 import json
 
@@ -11,7 +12,8 @@ TINY = ["dataset=digits", "model.width=6", "buffer.epochs=2", "progress=false"]
 
 def test_dd_buffer_builds_resumes_and_shards(tmp_path):
     buf = tmp_path / "buf"
-    first = run_cli("dd-buffer", *TINY, "buffer.num_experts=2", f"buffer.dir={buf}", f"hydra.run.dir={tmp_path / 'r1'}")
+    first = run_cli("dd-buffer", *TINY, "buffer.num_experts=2", f"buffer.dir={buf}", f"hydra.run.dir={tmp_path / 'r1'}",
+                    in_process=True)
     assert first.returncode == 0, first.stderr
     assert "2 experts" in first.stdout
     manifest = json.loads((buf / "manifest.json").read_text())
@@ -25,7 +27,7 @@ def test_dd_buffer_builds_resumes_and_shards(tmp_path):
     assert sorted(p.name for p in buf.glob("expert_*.json")) == ["expert_0000.json", "expert_0001.json", "expert_0002.json"]
     # another model into the same folder is refused with exit 2 and one line
     bad = run_cli("dd-buffer", *TINY, "model.width=8", "buffer.num_experts=1", f"buffer.dir={buf}",
-              f"hydra.run.dir={tmp_path / 'r3'}")
+                  f"hydra.run.dir={tmp_path / 'r3'}", in_process=True)
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0 and "model.width is 6 in the buffer but 8" in bad.stderr
 

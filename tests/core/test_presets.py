@@ -1,13 +1,12 @@
 """Experiment presets: every preset composes at each IPC it publishes, per-IPC values resolve, another IPC is
 refused in one line; dd-presets lists them (and a user's own folder); the repository cites no file outside it."""
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import run_cli
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -121,11 +120,7 @@ def test_giving_the_named_values_by_hand_runs_an_unpublished_ipc(name):
 
 
 def test_the_cli_refuses_an_unpublished_ipc_in_one_line_naming_the_preset(tmp_path):
-    exe = Path(sys.executable).parent / "dd-distill"
-    cmd = [str(exe)] if exe.is_file() else [sys.executable, "-m", "dd.cli.distill"]
-    env = dict(os.environ, WANDB_MODE="disabled", HYDRA_FULL_ERROR="0")
-    r = subprocess.run([*cmd, "experiment=cifar10_mtt", "ipc=20", f"hydra.run.dir={tmp_path / 'run'}"],
-                       capture_output=True, text=True, env=env, timeout=300)
+    r = run_cli("dd-distill", "experiment=cifar10_mtt", "ipc=20", f"hydra.run.dir={tmp_path / 'run'}", in_process=True)
     assert r.returncode == 2, r.stderr[-2000:]
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(
@@ -133,9 +128,10 @@ def test_the_cli_refuses_an_unpublished_ipc_in_one_line_naming_the_preset(tmp_pa
     assert "method.syn_steps=..." in lines[0] and "dataset.zca=..." in lines[0]
 
 
-def test_dd_presets_lists_names_ipcs_descriptions_and_targets(capsys):
-    presets_cli.main([])
-    out = capsys.readouterr().out
+def test_dd_presets_lists_names_ipcs_descriptions_and_targets():
+    r = run_cli("dd-presets")  # a real process: dd-presets end to end
+    assert r.returncode == 0 and r.stderr == "", r.stderr[-2000:]
+    out = r.stdout
     assert "cifar10_mtt  (ipc 1, 10, 50)\n" in out
     assert "    target: 46.3±0.8 / 65.3±0.7 / 71.6±0.2 at ipc 1 / 10 / 50 (MTT paper, Table 1)\n" in out
     assert "cifar100_sre2l  (ipc 50)\n" in out  # the recipe's ipc 1/10 batch table is replaced by its own

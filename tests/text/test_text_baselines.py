@@ -152,9 +152,13 @@ def test_distilled_lrs_follow_lr_inputs_embeds_unless_set():
 
 
 def test_full_fine_tuning_on_real_text_is_not_a_constant_predictor(tmp_path):
-    """The default recipe on 300 real texts (tests/data/fortunes_small, 4 imbalanced classes) with MiniLM."""
+    """The default recipe on 300 real texts (tests/data/fortunes_small, 4 imbalanced classes) with MiniLM.
+
+    Their first 16 tokens suffice and cost a third less than 32: the default recipe reaches macro-F1 0.75 (0.81
+    at 32), while the recipe it replaced (3 epochs at 5e-5) stays near the class prior (0.40; 0.43 at 32), so
+    the F1 bound still tells them apart."""
     cfg = config("method=full", "model=minilm", "dataset=text_files", f"dataset.train_file={FIXTURE / 'train.csv'}",
-                 f"dataset.test_file={FIXTURE / 'test.csv'}", "dataset.max_length=32", "method.num_runs=1",
+                 f"dataset.test_file={FIXTURE / 'test.csv'}", "dataset.max_length=16", "method.num_runs=1",
                  "progress=false", "logger=none")
     res = run(cfg, tmp_path / "run")
     assert res["single_class_fraction"] == 0

@@ -14,7 +14,10 @@ from dd.fsutil import write_file  # noqa: E402
 
 def save_grid(pixels: torch.Tensor, labels: torch.Tensor, class_names: list[str], path: str | Path,
               max_per_class: int = 10, title: str | None = None) -> None:
-    """pixels: (N,C,H,W) in [0,1]; labels: hard (N,) or soft (N,classes). Drawn by rank 0 of a job only."""
+    """pixels: (N,C,H,W) in [0,1]; labels: hard (N,) or soft (N,classes). Drawn by rank 0 of a job only.
+
+    One picture: the images tiled into one canvas (a row per class, its name on the left), drawn as one image
+    (a grid of subplots looks the same and takes five times as long, at every evaluation round)."""
     if not dist.is_main():
         return
     pixels = pixels.detach().cpu().clamp(0, 1)
@@ -22,22 +25,27 @@ def save_grid(pixels: torch.Tensor, labels: torch.Tensor, class_names: list[str]
     rows = [(c, (hard == c).nonzero().flatten()[:max_per_class]) for c in range(len(class_names))]
     rows = [(c, idx) for c, idx in rows if len(idx)]
     cols = max(len(idx) for _, idx in rows)
+    channels, h, w = pixels.shape[1:]
+    gap = max(1, h // 16)  # white space between images
+    canvas = torch.ones(len(rows) * (h + gap) - gap, cols * (w + gap) - gap, channels)
+    for r, (_, idx) in enumerate(rows):
+        for j, i in enumerate(idx.tolist()):
+            canvas[r * (h + gap):r * (h + gap) + h, j * (w + gap):j * (w + gap) + w] = pixels[i].permute(1, 2, 0)
     width = max(cols * 0.9 + 1.2, 4.5 if title else 0)  # room for the title over narrow (ipc=1) grids
-    fig, axes = plt.subplots(len(rows), cols, figsize=(width, len(rows) * 0.9 + 0.4), squeeze=False)
-    for r, (c, idx) in enumerate(rows):
-        for j in range(cols):
-            ax = axes[r][j]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            for s in ax.spines.values():
-                s.set_visible(False)
-            if j < len(idx):
-                img = pixels[idx[j]].permute(1, 2, 0).numpy()
-                ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
-        axes[r][0].set_ylabel(str(class_names[c]), rotation=0, ha="right", va="center", fontsize=8)
+    height = len(rows) * 0.9 + 0.4
+    fig = plt.figure(figsize=(width, height))
+    top = 1 - (0.35 if title else 0.05) / height
+    ax = fig.add_axes((0.8 / width, 0.05 / height, 1 - 0.85 / width, top - 0.05 / height))
+    img = canvas.numpy()
+    ax.imshow(img.squeeze(-1) if channels == 1 else img, cmap="gray", vmin=0, vmax=1)
+    ax.set_xticks([])
+    ax.set_yticks([r * (h + gap) + (h - 1) / 2 for r in range(len(rows))], [str(class_names[c]) for c, _ in rows],
+                  fontsize=8)
+    ax.tick_params(length=0)
+    for s in ax.spines.values():
+        s.set_visible(False)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout(pad=0.2, rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight() if title else 1))
     write_file(path, lambda p: fig.savefig(p, dpi=100, format="png"))
     plt.close(fig)
 

@@ -4,28 +4,24 @@ import json
 
 import pytest
 import torch
-from conftest import dies_at_call
-from hydra import compose, initialize_config_dir
+from conftest import dies_at_call, image_cfg
 
-from dd.config import CONF_DIR, register_configs
 from dd.errors import DDError
 from dd.export import load
 from dd.image.experts import Buffer
 from dd.pipeline import run
 
-register_configs()
-
-TINY = [
-    "method=mtt", "dataset=digits", "ipc=1", "model.width=6", "eval.epochs=20", "eval.num_models=1",
-    "buffer.num_experts=2", "buffer.epochs=3", "method.max_start_epoch=2", "method.expert_epochs=1",
-    "method.syn_steps=3", "method.batch_syn=5", "method.iterations=6", "method.eval_every=100",
-    "method.checkpoint_every=3", "method.lr_img=100", "progress=false", "logger=none",
+TINY = [  # on conftest's tiny digits run
+    "method=mtt", "eval.epochs=20", "buffer.num_experts=2", "buffer.epochs=3", "method.max_start_epoch=2",
+    "method.expert_epochs=1", "method.syn_steps=3", "method.batch_syn=5", "method.iterations=6",
+    "method.eval_every=100", "method.checkpoint_every=3", "method.lr_img=100",
 ]
 
 
-def config(tmp_path, *extra):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=[*TINY, f"buffer.dir={tmp_path / 'buffer'}", *extra])
+def config(tmp_path, *extra, own_buffer=False):
+    """The tiny MTT run. Its experts come from this test run's cache, built once for every test that only reads
+    them (conftest: DD_CACHE); own_buffer: a folder of the test's own, for tests that change or count its files."""
+    return image_cfg(*TINY, *([f"buffer.dir={tmp_path / 'buffer'}"] if own_buffer else []), *extra)
 
 
 def test_distillation_lowers_the_loss_and_exports(tmp_path):
@@ -70,7 +66,7 @@ def test_buffer_skips_finished_experts_and_refuses_mismatch(tmp_path):
     from dd.image.experts import build_buffer
     from dd.image.kind import load_data
 
-    cfg = config(tmp_path, "buffer.num_experts=2")
+    cfg = config(tmp_path, "buffer.num_experts=2", own_buffer=True)
     data = load_data(cfg)
     buf = build_buffer(cfg, data, "cpu", ids=[0, 1], progress=False)
     assert buf.finished() == [0, 1]
@@ -85,11 +81,11 @@ def test_buffer_skips_finished_experts_and_refuses_mismatch(tmp_path):
     # a half-written expert (data file without its record) is retrained, not trusted
     buf.record_path(2).unlink()
     assert buf.finished() == [0, 1]
-    other = config(tmp_path, "model.width=8")
+    other = config(tmp_path, "model.width=8", own_buffer=True)
     with pytest.raises(DDError, match="model.width is 6 in the buffer but 8 in this run"):
         build_buffer(other, data, "cpu", ids=[0], progress=False)
     with pytest.raises(DDError, match=r"preprocessing\.(mean|zca)"):  # ZCA data records mean 0
-        zcfg = config(tmp_path, "dataset.zca=true")
+        zcfg = config(tmp_path, "dataset.zca=true", own_buffer=True)
         build_buffer(zcfg, load_data(zcfg), "cpu", ids=[0], progress=False)
 
 
@@ -116,7 +112,7 @@ def test_corrupt_expert_file_is_reported(tmp_path):
     from dd.image.experts import build_buffer
     from dd.image.kind import load_data
 
-    cfg = config(tmp_path)
+    cfg = config(tmp_path, own_buffer=True)
     buf = build_buffer(cfg, load_data(cfg), "cpu", ids=[0], progress=False)
     buf.file(0).write_bytes(b"not a safetensors file")
     with pytest.raises(DDError, match="cannot be read"):
@@ -177,7 +173,7 @@ def test_distillation_uses_exactly_the_configured_experts(tmp_path, monkeypatch)
     from dd.image.experts import build_buffer
     from dd.image.kind import load_data
 
-    cfg = config(tmp_path)
+    cfg = config(tmp_path, own_buffer=True)
     build_buffer(cfg, load_data(cfg), "cpu", ids=[0, 1, 2, 3], progress=False)  # a bigger run's experts
     import dd.image.methods.mtt as mtt
 

@@ -6,20 +6,16 @@ generator state must each fail it, or the pipeline tests below prove nothing."""
 
 import pytest
 import torch
-from conftest import dies_at_call
+from conftest import dies_at_call, image_cfg
 from fake_cuda import DeviceMismatch, FakeCuda, FakeCudaError
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from dd.config import CONF_DIR, register_configs
 from dd.data import DSA
 from dd.device import resolve_device
 from dd.errors import DDError
 from dd.image.evaluate import EvalConfig
 from dd.models.factory import ModelConfig
 from dd.pipeline import run
-
-register_configs()
 
 IMAGE = ["dataset=digits", "ipc=1", "model.width=6", "eval.epochs=2", "eval.num_models=2", "progress=false",
          "logger=none", "device=cuda"]
@@ -38,12 +34,13 @@ TINY = {
 }
 
 
-def config(tmp_path, method: str, *extra):
+def config(tmp_path, method: str, *extra, own_buffer=False):
+    """The method's tiny run on fake CUDA. Experts come from this test run's cache (built once, on fake CUDA, by
+    the first test that needs them; conftest: DD_CACHE) unless own_buffer (a folder of the test's own)."""
     # 300 training images keep the harness quick; DATM's experts need all of them to classify an image per class
     limit = [] if method == "datm" else ["dataset.train_limit=300"]
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=[*IMAGE, *limit, *TINY[method], f"buffer.dir={tmp_path / 'buffer'}",
-                                            *extra])
+    mine = [f"buffer.dir={tmp_path / 'buffer'}"] if own_buffer else []
+    return image_cfg(*IMAGE, *limit, *TINY[method], *mine, *extra)
 
 
 # --- the harness catches what CUDA would refuse ------------------------------------------------------
@@ -297,15 +294,16 @@ def test_a_run_on_cuda_resumes_to_the_same_images(tmp_path, fake_cuda, monkeypat
 
 def test_a_checkpoint_and_a_buffer_made_on_one_device_serve_the_other(tmp_path, monkeypatch):
     extra = ["method.iterations=4", "method.checkpoint_every=2"]
-    whole = run(config(tmp_path, "mtt", *extra, "device=cpu"), tmp_path / "cpu")  # buffer and run on the CPU
+    # buffer and run on the CPU
+    whole = run(config(tmp_path, "mtt", *extra, "device=cpu", own_buffer=True), tmp_path / "cpu")
     import dd.image.methods.mtt as mtt
 
     real = mtt.meta_gradient
     monkeypatch.setattr(mtt, "meta_gradient", dies_at_call(real, 4))
     with FakeCuda(), pytest.raises(KeyboardInterrupt):  # the CPU buffer serves a CUDA run
-        run(config(tmp_path, "mtt", *extra), tmp_path / "moved")
+        run(config(tmp_path, "mtt", *extra, own_buffer=True), tmp_path / "moved")
     monkeypatch.setattr(mtt, "meta_gradient", real)
-    run(config(tmp_path, "mtt", *extra, "device=cpu", "resume=true"), tmp_path / "moved")  # its checkpoint, here
+    run(config(tmp_path, "mtt", *extra, "device=cpu", "resume=true", own_buffer=True), tmp_path / "moved")  # its checkpoint
     a = torch.load(tmp_path / "cpu" / "checkpoint.pt", weights_only=True)
     b = torch.load(tmp_path / "moved" / "checkpoint.pt", weights_only=True)
     assert torch.equal(a["images"], b["images"]) and whole["device"]["device"] == "cpu"

@@ -14,6 +14,7 @@ spin-waits and a busy 2-core machine runs them many times slower.
 """
 
 import atexit
+import functools
 import os
 import shutil
 import subprocess
@@ -55,26 +56,35 @@ LM = ["dataset=lm_files", "model=gpt2_tiny", "model.n_layer=1", "model.n_embd=32
       "dataset.domain_column=domain", *QUIET]
 
 
+def compose(*overrides: str):
+    """dd.config.compose(overrides), remembered: a test gets its own copy of the config a first composition made
+    (Hydra takes a quarter of a second per composition; many tests compose the same run)."""
+    import copy
+
+    return copy.deepcopy(_composed(tuple(str(o) for o in overrides)))
+
+
+@functools.cache
+def _composed(overrides: tuple[str, ...]):
+    from dd.config import compose as dd_compose
+
+    return dd_compose(list(overrides))
+
+
 def image_cfg(*overrides: str):
     """The run config `dd-distill` composes for a tiny digits run (width-6 ConvNet, 1 image per class, a
     2-epoch evaluation of 1 model, no progress bars or logger), with the test's own overrides last."""
-    from dd.config import compose
-
-    return compose([*IMAGE, *overrides])
+    return compose(*IMAGE, *overrides)
 
 
 def text_cfg(*overrides: str):
     """A tiny text run: the seeded synthetic topics (48 train, 32 test texts of 8 tokens), a 2-layer tiny BERT."""
-    from dd.config import compose
-
-    return compose([*TEXT, *overrides])
+    return compose(*TEXT, *overrides)
 
 
 def lm_cfg(*overrides: str):
     """A tiny language-model pruning run on local files (dataset.train_file is the test's): a 1-layer GPT-2."""
-    from dd.config import compose
-
-    return compose([*LM, *overrides])
+    return compose(*LM, *overrides)
 
 
 # --- the dd-* commands as a user runs them ------------------------------------------------------------------

@@ -9,11 +9,10 @@ import warnings
 
 import pytest
 import torch
-from conftest import dies_at_call
-from hydra import compose, initialize_config_dir
+from conftest import dies_at_call, image_cfg
 from omegaconf import OmegaConf
 
-from dd.config import CONF_DIR, register_configs
+from dd.config import register_configs
 from dd.data import DSA
 from dd.image.evaluate import EvalConfig
 from dd.models.factory import ModelConfig
@@ -29,8 +28,7 @@ TINY = ["method=mtt", "dataset=digits", "ipc=1", "model.width=6", "eval.epochs=5
 
 
 def config(tmp_path, *extra):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=[*TINY, f"buffer.dir={tmp_path / 'buffer'}", *extra])
+    return image_cfg(*TINY, f"buffer.dir={tmp_path / 'buffer'}", *extra)
 
 
 def synchronising_calls(fn) -> int:

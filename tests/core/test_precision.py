@@ -3,10 +3,10 @@ default, each phase restores what was before, and results.json says what applied
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from conftest import image_cfg
 
 from dd import precision
-from dd.config import CONF_DIR, register_configs
+from dd.config import register_configs
 from dd.errors import DDError
 from dd.pipeline import run
 
@@ -19,8 +19,7 @@ TINY = ["method=mtt", "dataset=digits", "dataset.train_limit=300", "ipc=1", "mod
 
 
 def config(tmp_path, *extra):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=[*TINY, f"buffer.dir={tmp_path / 'buffer'}", *extra])
+    return image_cfg(*TINY, f"buffer.dir={tmp_path / 'buffer'}", *extra)
 
 
 def tf32() -> tuple[bool, bool]:

@@ -9,14 +9,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import dies_at_call, run_cli
-from hydra import compose, initialize_config_dir
+from conftest import dies_at_call, image_cfg, run_cli
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from safetensors.torch import save_file
 from torch import nn
 
-from dd.config import CONF_DIR, register_configs
+from dd.config import register_configs
 from dd.errors import DDError
 from dd.export import load
 from dd.image.experts import Buffer
@@ -185,8 +184,7 @@ TINY = [
 
 
 def config(tmp_path, *extra):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=[*TINY, f"buffer.dir={tmp_path / 'buffer'}", *extra])
+    return image_cfg(*TINY, f"buffer.dir={tmp_path / 'buffer'}", *extra)
 
 
 @pytest.mark.parametrize("override,message", [

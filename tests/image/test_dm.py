@@ -6,10 +6,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import dies_at_call, run_cli
-from hydra import compose, initialize_config_dir
+from conftest import dies_at_call, image_cfg, run_cli
 
-from dd.config import CONF_DIR, register_configs
+from dd.config import register_configs
 from dd.data import DSA
 from dd.errors import DDError
 from dd.export import load
@@ -25,8 +24,7 @@ TINY = ["method=dm", "dataset=digits", "ipc=1", "model.width=6", "eval.epochs=5"
 
 
 def config(*extra):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=[*TINY, *extra])
+    return image_cfg(*TINY, *extra)
 
 
 # --- the loss ---------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import image_cfg, run_cli
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -25,8 +25,7 @@ TINY = ["dataset=digits", "ipc=1", "model.width=6", "eval.epochs=5", "eval.num_m
 
 
 def config(*extra):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=[*TINY, *extra])
+    return image_cfg(*TINY, *extra)
 
 
 def method_cfg(**values):

@@ -3,10 +3,10 @@ results.json's `selection` (dd.image.rounds)."""
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from conftest import image_cfg
 
 import dd.image.rounds as rounds
-from dd.config import CONF_DIR, register_configs
+from dd.config import register_configs
 from dd.data import ZCA, load_image_dataset
 from dd.data.images import holdout_indices
 from dd.errors import DDError
@@ -27,8 +27,7 @@ DM = ["method=dm", "method.iterations=4", "method.eval_every=2", "method.batch_r
 
 
 def config(*overrides):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=[*QUIET, *overrides])
+    return image_cfg(*QUIET, *overrides)
 
 
 # --- the held-out split -----------------------------------------------------------------------------

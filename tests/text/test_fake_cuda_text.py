@@ -10,13 +10,12 @@ one evaluation run 10 + 3 per training step -> 2 (the divergence check, the pred
 
 import pytest
 import torch
-from conftest import dies_at_call
-from hydra import compose, initialize_config_dir
+from conftest import compose, dies_at_call
 from omegaconf import OmegaConf
 
 import dd.text.evaluate as ev
 import dd.text.methods.attention_labels as al
-from dd.config import CONF_DIR, register_configs
+from dd.config import register_configs
 from dd.data.text import TextDatasetConfig, load_text_dataset
 from dd.inner import ENGINES
 from dd.models.bert import TextClassifier, TextModelConfig, load_backbone
@@ -43,8 +42,7 @@ EVAL_RUN_SYNCS = 2
 
 
 def attn_config(*extra):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[*ATTN, *extra])
+    cfg = compose(*ATTN, *extra)
     cfg.method.compare = {}
     return cfg
 
@@ -171,9 +169,7 @@ def test_text_baseline_is_device_clean_on_cuda(fake_cuda, monkeypatch, tmp_path,
         return real(clf, theta, *a, **k)
 
     monkeypatch.setattr(ev, "predict", on_cuda)
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[*CUDA, "dataset=synthetic_topics", "ipc=1", f"method={method}",
-                                           *BASELINES[method]])
+    cfg = compose(*CUDA, "dataset=synthetic_topics", "ipc=1", f"method={method}", *BASELINES[method])
     res = run(cfg, tmp_path)
     assert res["method"] == method and 0 <= res["metric"]["mean"] <= 1
     assert res["device"]["device"] == "cuda:0" and res["precision"]["applies"]

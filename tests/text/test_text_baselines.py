@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from conftest import compose
 
 from dd import seeds
-from dd.config import CONF_DIR, register_configs
+from dd.config import register_configs
 from dd.data.text import load_text_dataset
 from dd.errors import DDError
 from dd.models.bert import TextClassifier, load_backbone
@@ -24,8 +24,7 @@ TINY = ["model=tiny_bert", "dataset.num_train=48", "dataset.num_test=32", "datas
 
 
 def config(*extra):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=list(extra))
+    return compose(*extra)
 
 
 def test_macro_f1_matches_sklearn():

@@ -4,11 +4,10 @@ import json
 
 import pytest
 import torch
-from conftest import REPO, run_cli
-from hydra import compose, initialize_config_dir
+from conftest import REPO, compose, run_cli
 from omegaconf import OmegaConf
 
-from dd.config import CONF_DIR, register_configs
+from dd.config import register_configs
 from dd.errors import DDError
 from dd.export import load
 from dd.pipeline import run
@@ -31,8 +30,7 @@ def one_thread():
 
 
 def config(*extra):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[*TINY, *extra])
+    cfg = compose(*TINY, *extra)
     return cfg
 
 

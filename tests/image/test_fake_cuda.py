@@ -149,7 +149,8 @@ def test_robust_scores_run_on_cuda(digits_data, fake_cuda):
 
 @pytest.mark.parametrize("method,labels", [("sre2l", "stored"), ("rded", "teacher")])
 def test_teacher_based_methods_and_their_label_sources_run_on_cuda(tmp_path, fake_cuda, method, labels):
-    cfg = config(tmp_path, method, f"teacher.cache_dir={tmp_path}", f"eval.labels={labels}", "eval=relabel",
+    # the teacher: trained once (on fake CUDA) into this test run's cache, then found there
+    cfg = config(tmp_path, method, f"eval.labels={labels}", "eval=relabel",
                  "eval.epochs=2", "eval.num_models=2")
     results = run(cfg, tmp_path / "run")
     assert 0 <= results["metric"]["mean"] <= 1 and results["eval"]["labels"] == labels

@@ -290,8 +290,9 @@ def digits_random_set(tmp_path_factory):
 
 def test_dd_eval_robust_writes_lrs_and_ars_in_the_unit_interval(digits_random_set, tmp_path, capsys):
     out = tmp_path / "robust"
+    # in process (conftest.run_cli); dd-eval runs as a real process in test_torchrun and test_install
     r = run_cli("dd-eval", f"path={digits_random_set}", "eval.protocol=robust", "eval.num_models=2", "eval.epochs=3",
-             f"hydra.run.dir={out}", "progress=false")
+                f"hydra.run.dir={out}", "progress=false", in_process=True)
     assert r.returncode == 0, r.stderr
     assert "LRS" in r.stdout and "syn_own = syn_hard" in r.stdout
     res = json.loads((out / "results.json").read_text())

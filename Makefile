@@ -70,7 +70,7 @@ gpu-check: install
 # it, each compared with the local result; report in benchmarks/results/slurm_check.json. Needs root (apt-get, the
 # daemons); about 15 minutes on 2 cores. `make test` never needs SLURM.
 slurm-check: install
-	WANDB_MODE=disabled $(PY) -m pytest -q -m slow tests/test_slurm.py
+	WANDB_MODE=disabled $(PY) -m pytest -q -m slow tests/core/test_slurm.py
 
 lint: install
 	$(VENV)/bin/ruff check dd tests benchmarks

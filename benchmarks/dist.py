@@ -15,7 +15,7 @@ first (warm-up) iteration, taken from the same images in every job, must be as c
 (float64) gradient of that iteration as one process's float32 gradient is (within 2x): float32 itself
 is ~1% off the exact meta-gradient at this shape (10 unrolled steps, DSA), and summing the ranks' parts
 in another order rounds differently. The expert segment is real: where 40 SGD steps on the random
-CIFAR-like data take a fresh network. (tests/test_dist.py checks exactness in float64 to 1e-10.) The table gives seconds and the speed-up;
+CIFAR-like data take a fresh network. (tests/core/test_dist.py checks exactness in float64 to 1e-10.) The table gives seconds and the speed-up;
 rows go to --json (default benchmarks/results/dist.json).
 
     python benchmarks/dist.py                      # 1 vs 2 processes, both workloads

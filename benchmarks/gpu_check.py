@@ -19,7 +19,7 @@ has not run on a GPU yet; each section's cap is what bounds it if an estimate is
    tests instead of skipping them; each names device=cuda itself, since the suite pins DD_DEVICE=cpu);
    passes and failures counted. Skipped on --device cpu. ~30 s (collecting the suite), capped at 90 s.
 2. golden: the float64 meta-gradient of one MTT outer iteration on the golden case (tests/data/reference,
-   built with tests/test_golden.py's own helpers), both plans (full/, mini/), for every engine in
+   built with tests/core/test_golden.py's own helpers), both plans (full/, mini/), for every engine in
    dd.inner.ENGINES plus `auto` held to one-step segments (a budget of 1e-6 MB, so its segmented path
    runs), on the CPU and on the device. Per engine: the largest relative error (2-norm) of images_grad and
    syn_lr_grad, device vs CPU and against the golden values; target <= 1e-10 for both (tesla is an
@@ -207,8 +207,8 @@ def pytest_counts(stdout: str) -> dict[str, int]:
 
 
 def golden_helpers():
-    """tests/test_golden.py as a module: its settings and builders of the golden case (net, plan, error)."""
-    path = common.ROOT / "tests" / "test_golden.py"
+    """tests/core/test_golden.py as a module: its settings and builders of the golden case (net, plan, error)."""
+    path = common.ROOT / "tests" / "core" / "test_golden.py"
     spec = importlib.util.spec_from_file_location("gpu_check_test_golden", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

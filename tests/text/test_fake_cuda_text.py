@@ -175,13 +175,13 @@ def test_text_baseline_is_device_clean_on_cuda(fake_cuda, monkeypatch, tmp_path,
     assert res["device"]["device"] == "cuda:0" and res["precision"]["applies"]
 
 
-def test_text_runs_accept_the_image_evaluators_precision_keys_at_their_defaults(fake_cuda, tmp_path):
-    cfg = attn_config("method.max_steps=1", "eval.tf32=true", "eval.channels_last=false", "eval.autocast=null",
-                      "inner.tf32=false")
+def test_text_runs_record_the_precision_of_their_own_keys(fake_cuda, tmp_path):
+    cfg = attn_config("method.max_steps=1", "eval.tf32=true", "eval.autocast=null", "inner.tf32=false")
     res = run(cfg, tmp_path)
-    assert res["precision"] == {"applies": True, "meta_gradient": {"tf32": False, "autocast": None},
-                                "evaluation": {"tf32": True, "autocast": None}}
-    assert res["config"]["eval"] == {"num_models": 1, "test_batch_size": 200}
+    p = res["precision"]
+    assert p["applies"] and p["meta_gradient"]["tf32"] is False and p["meta_gradient"]["autocast"] is None
+    assert p["evaluation"]["tf32"] is True and p["evaluation"]["autocast"] is None and "experts" not in p
+    assert set(res["config"]["eval"]) == {"num_models", "test_batch_size", "tf32", "autocast"}  # the text evaluator's
 
 
 def test_meta_gradient_runs_without_tf32_and_the_learners_with_eval_tf32_on_cuda(fake_cuda, monkeypatch, tmp_path):
@@ -210,14 +210,15 @@ def test_meta_gradient_runs_without_tf32_and_the_learners_with_eval_tf32_on_cuda
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
-@pytest.mark.parametrize("override,message", [("eval.channels_last=true", "eval.channels_last=True is an image-evaluator"),
-                                              ("eval.autocast=fp16", "eval.autocast=fp16 is not allowed")])
-def test_text_runs_refuse_precision_keys_they_cannot_honour(tmp_path, override, message):
+def test_text_runs_refuse_precision_keys_they_cannot_honour(tmp_path):
+    from dd.cli.common import check_choices
     from dd.errors import DDError
 
-    with pytest.raises(DDError, match=message):
-        run(attn_config(override, "device=cpu"), tmp_path)
+    with pytest.raises(DDError, match="eval.autocast=fp16 is not allowed"):
+        run(attn_config("eval.autocast=fp16", "device=cpu"), tmp_path)
     assert not (tmp_path / "results.json").exists()
+    with pytest.raises(DDError, match="'channels_last' is not a key of a text run's eval"):  # an image key
+        check_choices(["experiment=topics_attn", "eval.channels_last=true"])
 
 
 def test_attention_label_resume_on_cuda_reaches_the_same_tensors(fake_cuda, monkeypatch, tmp_path):

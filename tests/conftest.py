@@ -190,25 +190,6 @@ def _run_here(prog: str, args: list[str], env: dict) -> subprocess.CompletedProc
     return subprocess.CompletedProcess([prog, *args], code, out.getvalue(), err.getvalue())
 
 
-def assert_ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    """Assert the command succeeded, showing its output where it did not."""
-    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
-    return proc
-
-
-def assert_refused(proc: subprocess.CompletedProcess, prog: str, *needles: str, code: int = 2) -> str:
-    """Assert the command was refused the way every dd-* command refuses: exit 2, one line on stderr that starts
-    with `<prog>: error:` and holds each needle, no traceback. Hands back that line."""
-    err = proc.stderr.strip()
-    assert proc.returncode == code, f"exit {proc.returncode}\nstderr:\n{proc.stderr[-3000:]}"
-    assert len(err.splitlines()) == 1, err
-    assert err.startswith(f"{prog}: error: "), err
-    assert "Traceback" not in proc.stdout + proc.stderr
-    for needle in needles:
-        assert needle in err, (needle, err)
-    return err
-
-
 def pytest_collection_modifyitems(config, items):
     """`cuda` tests need a real GPU: skipped without one, unless DD_REQUIRE_CUDA=1 (make gpu-check), where a
     missing GPU fails them instead."""

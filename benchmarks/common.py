@@ -356,7 +356,7 @@ def shape_dataset(shape: tuple[int, int, int], classes: int):
 
 
 def convnet_config(args: argparse.Namespace):
-    """The benchmark ConvNet as a `dd.config.ModelConfig` (--width, --depth, instance norm; ReLU and
+    """The benchmark ConvNet as a `dd.models.factory.ModelConfig` (--width, --depth, instance norm; ReLU and
     average pooling are the ConvNet's defaults), for `dd.image.train.new_model` / `fresh_model`."""
     from omegaconf import OmegaConf
 

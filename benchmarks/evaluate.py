@@ -125,7 +125,7 @@ class _Capture(logging.Handler):
 
 
 def configs(args, k: int, mode: str, epochs: int | None = None):
-    """(model config, `dd.config.EvalConfig`) of an evaluation of K models in one mode."""
+    """(model config, `dd.image.evaluate.EvalConfig`) of an evaluation of K models in one mode."""
     from omegaconf import OmegaConf
 
     from dd.image.evaluate import EvalConfig

@@ -371,10 +371,10 @@ def run_config():
     """The keys of a distillation run's config that `dd.precision` reads for the meta-gradient (the defaults)."""
     from omegaconf import OmegaConf
 
-    from dd.config import Config
+    from dd.config import RunConfig
     from dd.inner.engines import InnerConfig
 
-    return OmegaConf.create({"cudnn_benchmark": Config.cudnn_benchmark, "inner": OmegaConf.structured(InnerConfig())})
+    return OmegaConf.create({"cudnn_benchmark": RunConfig.cudnn_benchmark, "inner": OmegaConf.structured(InnerConfig())})
 
 
 def reference_row(margs, syn_steps: int) -> dict:

@@ -37,7 +37,7 @@ def run_cfg(tmp_path, **teacher):
     return OmegaConf.create({
         "dataset": {"zca": False, "zca_eps": 0.1, "train_limit": None},
         "model": {"name": "convnet", "width": 8},
-        "buffer": OmegaConf.structured(__import__("dd.config", fromlist=["BufferConfig"]).BufferConfig()),
+        "buffer": OmegaConf.structured(__import__("dd.image.experts", fromlist=["BufferConfig"]).BufferConfig()),
         "teacher": OmegaConf.merge(OmegaConf.structured(TeacherConfig), t),
     })
 

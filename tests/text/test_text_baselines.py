@@ -140,9 +140,9 @@ def test_select_best_val_scores_held_out_training_examples_only(tmp_path, monkey
 
 
 def test_distilled_lrs_follow_lr_inputs_embeds_unless_set():
-    m = config("method=attention_labels", "method.lr_inputs_embeds=0.3").method
+    m = config("dataset=synthetic_topics", "method=attention_labels", "method.lr_inputs_embeds=0.3").method
     assert m.lr_labels == m.lr_attention_labels == m.lr_lr == 0.3
-    m = config("method=attention_labels", "method.lr_inputs_embeds=0.3", "method.lr_lr=0.05").method
+    m = config("dataset=synthetic_topics", "method=attention_labels", "method.lr_inputs_embeds=0.3", "method.lr_lr=0.05").method
     assert m.lr_lr == 0.05 and m.lr_labels == 0.3
     for task in ("agnews", "sst2", "qnli", "mrpc"):  # paper presets: the reference's weight decay, N(0,1) starts
         m = config(f"experiment={task}_attn").method

@@ -235,3 +235,12 @@ def fake_cuda():
 
     with FakeCuda() as harness:
         yield harness
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test (tiny matrices: faster, and immune to a busy machine)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -12,14 +12,7 @@ from dd.text.evaluate import evaluate_text_set
 from dd.text.loss import attention_kl
 from dd.text.methods.attention_labels import AttentionLabelsConfig, Distilled
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matrices: one thread is faster, and immune to a busy machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matrices: one thread is faster
 
 
 @pytest.fixture(scope="module")
